@@ -1,0 +1,41 @@
+# rollmesh developer entry points. `make setup` is idempotent: it creates .venv/ and installs
+# the package with its dev tools, and the buf CLI under tools/; it reruns only when inputs change.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.rollmesh-setup
+
+.PHONY: setup demo test lint protos bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml tools/package.json
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	npm ci --prefix tools --no-audit --no-fund --loglevel=error
+	touch $(STAMP)
+
+# The main job: the embedded quickstart.
+demo: setup
+	$(VENV)/bin/rollmesh demo
+
+# The whole test suite (unit, integration on real gRPC + nats-server, conformance, protos).
+test: setup
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+lint: setup
+	$(VENV)/bin/ruff check services tests scripts
+	cd protos && ../tools/node_modules/.bin/buf lint
+
+# Regenerate the checked-in stubs from protos/.
+protos: setup
+	cd protos && ../tools/node_modules/.bin/buf lint
+	$(PY) scripts/gen_protos.py
+
+bench: setup
+	$(VENV)/bin/rollmesh bench env-step
+
+clean:
+	rm -rf $(VENV) tools/node_modules .pytest_cache
