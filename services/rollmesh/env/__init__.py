@@ -1,0 +1,24 @@
+"""The environment SDK: write an environment once, serve it over gRPC, use it in-process."""
+
+from .datasets import load_tasks
+from .environment import Environment, MultiTurnEnv, SingleTurnEnv, ToolEnv, reward_context
+from .episode import Episode
+from .rubric import Rubric
+from .tools import tool_spec
+from .types import Message, State, StepResult, Task
+
+__all__ = [
+    "Environment",
+    "Episode",
+    "Message",
+    "MultiTurnEnv",
+    "Rubric",
+    "SingleTurnEnv",
+    "State",
+    "StepResult",
+    "Task",
+    "ToolEnv",
+    "load_tasks",
+    "reward_context",
+    "tool_spec",
+]

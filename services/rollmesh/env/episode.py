@@ -1,0 +1,102 @@
+"""One episode of an environment: the state machine both the gRPC server and in-process runners
+drive. Start, then one `step` per assistant message until done."""
+
+from __future__ import annotations
+
+import random
+import uuid
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from ..errors import FailedPreconditionError, InvalidArgumentError
+from .types import Message, State, StepResult, Task
+
+if TYPE_CHECKING:
+    from .environment import Environment
+
+
+def validate_action(action: Message) -> Message:
+    role = action.get("role") or "assistant"
+    if role != "assistant":
+        raise InvalidArgumentError(f"an action is an assistant message, got role {role!r}")
+    content = action.get("content")
+    if content is not None and not isinstance(content, str):
+        raise InvalidArgumentError("action content must be a string")
+    for call in action.get("tool_calls") or ():
+        if not call.get("function", {}).get("name"):
+            raise InvalidArgumentError("every tool call needs a function name")
+    if not content and not action.get("tool_calls"):
+        raise InvalidArgumentError("an action needs content or tool calls; got an empty message")
+    return {**action, "role": "assistant"}
+
+
+class Episode:
+    def __init__(
+        self,
+        env: Environment,
+        task: Task,
+        *,
+        seed: int = 0,
+        options: Mapping[str, Any] | None = None,
+        episode_id: str = "",
+    ) -> None:
+        self.env = env
+        self.task = task
+        self.episode_id = episode_id or uuid.uuid4().hex
+        self.messages: list[Message] = [dict(m) for m in task.prompt]
+        self.state: State = {"seed": seed, "options": dict(options or {}), "_rng": random.Random(seed)}
+        self.turn = 0
+        self.done = False
+        self.started = False
+        self.closed = False
+
+    async def start(self) -> list[Message]:
+        """Runs the environment's setup; returns the messages the policy sees first."""
+        await self.env.setup_state(self.task, self.state)
+        self.started = True
+        return list(self.messages)
+
+    async def step(self, action: Message) -> StepResult:
+        if not self.started:
+            raise FailedPreconditionError("the episode has not started")
+        if self.done:
+            raise FailedPreconditionError(
+                f"episode {self.episode_id} is done (turn {self.turn}); start a new episode"
+            )
+        env = self.env
+        self.messages.append(validate_action(action))
+        self.turn += 1
+        self.state["turn"] = self.turn
+        new: list[Message] = []
+        stop_reason = ""
+        if await env.is_done(self.messages, self.state):
+            stop_reason = "done"
+        else:
+            new = list(await env.env_response(self.messages, self.state))
+            self.messages.extend(new)
+            if await env.is_done(self.messages, self.state):
+                stop_reason = "done"
+            elif self.turn >= env.max_turns:
+                stop_reason = "max_turns"
+        result = StepResult(messages=new, done=bool(stop_reason), turn=self.turn, stop_reason=stop_reason)
+        if result.done:
+            self.done = True
+            await self._finish(result)
+        return result
+
+    async def _finish(self, result: StepResult) -> None:
+        from .environment import reward_context
+
+        if self.env.rubric is not None:
+            ctx = reward_context(self.task, self.messages, self.state)
+            result.rewards, result.reward = await self.env.rubric.score(ctx)
+        result.metrics = {"turns": float(self.turn), **self.state.get("metrics", {})}
+        result.state = self.public_state()
+
+    def public_state(self) -> State:
+        return {k: v for k, v in self.state.items() if not k.startswith("_")}
+
+    async def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            await self.env.cleanup(self.state)

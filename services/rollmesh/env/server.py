@@ -1,0 +1,339 @@
+"""The environment server: a thin gRPC adapter over `Environment` and `Episode`.
+
+One Episode stream = one episode. Limits: concurrent episodes (RESOURCE_EXHAUSTED beyond),
+an idle timeout per episode (DEADLINE_EXCEEDED when the client goes quiet), the client's own
+deadline, and message sizes (enforced by gRPC, see rpc.RpcLimits).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+
+import grpc
+
+from .. import PROTOCOL_VERSION, __version__, convert
+from ..errors import (
+    InvalidArgumentError,
+    NotFoundError,
+    ResourceExhaustedError,
+    RollmeshError,
+    UnavailableError,
+)
+from ..proto.v1 import bus_pb2 as bus_pb
+from ..proto.v1 import environment_pb2 as env_pb
+from ..proto.v1 import environment_pb2_grpc as env_grpc
+from ..registry import Registration, Registry, record_for
+from ..rpc import RpcLimits, create_server
+from ..rpc_errors import status_for
+from .environment import Environment
+from .episode import Episode
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = env_pb.DESCRIPTOR.services_by_name["EnvironmentService"].full_name
+KINDS = {
+    "single_turn": env_pb.ENVIRONMENT_KIND_SINGLE_TURN,
+    "multi_turn": env_pb.ENVIRONMENT_KIND_MULTI_TURN,
+    "tool": env_pb.ENVIRONMENT_KIND_TOOL,
+}
+LIST_BATCH = 64  # tasks per ListTasks message
+
+
+@dataclass(frozen=True)
+class EpisodeLimits:
+    max_concurrent_episodes: int = 1024
+    idle_timeout_s: float = 300.0
+
+
+class EnvironmentServicer(env_grpc.EnvironmentServiceServicer):
+    def __init__(
+        self, envs: Sequence[Environment], *, limits: EpisodeLimits = EpisodeLimits(), max_message_bytes: int = 0
+    ) -> None:
+        names = [e.name for e in envs]
+        if not envs or len(set(names)) != len(names):
+            raise ValueError(f"need at least one environment, with unique names; got {names}")
+        self.envs = {e.name: e for e in envs}
+        self.limits = limits
+        self.max_message_bytes = max_message_bytes
+        self.instance_id = uuid.uuid4().hex[:12]
+        self.active = 0
+        self.draining = False
+
+    # ---- helpers -----------------------------------------------------------------------------
+
+    def env(self, name: str) -> Environment:
+        if not name:
+            raise InvalidArgumentError(f"no environment named; this server hosts {sorted(self.envs)}")
+        env = self.envs.get(name)
+        if env is None:
+            raise NotFoundError(f"no environment {name!r} on this server; it hosts {sorted(self.envs)}")
+        return env
+
+    def describe_env(self, env: Environment) -> env_pb.EnvironmentInfo:
+        info = env_pb.EnvironmentInfo(
+            name=env.name,
+            version=env.version,
+            description=env.description,
+            kind=KINDS.get(env.kind, env_pb.ENVIRONMENT_KIND_UNSPECIFIED),
+            tools=[convert.tool_spec_to_pb(s) for s in env.tool_specs()],
+            max_turns=env.max_turns,
+            reward_names=env.reward_names,
+            has_score=env.has_score,
+            digest=env.digest,
+        )
+        info.splits.update({k: len(v) for k, v in env.splits.items()})
+        for key in ("temperature", "top_p", "top_k", "max_tokens"):
+            if key in env.sampling:
+                setattr(info.default_sampling, key, env.sampling[key])
+        return info
+
+    # ---- RPCs --------------------------------------------------------------------------------
+
+    async def Describe(self, request: env_pb.DescribeRequest, context: grpc.aio.ServicerContext) -> env_pb.DescribeResponse:
+        return env_pb.DescribeResponse(
+            server=env_pb.ServerInfo(
+                protocol_version=PROTOCOL_VERSION,
+                language="python",
+                sdk_version=f"rollmesh-python {__version__}",
+                instance_id=self.instance_id,
+            ),
+            environments=[self.describe_env(e) for e in self.envs.values()],
+            limits=env_pb.ServerLimits(
+                max_concurrent_episodes=self.limits.max_concurrent_episodes,
+                max_message_bytes=self.max_message_bytes,
+                episode_idle_timeout_s=self.limits.idle_timeout_s,
+            ),
+            active_episodes=self.active,
+        )
+
+    async def ListTasks(
+        self, request: env_pb.ListTasksRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[env_pb.ListTasksResponse]:
+        try:
+            env = self.env(request.env)
+            tasks = env.tasks(request.split or None)
+            if request.page_size < 0:
+                raise InvalidArgumentError(f"page_size must be >= 0, got {request.page_size}")
+            try:
+                start = int(request.page_token or 0)
+                if not 0 <= start <= len(tasks):
+                    raise ValueError
+            except ValueError:
+                raise InvalidArgumentError(
+                    f"invalid page_token {request.page_token!r}; pass the next_page_token of a previous response"
+                ) from None
+        except RollmeshError as e:
+            await context.abort(status_for(e), str(e))
+        end = len(tasks) if request.page_size == 0 else min(len(tasks), start + request.page_size)
+        if start == end:
+            yield env_pb.ListTasksResponse(total=len(tasks))
+        for i in range(start, end, LIST_BATCH):
+            j = min(i + LIST_BATCH, end)
+            last = j == end
+            yield env_pb.ListTasksResponse(
+                tasks=[convert.task_to_pb(t, env.name) for t in tasks[i:j]],
+                next_page_token=str(end) if last and end < len(tasks) else "",
+                total=len(tasks),
+            )
+
+    async def Score(self, request: env_pb.ScoreRequest, context: grpc.aio.ServicerContext) -> env_pb.ScoreResponse:
+        try:
+            env = self.env(request.env)
+            if not env.has_score:
+                await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"environment {env.name!r} does not implement Score")
+            task = self._task_for_score(env, request)
+            messages = convert.messages_from_pb(request.messages)
+            result = await env.score(task, messages, convert.from_struct(request.state))
+        except RollmeshError as e:
+            await context.abort(status_for(e), str(e))
+        except Exception as e:
+            log.exception("Score failed in environment %s", request.env)
+            await context.abort(grpc.StatusCode.INTERNAL, f"environment {request.env!r} failed in score(): {type(e).__name__}: {e}")
+        rewards = result if isinstance(result, dict) else {"score": float(result)}
+        weights = dict(zip(env.rubric.names, env.rubric.weights, strict=True)) if env.rubric else {}
+        response = env_pb.ScoreResponse(reward=sum(v * weights.get(k, 1.0) for k, v in rewards.items()))
+        response.rewards.update(rewards)
+        return response
+
+    def _task_for_score(self, env: Environment, request: env_pb.ScoreRequest):
+        if request.task.prompt or request.task.answer:
+            return convert.task_from_pb(request.task)
+        if request.task.task_id:
+            return env.get_task(request.task.task_id, request.task.split or None)
+        raise InvalidArgumentError("Score needs the task (inline, or its task_id and split)")
+
+    async def RunEpisode(self, request: env_pb.RunEpisodeRequest, context: grpc.aio.ServicerContext) -> env_pb.RunEpisodeResponse:
+        await context.abort(
+            grpc.StatusCode.UNIMPLEMENTED,
+            "this Python server does not drive episodes itself; drive them with the Episode stream",
+        )
+
+    async def Episode(self, request_iterator: AsyncIterator[env_pb.EpisodeRequest], context: grpc.aio.ServicerContext) -> None:
+        episode: Episode | None = None
+        counted = False
+        try:
+            first = await self._read(context)
+            if first is None:
+                return  # client closed without starting: nothing to do
+            if self.draining:
+                raise UnavailableError("server is shutting down; start the episode on another replica")
+            if self.active >= self.limits.max_concurrent_episodes:
+                raise ResourceExhaustedError(
+                    f"server at its limit of {self.limits.max_concurrent_episodes} concurrent episodes; "
+                    "retry later or use another replica"
+                )
+            self.active += 1
+            counted = True
+            episode = self._new_episode(first)
+            messages = await episode.start()
+            await context.write(
+                env_pb.EpisodeResponse(
+                    started=env_pb.EpisodeStarted(
+                        episode_id=episode.episode_id,
+                        task=convert.task_to_pb(episode.task, episode.env.name),
+                        messages=convert.messages_to_pb(messages),
+                        tools=[convert.tool_spec_to_pb(s) for s in episode.env.tool_specs()],
+                        max_turns=episode.env.max_turns,
+                    )
+                )
+            )
+            while (request := await self._read(context)) is not None:
+                if request.WhichOneof("kind") != "action":
+                    raise InvalidArgumentError("the episode has started; send actions, not another start")
+                if not request.action.HasField("message"):
+                    raise InvalidArgumentError("an action needs a message")
+                result = await episode.step(convert.message_from_pb(request.action.message))
+                await context.write(env_pb.EpisodeResponse(step=convert.step_to_pb(result)))
+        except RollmeshError as e:
+            await context.abort(status_for(e), str(e))
+        except TimeoutError:
+            await context.abort(
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                f"no message from the client for {self.limits.idle_timeout_s:g} s; episode closed",
+            )
+        except (asyncio.CancelledError, grpc.aio.AbortError):
+            raise
+        except Exception as e:
+            where = f"environment {episode.env.name!r}" if episode else "episode start"
+            log.exception("episode failed in %s", where)
+            await context.abort(grpc.StatusCode.INTERNAL, f"{where} raised {type(e).__name__}: {e}")
+        finally:
+            if counted:
+                self.active -= 1
+            if episode is not None:
+                await self._close(episode)
+
+    async def _read(self, context: grpc.aio.ServicerContext) -> env_pb.EpisodeRequest | None:
+        async with asyncio.timeout(self.limits.idle_timeout_s):
+            request = await context.read()
+        return None if request is grpc.aio.EOF else request
+
+    def _new_episode(self, request: env_pb.EpisodeRequest) -> Episode:
+        if request.WhichOneof("kind") != "start":
+            raise InvalidArgumentError("the first message of an episode must be `start`")
+        start = request.start
+        env = self.env(start.env)
+        if start.HasField("task"):
+            if not start.task.prompt:
+                raise InvalidArgumentError("an inline task needs a prompt")
+            task = convert.task_from_pb(start.task)
+        elif start.task_id:
+            task = env.get_task(start.task_id, start.split or None)
+        else:
+            raise InvalidArgumentError("start needs a task_id (see ListTasks) or an inline task")
+        return env.episode(task, seed=start.seed, options=convert.from_struct(start.options), episode_id=start.episode_id)
+
+    @staticmethod
+    async def _close(episode: Episode) -> None:
+        try:
+            # shielded: a cancelled stream must still free the episode's resources
+            await asyncio.shield(episode.close())
+        except Exception:
+            log.exception("cleanup failed for episode %s", episode.episode_id)
+
+
+class EnvironmentServer:
+    """Hosts environments on a gRPC port, registers them when given a NATS URL, and shuts down
+    gracefully: health NOT_SERVING and deregistration first, then in-flight episodes get
+    `grace_s` to finish before they are cancelled."""
+
+    def __init__(
+        self,
+        envs: Sequence[Environment],
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        limits: EpisodeLimits = EpisodeLimits(),
+        rpc_limits: RpcLimits = RpcLimits(),
+        nats_url: str | None = None,
+        advertise_host: str | None = None,
+    ) -> None:
+        self.servicer = EnvironmentServicer(envs, limits=limits, max_message_bytes=rpc_limits.max_message_bytes)
+        self.rpc = create_server(
+            [(env_grpc.add_EnvironmentServiceServicer_to_server, self.servicer, SERVICE_NAME)],
+            host=host,
+            port=port,
+            limits=rpc_limits,
+        )
+        self.nats_url = nats_url
+        self.advertise_host = advertise_host or host
+        self._registry: Registry | None = None
+        self._registrations: list[Registration] = []
+
+    @property
+    def address(self) -> str:
+        return self.rpc.address
+
+    @property
+    def advertised_address(self) -> str:
+        return f"{self.advertise_host}:{self.rpc.port}"
+
+    async def start(self) -> EnvironmentServer:
+        await self.rpc.start()
+        if self.nats_url:
+            self._registry = await Registry.connect(self.nats_url)
+            for env in self.servicer.envs.values():
+                record = record_for(
+                    bus_pb.SERVICE_KIND_ENVIRONMENT,
+                    env.name,
+                    env.version,
+                    self.advertised_address,
+                    self.servicer.limits.max_concurrent_episodes,
+                    self.servicer.instance_id,
+                )
+                self._registrations.append(await self._registry.register(record))
+        log.info("serving %s on %s", ", ".join(self.servicer.envs), self.address)
+        return self
+
+    async def stop(self, grace_s: float = 10.0) -> None:
+        self.servicer.draining = True
+        for reg in self._registrations:
+            try:
+                await reg.close()
+            except Exception:  # NATS may be gone already; the TTL expires the record anyway
+                log.warning("could not deregister from %s", self.nats_url, exc_info=True)
+        self._registrations.clear()
+        if self._registry:
+            await self._registry.close()
+            self._registry = None
+        await self.rpc.stop(grace_s)
+
+    async def serve_until_signal(self, grace_s: float = 10.0) -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        log.info("shutting down: %d episodes in flight, grace %.1f s", self.servicer.active, grace_s)
+        await self.stop(grace_s)
+
+    async def __aenter__(self) -> EnvironmentServer:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop(0)

@@ -1,0 +1,1 @@
+"""Built-in example environments: arithmetic, guess-number and wiki-search."""
