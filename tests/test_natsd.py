@@ -4,7 +4,6 @@ import socket
 
 import nats
 import pytest
-
 from rollmesh.natsd import EmbeddedNats, nats_server_binary
 
 

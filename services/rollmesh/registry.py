@@ -141,9 +141,7 @@ class Registry:
         self._own = own_connection
 
     @classmethod
-    async def connect(
-        cls, nats_url: str, *, ttl_s: float = 15.0, bucket: str = REGISTRY_BUCKET
-    ) -> Registry:
+    async def connect(cls, nats_url: str, *, ttl_s: float = 15.0, bucket: str = REGISTRY_BUCKET) -> Registry:
         nc = await nats.connect(nats_url, name="rollmesh-registry")
         try:
             return await cls.from_client(nc, ttl_s=ttl_s, bucket=bucket, _own=True)
@@ -184,7 +182,9 @@ class Registry:
         reg._task = asyncio.create_task(reg._heartbeat(), name=f"registry-heartbeat:{key}")
         return reg
 
-    async def list(self, kind: int | str | None = None, name: str | None = None) -> list[bus_pb2.ServiceRecord]:
+    async def list(
+        self, kind: int | str | None = None, name: str | None = None
+    ) -> list[bus_pb2.ServiceRecord]:
         """Live records, optionally only of one kind and/or name, sorted by key."""
         subject = ".".join(
             (

@@ -27,6 +27,7 @@ HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 _SERVING = health_pb2.HealthCheckResponse.SERVING
 _NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 _UNKNOWN = health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
+_SERVER_FAULTS = frozenset({grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL, grpc.StatusCode.DATA_LOSS})
 
 
 @dataclass(frozen=True)
@@ -137,13 +138,21 @@ class _FailureLoggingInterceptor(grpc.aio.ServerInterceptor):
             if isinstance(code, int):  # aio contexts may hold the raw cygrpc int
                 code = next((c for c in grpc.StatusCode if c.value[0] == code), grpc.StatusCode.UNKNOWN)
             message = context.details() or ""
-            if exc is not None and not isinstance(exc, asyncio.CancelledError) and code in (None, grpc.StatusCode.OK):
+            if (
+                exc is not None
+                and not isinstance(exc, asyncio.CancelledError)
+                and code in (None, grpc.StatusCode.OK)
+            ):
                 code, message = grpc.StatusCode.UNKNOWN, f"{type(exc).__name__}: {exc}"
             if code in (None, grpc.StatusCode.OK):
                 return
             if isinstance(message, bytes):
                 message = message.decode(errors="replace")
-            log.warning(
+            # Server-side bugs at ERROR; client errors (bad input, not found, ...) at WARNING.
+            # No traceback: grpc already logs one for exceptions escaping a servicer.
+            level = logging.ERROR if code in _SERVER_FAULTS else logging.WARNING
+            log.log(
+                level,
                 "rpc failed: %s %s %s",
                 method,
                 code.name,
@@ -154,9 +163,11 @@ class _FailureLoggingInterceptor(grpc.aio.ServerInterceptor):
                     "grpc_message": message,
                     "duration_ms": round((time.perf_counter() - start) * 1000, 3),
                 },
-                exc_info=exc if code == grpc.StatusCode.UNKNOWN and exc is not None else None,
             )
 
+        # Streaming responses are always re-exposed as async generators. This also matters for
+        # tracing: the OpenTelemetry aio interceptor (outside us) does `async for` over the
+        # behaviour and breaks handlers that use `await context.write()` and return a coroutine.
         if handler.response_streaming:
             inner_stream = handler.unary_stream or handler.stream_stream
 
@@ -210,7 +221,9 @@ AddServicerFn = Callable[[Any, grpc.aio.Server], None]
 class RpcServer:
     """A grpc.aio.Server plus its health servicer; build with create_server()."""
 
-    def __init__(self, server: grpc.aio.Server, health: _HealthServicer, services: list[str], host: str, port: int):
+    def __init__(
+        self, server: grpc.aio.Server, health: _HealthServicer, services: list[str], host: str, port: int
+    ):
         self.server = server
         self.services = services
         self.host = host
@@ -253,7 +266,7 @@ def create_server(
     *,
     host: str = "127.0.0.1",
     port: int = 0,
-    limits: RpcLimits = RpcLimits(),  # noqa: B008 (frozen dataclass: safe default)
+    limits: RpcLimits = RpcLimits(),
     interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
 ) -> RpcServer:
     """Build (not start) a server hosting `services` = [(add_XServicer_to_server, servicer,
@@ -286,7 +299,7 @@ def create_server(
 def create_channel(
     address: str,
     *,
-    limits: RpcLimits = RpcLimits(),  # noqa: B008
+    limits: RpcLimits = RpcLimits(),
     interceptors: Sequence[grpc.aio.ClientInterceptor] = (),
 ) -> grpc.aio.Channel:
     chain: list[grpc.aio.ClientInterceptor] = []
@@ -306,7 +319,9 @@ async def wait_for_ready(address: str, timeout_s: float, service: str = "") -> N
         stub = health_pb2_grpc.HealthStub(channel)
         while (left := deadline - time.monotonic()) > 0:
             try:
-                resp = await stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=min(left, 1.0))
+                resp = await stub.Check(
+                    health_pb2.HealthCheckRequest(service=service), timeout=min(left, 1.0)
+                )
                 if resp.status == _SERVING:
                     return
                 last = health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)

@@ -1,0 +1,201 @@
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from rollmesh import rpc
+from rollmesh.proto.v1 import environment_pb2, environment_pb2_grpc
+from rollmesh.telemetry import setup_tracing
+
+ENV_SERVICE = "rollmesh.v1.EnvironmentService"
+
+
+class _Env(environment_pb2_grpc.EnvironmentServiceServicer):
+    def __init__(self, description: str = "tiny") -> None:
+        self.description = description
+
+    async def Describe(self, request, context):
+        return environment_pb2.DescribeResponse(
+            environments=[environment_pb2.EnvironmentInfo(name="e", description=self.description)]
+        )
+
+    async def ListTasks(self, request, context):
+        # write()-style streaming (returns a coroutine, not an async generator).
+        for token in ("a", "b"):
+            await context.write(environment_pb2.ListTasksResponse(next_page_token=token))
+
+    async def Score(self, request, context):
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"unknown env {request.env!r}")
+
+
+def _server(servicer: _Env | None = None, **kw) -> rpc.RpcServer:
+    add = environment_pb2_grpc.add_EnvironmentServiceServicer_to_server
+    return rpc.create_server([(add, servicer or _Env(), ENV_SERVICE)], **kw)
+
+
+async def test_health_and_reflection() -> None:
+    server = _server()
+    assert server.port > 0 and server.address == f"127.0.0.1:{server.port}"
+    await server.start()
+    try:
+        await rpc.wait_for_ready(server.address, 5)
+        async with rpc.create_channel(server.address) as ch:
+            health = health_pb2_grpc.HealthStub(ch)
+            for name in ("", ENV_SERVICE):
+                resp = await health.Check(health_pb2.HealthCheckRequest(service=name), timeout=5)
+                assert resp.status == health_pb2.HealthCheckResponse.SERVING
+            watch = health.Watch(health_pb2.HealthCheckRequest(service=ENV_SERVICE))
+            assert (await watch.read()).status == health_pb2.HealthCheckResponse.SERVING
+            server.set_serving(False)
+            assert (await watch.read()).status == health_pb2.HealthCheckResponse.NOT_SERVING
+            for name in ("", ENV_SERVICE):
+                resp = await health.Check(health_pb2.HealthCheckRequest(service=name), timeout=5)
+                assert resp.status == health_pb2.HealthCheckResponse.NOT_SERVING
+            watch.cancel()
+            with pytest.raises(TimeoutError, match="not SERVING"):
+                await rpc.wait_for_ready(server.address, 0.3)
+
+            refl = reflection_pb2_grpc.ServerReflectionStub(ch)
+            call = refl.ServerReflectionInfo()
+            await call.write(reflection_pb2.ServerReflectionRequest(list_services=""))
+            resp = await call.read()
+            await call.done_writing()
+            names = {s.name for s in resp.list_services_response.service}
+            assert names == {ENV_SERVICE, "grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"}
+    finally:
+        await server.stop(0)
+
+
+async def test_wait_for_ready_times_out_without_server() -> None:
+    with pytest.raises(TimeoutError):
+        await rpc.wait_for_ready("127.0.0.1:1", 0.3)
+
+
+async def test_stop_is_prompt_with_open_watch() -> None:
+    server = _server()
+    await server.start()
+    async with rpc.create_channel(server.address) as ch:
+        watch = health_pb2_grpc.HealthStub(ch).Watch(health_pb2.HealthCheckRequest(service=""))
+        assert (await watch.read()).status == health_pb2.HealthCheckResponse.SERVING
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        await server.stop(5.0)
+        assert loop.time() - t0 < 2.0  # the Watch stream did not hold the grace period open
+        assert (await watch.read()).status == health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+async def test_message_size_limits() -> None:
+    small = rpc.RpcLimits(max_message_bytes=1024)
+    server = _server(_Env(description="x" * 4096), limits=small)
+    await server.start()
+    try:
+        async with rpc.create_channel(server.address) as ch:
+            stub = environment_pb2_grpc.EnvironmentServiceStub(ch)
+            # Request over the server's receive limit.
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await stub.Score(environment_pb2.ScoreRequest(env="y" * 4096), timeout=5)
+            assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            # Response over the server's send limit.
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await stub.Describe(environment_pb2.DescribeRequest(), timeout=5)
+            assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        # Client-side receive limit.
+        server2 = _server(_Env(description="x" * 4096))
+        await server2.start()
+        async with rpc.create_channel(server2.address, limits=small) as ch:
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await environment_pb2_grpc.EnvironmentServiceStub(ch).Describe(
+                    environment_pb2.DescribeRequest(), timeout=5
+                )
+            assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        await server2.stop(0)
+    finally:
+        await server.stop(0)
+
+
+async def test_failed_rpc_is_logged(caplog: pytest.LogCaptureFixture) -> None:
+    server = _server()
+    await server.start()
+    try:
+        async with rpc.create_channel(server.address) as ch:
+            with caplog.at_level(logging.WARNING, logger="rollmesh.rpc"):
+                with pytest.raises(grpc.aio.AioRpcError) as err:
+                    await environment_pb2_grpc.EnvironmentServiceStub(ch).Score(
+                        environment_pb2.ScoreRequest(env="nope"), timeout=5
+                    )
+                assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+                await environment_pb2_grpc.EnvironmentServiceStub(ch).Describe(
+                    environment_pb2.DescribeRequest(), timeout=5
+                )
+        [rec] = [r for r in caplog.records if r.name == "rollmesh.rpc"]
+        assert rec.rpc_method == f"/{ENV_SERVICE}/Score"
+        assert rec.grpc_code == "INVALID_ARGUMENT"
+        assert rec.grpc_message == "unknown env 'nope'"
+    finally:
+        await server.stop(0)
+
+
+async def test_fixed_port_in_use_fails() -> None:
+    server = _server()
+    with pytest.raises(RuntimeError):
+        _server(port=server.port)
+    await server.stop(0)
+
+
+async def test_trace_context_propagates() -> None:
+    setup_tracing("rollmesh-test")
+    provider = trace.get_tracer_provider()
+    assert isinstance(provider, TracerProvider)
+    exporter = InMemorySpanExporter()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    server = _server()
+    await server.start()
+    try:
+        async with rpc.create_channel(server.address) as ch:
+            await environment_pb2_grpc.EnvironmentServiceStub(ch).Describe(
+                environment_pb2.DescribeRequest(), timeout=5
+            )
+    finally:
+        await server.stop(0)
+    spans = [s for s in exporter.get_finished_spans() if s.name == f"/{ENV_SERVICE}/Describe"]
+    client = next(s for s in spans if s.kind == trace.SpanKind.CLIENT)
+    srv = next(s for s in spans if s.kind == trace.SpanKind.SERVER)
+    assert srv.context.trace_id == client.context.trace_id
+    assert srv.parent is not None and srv.parent.span_id == client.context.span_id
+
+
+async def test_tracing_can_be_disabled(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ROLLMESH_TRACING", "0")
+    assert not rpc.tracing_enabled()
+    server = _server()
+    await server.start()
+    try:
+        async with rpc.create_channel(server.address) as ch:
+            resp = await environment_pb2_grpc.EnvironmentServiceStub(ch).Describe(
+                environment_pb2.DescribeRequest(), timeout=5
+            )
+            assert resp.environments[0].name == "e"
+    finally:
+        await server.stop(0)
+
+
+@pytest.mark.parametrize("tracing", ["1", "0"])
+async def test_write_style_streaming_handler(monkeypatch: pytest.MonkeyPatch, tracing: str) -> None:
+    monkeypatch.setenv("ROLLMESH_TRACING", tracing)
+    server = _server()
+    await server.start()
+    try:
+        async with rpc.create_channel(server.address) as ch:
+            stub = environment_pb2_grpc.EnvironmentServiceStub(ch)
+            tokens = [r.next_page_token async for r in stub.ListTasks(environment_pb2.ListTasksRequest())]
+            assert tokens == ["a", "b"]
+    finally:
+        await server.stop(0)
