@@ -1,0 +1,1 @@
+"""Benchmarks behind `rollmesh bench ...`; each measures a reference side by side in one run."""

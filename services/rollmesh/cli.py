@@ -1,0 +1,152 @@
+"""The `rollmesh` command line. Imports are lazy so that `rollmesh --help` stays fast."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(help="rollmesh: environments, inference, rubrics and training over gRPC + NATS.", no_args_is_help=True)
+env_app = typer.Typer(help="Serve and inspect environments.", no_args_is_help=True)
+bench_app = typer.Typer(help="Benchmarks: each prints a ratio against a reference run side by side.", no_args_is_help=True)
+app.add_typer(env_app, name="env")
+app.add_typer(bench_app, name="bench")
+
+NatsOpt = Annotated[
+    str | None,
+    typer.Option("--nats", envvar="ROLLMESH_NATS_URL", help="NATS URL of the registry (e.g. nats://127.0.0.1:4222)."),
+]
+
+
+def _fail(message: str, code: int = 2) -> None:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code)
+
+
+@env_app.command("serve")
+def env_serve(
+    targets: Annotated[list[str], typer.Argument(help="Modules (rollmesh.envs.arithmetic), entry point names (arithmetic) or .py files.")],
+    host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port; 0 picks a free one.")] = 50051,
+    arg: Annotated[list[str] | None, typer.Option("--arg", help="k=v passed to load_environment (JSON values parsed).")] = None,
+    nats: NatsOpt = None,
+    advertise_host: Annotated[str | None, typer.Option(help="Host other machines reach this server at (registry).")] = None,
+    max_episodes: Annotated[int, typer.Option(help="Concurrent episodes before RESOURCE_EXHAUSTED.")] = 1024,
+    idle_timeout: Annotated[float, typer.Option(help="Seconds an episode may wait for the client's next message.")] = 300.0,
+    max_message_mb: Annotated[float, typer.Option(help="Largest gRPC message, MiB.")] = 16.0,
+    grace: Annotated[float, typer.Option(help="Seconds in-flight episodes get to finish on SIGTERM.")] = 10.0,
+) -> None:
+    """Host one or more environments on a gRPC port."""
+    from .env.loader import load_environments, parse_args
+    from .env.server import EnvironmentServer, EpisodeLimits
+    from .errors import RollmeshError
+    from .rpc import RpcLimits
+    from .telemetry import setup_logging, setup_tracing
+
+    setup_logging("rollmesh-env")
+    setup_tracing("rollmesh-env")
+    try:
+        kwargs = parse_args(arg or [])
+        envs = [e for t in targets for e in load_environments(t, kwargs)]
+    except (RollmeshError, ValueError, TypeError) as e:
+        _fail(str(e))
+
+    async def main() -> None:
+        server = EnvironmentServer(
+            envs,
+            host=host,
+            port=port,
+            limits=EpisodeLimits(max_concurrent_episodes=max_episodes, idle_timeout_s=idle_timeout),
+            rpc_limits=RpcLimits(max_message_bytes=int(max_message_mb * 1024 * 1024)),
+            nats_url=nats,
+            advertise_host=advertise_host,
+        )
+        await server.start()
+        typer.echo(f"rollmesh env server on {server.address}: {', '.join(e.name for e in envs)}", err=True)
+        await server.serve_until_signal(grace)
+
+    try:
+        asyncio.run(main())
+    except RuntimeError as e:  # e.g. the port is taken
+        _fail(str(e))
+
+
+@env_app.command("list")
+def env_list() -> None:
+    """Environments installed through the `rollmesh.environments` entry point group."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from .env.loader import available
+
+    table = Table("name", "module")
+    for name, module in sorted(available().items()):
+        table.add_row(name, module)
+    Console().print(table)
+
+
+@app.command()
+def conformance(
+    address: Annotated[str, typer.Argument(help="host:port of an environment server, in any language.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")] = False,
+    timeout: Annotated[float, typer.Option(help="Seconds per check.")] = 30.0,
+) -> None:
+    """Check that an environment server speaks the rollmesh protocol correctly (exit 0 = all pass)."""
+    from .conformance import run_cli
+
+    raise typer.Exit(run_cli(address, as_json=as_json, timeout_s=timeout))
+
+
+@app.command("ls")
+def ls(nats: NatsOpt = "nats://127.0.0.1:4222") -> None:
+    """List the live servers in the registry."""
+    from .registry import print_services
+
+    try:
+        asyncio.run(print_services(nats or "nats://127.0.0.1:4222"))
+    except OSError as e:
+        _fail(f"cannot reach NATS at {nats}: {e}")
+
+
+@app.command("nats")
+def nats_cmd(
+    port: Annotated[int, typer.Option(help="Client port.")] = 4222,
+    store: Annotated[str | None, typer.Option(help="JetStream storage directory (default: a temporary one).")] = None,
+) -> None:
+    """Run the embedded NATS server (JetStream on) in the foreground."""
+    from .natsd import run_foreground
+
+    raise typer.Exit(run_foreground(port=port, store_dir=store))
+
+
+@bench_app.command("env-step")
+def bench_env_step(
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    episodes: Annotated[int, typer.Option(help="Concurrent episodes for the throughput run.")] = 64,
+    seconds: Annotated[float, typer.Option(help="Seconds per measurement.")] = 3.0,
+) -> None:
+    """Environment steps in-process versus through the gRPC server on loopback."""
+    from .bench.env_step import main as bench_main
+
+    bench_main(as_json=as_json, concurrency=episodes, seconds=seconds)
+
+
+@app.command()
+def demo() -> None:
+    """The embedded quickstart: local NATS, the built-in environments, conformance and episodes."""
+    from .demo import run
+
+    raise typer.Exit(run())
+
+
+def main() -> None:
+    # grpc's C core logs fork/epoll chatter to stderr by default; keep the CLI quiet.
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+    app(prog_name="rollmesh")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
