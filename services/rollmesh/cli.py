@@ -9,15 +9,21 @@ from typing import Annotated
 
 import typer
 
-app = typer.Typer(help="rollmesh: environments, inference, rubrics and training over gRPC + NATS.", no_args_is_help=True)
+app = typer.Typer(
+    help="rollmesh: environments, inference, rubrics and training over gRPC + NATS.", no_args_is_help=True
+)
 env_app = typer.Typer(help="Serve and inspect environments.", no_args_is_help=True)
-bench_app = typer.Typer(help="Benchmarks: each prints a ratio against a reference run side by side.", no_args_is_help=True)
+bench_app = typer.Typer(
+    help="Benchmarks: each prints a ratio against a reference run side by side.", no_args_is_help=True
+)
 app.add_typer(env_app, name="env")
 app.add_typer(bench_app, name="bench")
 
 NatsOpt = Annotated[
     str | None,
-    typer.Option("--nats", envvar="ROLLMESH_NATS_URL", help="NATS URL of the registry (e.g. nats://127.0.0.1:4222)."),
+    typer.Option(
+        "--nats", envvar="ROLLMESH_NATS_URL", help="NATS URL of the registry (e.g. nats://127.0.0.1:4222)."
+    ),
 ]
 
 
@@ -28,14 +34,25 @@ def _fail(message: str, code: int = 2) -> None:
 
 @env_app.command("serve")
 def env_serve(
-    targets: Annotated[list[str], typer.Argument(help="Modules (rollmesh.envs.arithmetic), entry point names (arithmetic) or .py files.")],
+    targets: Annotated[
+        list[str],
+        typer.Argument(
+            help="Modules (rollmesh.envs.arithmetic), entry point names (arithmetic) or .py files."
+        ),
+    ],
     host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port; 0 picks a free one.")] = 50051,
-    arg: Annotated[list[str] | None, typer.Option("--arg", help="k=v passed to load_environment (JSON values parsed).")] = None,
+    arg: Annotated[
+        list[str] | None, typer.Option("--arg", help="k=v passed to load_environment (JSON values parsed).")
+    ] = None,
     nats: NatsOpt = None,
-    advertise_host: Annotated[str | None, typer.Option(help="Host other machines reach this server at (registry).")] = None,
+    advertise_host: Annotated[
+        str | None, typer.Option(help="Host other machines reach this server at (registry).")
+    ] = None,
     max_episodes: Annotated[int, typer.Option(help="Concurrent episodes before RESOURCE_EXHAUSTED.")] = 1024,
-    idle_timeout: Annotated[float, typer.Option(help="Seconds an episode may wait for the client's next message.")] = 300.0,
+    idle_timeout: Annotated[
+        float, typer.Option(help="Seconds an episode may wait for the client's next message.")
+    ] = 300.0,
     max_message_mb: Annotated[float, typer.Option(help="Largest gRPC message, MiB.")] = 16.0,
     grace: Annotated[float, typer.Option(help="Seconds in-flight episodes get to finish on SIGTERM.")] = 10.0,
 ) -> None:
@@ -91,7 +108,9 @@ def env_list() -> None:
 @app.command()
 def conformance(
     address: Annotated[str, typer.Argument(help="host:port of an environment server, in any language.")],
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print one JSON object instead of a table.")
+    ] = False,
     timeout: Annotated[float, typer.Option(help="Seconds per check.")] = 30.0,
 ) -> None:
     """Check that an environment server speaks the rollmesh protocol correctly (exit 0 = all pass)."""
@@ -114,7 +133,9 @@ def ls(nats: NatsOpt = "nats://127.0.0.1:4222") -> None:
 @app.command("nats")
 def nats_cmd(
     port: Annotated[int, typer.Option(help="Client port.")] = 4222,
-    store: Annotated[str | None, typer.Option(help="JetStream storage directory (default: a temporary one).")] = None,
+    store: Annotated[
+        str | None, typer.Option(help="JetStream storage directory (default: a temporary one).")
+    ] = None,
 ) -> None:
     """Run the embedded NATS server (JetStream on) in the foreground."""
     from .natsd import run_foreground

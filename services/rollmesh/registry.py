@@ -223,19 +223,20 @@ class Registry:
 def _age(ts: Timestamp, now: float) -> str:
     if not ts.seconds and not ts.nanos:
         return "-"
-    return f"{max(0.0, now - ts.ToNanoseconds() / 1e9):.1f}s ago"
+    return f"{max(0.0, now - ts.ToNanoseconds() / 1e9):.1f}s"
 
 
 async def print_services(nats_url: str) -> None:
     """`rollmesh ls`: a table of the live servers."""
+    from rich import box
     from rich.console import Console
     from rich.table import Table
 
     async with await Registry.connect(nats_url) as reg:
         records = await reg.list()
-    table = Table(title=f"rollmesh services ({nats_url})")
-    for col in ("kind", "name", "version", "address", "capacity", "instance", "heartbeat"):
-        table.add_column(col, justify="right" if col in ("capacity", "heartbeat") else "left")
+    table = Table(title=f"rollmesh services ({nats_url})", box=box.SIMPLE)
+    for col in ("kind", "name", "version", "address", "capacity", "instance", "seen"):
+        table.add_column(col, justify="right" if col in ("capacity", "seen") else "left", no_wrap=True)
     now = time.time()
     for r in records:
         table.add_row(
@@ -244,7 +245,7 @@ async def print_services(nats_url: str) -> None:
             r.version,
             r.address,
             str(r.capacity),
-            r.instance_id,
+            r.instance_id[:8],
             _age(r.heartbeat_at, now),
         )
     console = Console()

@@ -10,13 +10,30 @@ import sys
 
 def test_env_step_bench_reports_both_paths() -> None:
     out = subprocess.run(
-        [sys.executable, "-m", "rollmesh.cli", "bench", "env-step", "--json", "--seconds", "0.5", "--episodes", "8"],
+        [
+            sys.executable,
+            "-m",
+            "rollmesh.cli",
+            "bench",
+            "env-step",
+            "--json",
+            "--seconds",
+            "0.5",
+            "--episodes",
+            "8",
+        ],
         capture_output=True,
         text=True,
         timeout=120,
         check=True,
     ).stdout
     result = json.loads(out.strip().splitlines()[-1])
-    for key in ("inproc_steps_per_s", "grpc_steps_per_s", "grpc_p50_us", "grpc_p99_us", "ratio_grpc_vs_inproc"):
+    for key in (
+        "inproc_steps_per_s",
+        "grpc_steps_per_s",
+        "grpc_p50_us",
+        "grpc_p99_us",
+        "ratio_grpc_vs_inproc",
+    ):
         assert result[key] > 0, key
     assert result["grpc_p50_us"] <= result["grpc_p99_us"]

@@ -102,10 +102,18 @@ def main(*, as_json: bool, concurrency: int = 64, seconds: float = 3.0) -> dict[
     for col in ("path", "steps/s", "p50 µs", "p99 µs"):
         table.add_column(col, justify="left" if col == "path" else "right")
     table.add_row("in-process", f"{result['inproc_steps_per_s']:,.0f}", f"{result['inproc_p50_us']:.1f}", "")
-    table.add_row("gRPC, 1 episode", f"{result['grpc_sequential_steps_per_s']:,.0f}",
-                  f"{result['grpc_p50_us']:.1f}", f"{result['grpc_p99_us']:.1f}")
-    table.add_row(f"gRPC, {concurrency} episodes", f"{result['grpc_steps_per_s']:,.0f}",
-                  f"{result['grpc_concurrent_p50_us']:.1f}", f"{result['grpc_concurrent_p99_us']:.1f}")
+    table.add_row(
+        "gRPC, 1 episode",
+        f"{result['grpc_sequential_steps_per_s']:,.0f}",
+        f"{result['grpc_p50_us']:.1f}",
+        f"{result['grpc_p99_us']:.1f}",
+    )
+    table.add_row(
+        f"gRPC, {concurrency} episodes",
+        f"{result['grpc_steps_per_s']:,.0f}",
+        f"{result['grpc_concurrent_p50_us']:.1f}",
+        f"{result['grpc_concurrent_p99_us']:.1f}",
+    )
     Console().print(table)
     Console().print(f"ratio gRPC / in-process throughput: {result['ratio_grpc_vs_inproc']:.4f}")
     return result

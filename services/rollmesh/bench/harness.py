@@ -19,7 +19,9 @@ def percentile(sorted_values: Sequence[float], q: float) -> float:
     return sorted_values[i]
 
 
-def start_env_server(target: str, args: Sequence[str] = (), env: dict[str, str] | None = None) -> tuple[subprocess.Popen, str]:
+def start_env_server(
+    target: str, args: Sequence[str] = (), env: dict[str, str] | None = None
+) -> tuple[subprocess.Popen, str]:
     """`rollmesh env serve` in its own process; returns (process, address) once it listens."""
     cmd = [sys.executable, "-m", "rollmesh.cli", "env", "serve", target, "--port", "0", *args]
     proc = subprocess.Popen(

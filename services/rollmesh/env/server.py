@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from .. import PROTOCOL_VERSION, __version__, convert
 from ..errors import (
@@ -52,7 +53,11 @@ class EpisodeLimits:
 
 class EnvironmentServicer(env_grpc.EnvironmentServiceServicer):
     def __init__(
-        self, envs: Sequence[Environment], *, limits: EpisodeLimits = EpisodeLimits(), max_message_bytes: int = 0
+        self,
+        envs: Sequence[Environment],
+        *,
+        limits: EpisodeLimits = EpisodeLimits(),
+        max_message_bytes: int = RpcLimits.max_message_bytes,
     ) -> None:
         names = [e.name for e in envs]
         if not envs or len(set(names)) != len(names):
@@ -94,7 +99,9 @@ class EnvironmentServicer(env_grpc.EnvironmentServiceServicer):
 
     # ---- RPCs --------------------------------------------------------------------------------
 
-    async def Describe(self, request: env_pb.DescribeRequest, context: grpc.aio.ServicerContext) -> env_pb.DescribeResponse:
+    async def Describe(
+        self, request: env_pb.DescribeRequest, context: grpc.aio.ServicerContext
+    ) -> env_pb.DescribeResponse:
         return env_pb.DescribeResponse(
             server=env_pb.ServerInfo(
                 protocol_version=PROTOCOL_VERSION,
@@ -125,7 +132,7 @@ class EnvironmentServicer(env_grpc.EnvironmentServiceServicer):
                     raise ValueError
             except ValueError:
                 raise InvalidArgumentError(
-                    f"invalid page_token {request.page_token!r}; pass the next_page_token of a previous response"
+                    f"invalid page_token {request.page_token!r}; pass a previous next_page_token"
                 ) from None
         except RollmeshError as e:
             await context.abort(status_for(e), str(e))
@@ -141,11 +148,18 @@ class EnvironmentServicer(env_grpc.EnvironmentServiceServicer):
                 total=len(tasks),
             )
 
-    async def Score(self, request: env_pb.ScoreRequest, context: grpc.aio.ServicerContext) -> env_pb.ScoreResponse:
+    async def Score(
+        self, request: env_pb.ScoreRequest, context: grpc.aio.ServicerContext
+    ) -> env_pb.ScoreResponse:
         try:
             env = self.env(request.env)
-            if not env.has_score:
-                await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"environment {env.name!r} does not implement Score")
+        except RollmeshError as e:
+            await context.abort(status_for(e), str(e))
+        if not env.has_score:
+            await context.abort(
+                grpc.StatusCode.UNIMPLEMENTED, f"environment {env.name!r} does not implement Score"
+            )
+        try:
             task = self._task_for_score(env, request)
             messages = convert.messages_from_pb(request.messages)
             result = await env.score(task, messages, convert.from_struct(request.state))
@@ -153,7 +167,10 @@ class EnvironmentServicer(env_grpc.EnvironmentServiceServicer):
             await context.abort(status_for(e), str(e))
         except Exception as e:
             log.exception("Score failed in environment %s", request.env)
-            await context.abort(grpc.StatusCode.INTERNAL, f"environment {request.env!r} failed in score(): {type(e).__name__}: {e}")
+            await context.abort(
+                grpc.StatusCode.INTERNAL,
+                f"environment {request.env!r} failed in score(): {type(e).__name__}: {e}",
+            )
         rewards = result if isinstance(result, dict) else {"score": float(result)}
         weights = dict(zip(env.rubric.names, env.rubric.weights, strict=True)) if env.rubric else {}
         response = env_pb.ScoreResponse(reward=sum(v * weights.get(k, 1.0) for k, v in rewards.items()))
@@ -167,13 +184,17 @@ class EnvironmentServicer(env_grpc.EnvironmentServiceServicer):
             return env.get_task(request.task.task_id, request.task.split or None)
         raise InvalidArgumentError("Score needs the task (inline, or its task_id and split)")
 
-    async def RunEpisode(self, request: env_pb.RunEpisodeRequest, context: grpc.aio.ServicerContext) -> env_pb.RunEpisodeResponse:
+    async def RunEpisode(
+        self, request: env_pb.RunEpisodeRequest, context: grpc.aio.ServicerContext
+    ) -> env_pb.RunEpisodeResponse:
         await context.abort(
             grpc.StatusCode.UNIMPLEMENTED,
             "this Python server does not drive episodes itself; drive them with the Episode stream",
         )
 
-    async def Episode(self, request_iterator: AsyncIterator[env_pb.EpisodeRequest], context: grpc.aio.ServicerContext) -> None:
+    async def Episode(
+        self, request_iterator: AsyncIterator[env_pb.EpisodeRequest], context: grpc.aio.ServicerContext
+    ) -> None:
         episode: Episode | None = None
         counted = False
         try:
@@ -229,8 +250,11 @@ class EnvironmentServicer(env_grpc.EnvironmentServiceServicer):
                 await self._close(episode)
 
     async def _read(self, context: grpc.aio.ServicerContext) -> env_pb.EpisodeRequest | None:
-        async with asyncio.timeout(self.limits.idle_timeout_s):
-            request = await context.read()
+        try:
+            async with asyncio.timeout(self.limits.idle_timeout_s):
+                request = await context.read()
+        except DecodeError:
+            raise InvalidArgumentError("the message is not a valid rollmesh.v1.EpisodeRequest") from None
         return None if request is grpc.aio.EOF else request
 
     def _new_episode(self, request: env_pb.EpisodeRequest) -> Episode:
@@ -246,7 +270,9 @@ class EnvironmentServicer(env_grpc.EnvironmentServiceServicer):
             task = env.get_task(start.task_id, start.split or None)
         else:
             raise InvalidArgumentError("start needs a task_id (see ListTasks) or an inline task")
-        return env.episode(task, seed=start.seed, options=convert.from_struct(start.options), episode_id=start.episode_id)
+        return env.episode(
+            task, seed=start.seed, options=convert.from_struct(start.options), episode_id=start.episode_id
+        )
 
     @staticmethod
     async def _close(episode: Episode) -> None:
@@ -269,11 +295,13 @@ class EnvironmentServer:
         host: str = "127.0.0.1",
         port: int = 0,
         limits: EpisodeLimits = EpisodeLimits(),
-        rpc_limits: RpcLimits = RpcLimits(),
+        rpc_limits: RpcLimits = RpcLimits(),  # noqa: B008 (frozen dataclass)
         nats_url: str | None = None,
         advertise_host: str | None = None,
     ) -> None:
-        self.servicer = EnvironmentServicer(envs, limits=limits, max_message_bytes=rpc_limits.max_message_bytes)
+        self.servicer = EnvironmentServicer(
+            envs, limits=limits, max_message_bytes=rpc_limits.max_message_bytes
+        )
         self.rpc = create_server(
             [(env_grpc.add_EnvironmentServiceServicer_to_server, self.servicer, SERVICE_NAME)],
             host=host,

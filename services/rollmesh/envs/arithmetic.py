@@ -21,7 +21,7 @@ def correct(completion: list[dict], answer: str) -> float:
     return float(value is not None and str(value) == answer)
 
 
-def format(completion: list[dict]) -> float:  # noqa: A001 - the reward's public name
+def format(completion: list[dict]) -> float:
     text = extract_answer(last_assistant_text(completion))
     return float(parse_int(text) is not None and text.lstrip("-").replace(",", "").isdigit())
 

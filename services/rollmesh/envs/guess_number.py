@@ -55,8 +55,12 @@ def load_environment(num_tasks: int = 500, low: int = 1, high: int = 100, max_tu
         "Reply with one integer per turn; I will say whether the number is higher or lower."
     )
     rows = [
-        {"task_id": f"g{i:05d}", "question": prompt, "answer": str(rng.randint(low, high)),
-         "info": {"low": low, "high": high}}
+        {
+            "task_id": f"g{i:05d}",
+            "question": prompt,
+            "answer": str(rng.randint(low, high)),
+            "info": {"low": low, "high": high},
+        }
         for i in range(num_tasks)
     ]
     split = max(1, num_tasks // 5)
