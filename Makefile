@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml tools/package.json
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev]'
-	npm ci --prefix tools --no-audit --no-fund --loglevel=error
+	npm install --prefix tools --no-audit --no-fund --loglevel=error
 	touch $(STAMP)
 
 # The main job: the embedded quickstart.
