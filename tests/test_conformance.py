@@ -81,9 +81,7 @@ async def test_python_server_passes_every_check(server: EnvironmentServer) -> No
         c for c in report.checks if c.status is not Status.PASS
     ]
     assert "lookup: UNIMPLEMENTED" in report.result("score").detail
-    assert report.result("episode:lookup").detail.startswith(
-        "task l0: 2 turn(s)"
-    )  # one tool call, then the answer
+    assert report.result("episode:lookup").detail.startswith("task l0: 2 turn(s)")  # one tool call, then the answer
     assert server.servicer.active == 0
     assert time.monotonic() - start < 15
 
@@ -215,9 +213,7 @@ class NeverDoneEnv(SingleTurnEnv):
 
 
 async def test_a_server_that_never_ends_episodes_fails() -> None:
-    env = NeverDoneEnv(
-        name="never-done", tasks=[{"task_id": "n0", "question": "1 + 1?", "answer": "2"}], max_turns=3
-    )
+    env = NeverDoneEnv(name="never-done", tasks=[{"task_id": "n0", "question": "1 + 1?", "answer": "2"}], max_turns=3)
     async with EnvironmentServer([env]) as srv:
         report = await run_conformance(srv.address, timeout_s=10)
     assert not report.passed

@@ -160,9 +160,7 @@ async def test_trace_context_propagates() -> None:
     await server.start()
     try:
         async with rpc.create_channel(server.address) as ch:
-            await environment_pb2_grpc.EnvironmentServiceStub(ch).Describe(
-                environment_pb2.DescribeRequest(), timeout=5
-            )
+            await environment_pb2_grpc.EnvironmentServiceStub(ch).Describe(environment_pb2.DescribeRequest(), timeout=5)
     finally:
         await server.stop(0)
     spans = [s for s in exporter.get_finished_spans() if s.name == f"/{ENV_SERVICE}/Describe"]

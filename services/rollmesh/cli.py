@@ -21,9 +21,7 @@ app.add_typer(bench_app, name="bench")
 
 NatsOpt = Annotated[
     str | None,
-    typer.Option(
-        "--nats", envvar="ROLLMESH_NATS_URL", help="NATS URL of the registry (e.g. nats://127.0.0.1:4222)."
-    ),
+    typer.Option("--nats", envvar="ROLLMESH_NATS_URL", help="NATS URL of the registry (e.g. nats://127.0.0.1:4222)."),
 ]
 
 
@@ -36,9 +34,7 @@ def _fail(message: str, code: int = 2) -> None:
 def env_serve(
     targets: Annotated[
         list[str],
-        typer.Argument(
-            help="Modules (rollmesh.envs.arithmetic), entry point names (arithmetic) or .py files."
-        ),
+        typer.Argument(help="Modules (rollmesh.envs.arithmetic), entry point names (arithmetic) or .py files."),
     ],
     host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port; 0 picks a free one.")] = 50051,
@@ -108,9 +104,7 @@ def env_list() -> None:
 @app.command()
 def conformance(
     address: Annotated[str, typer.Argument(help="host:port of an environment server, in any language.")],
-    as_json: Annotated[
-        bool, typer.Option("--json", help="Print one JSON object instead of a table.")
-    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")] = False,
     timeout: Annotated[float, typer.Option(help="Seconds per check.")] = 30.0,
 ) -> None:
     """Check that an environment server speaks the rollmesh protocol correctly (exit 0 = all pass)."""
@@ -133,9 +127,7 @@ def ls(nats: NatsOpt = "nats://127.0.0.1:4222") -> None:
 @app.command("nats")
 def nats_cmd(
     port: Annotated[int, typer.Option(help="Client port.")] = 4222,
-    store: Annotated[
-        str | None, typer.Option(help="JetStream storage directory (default: a temporary one).")
-    ] = None,
+    store: Annotated[str | None, typer.Option(help="JetStream storage directory (default: a temporary one).")] = None,
 ) -> None:
     """Run the embedded NATS server (JetStream on) in the foreground."""
     from .natsd import run_foreground

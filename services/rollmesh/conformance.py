@@ -316,9 +316,7 @@ async def play(probe: Probe, env: env_pb.EnvironmentInfo, task: msg_pb.Task) -> 
         await call.write(start_request(env.name, task.task_id))
         response = await call.read()
         expect(response is not grpc.aio.EOF, "the server ended the stream without `started`")
-        expect(
-            response.WhichOneof("kind") == "started", f"expected `started`, got {response.WhichOneof('kind')}"
-        )
+        expect(response.WhichOneof("kind") == "started", f"expected `started`, got {response.WhichOneof('kind')}")
         started = response.started
         expect(started.episode_id, "`started` has no episode_id")
         expect(started.messages, "`started` has no messages")
@@ -337,9 +335,7 @@ async def play(probe: Probe, env: env_pb.EnvironmentInfo, task: msg_pb.Task) -> 
             await call.write(action_request(action))
             response = await call.read()
             expect(response is not grpc.aio.EOF, f"the stream ended after action {turn} without a step")
-            expect(
-                response.WhichOneof("kind") == "step", f"expected a step, got {response.WhichOneof('kind')}"
-            )
+            expect(response.WhichOneof("kind") == "step", f"expected a step, got {response.WhichOneof('kind')}")
             step = response.step
             expect(step.turn == turn, f"step.turn is {step.turn} after {turn} action(s)")
             conversation += [action, *step.messages]
@@ -350,9 +346,7 @@ async def play(probe: Probe, env: env_pb.EnvironmentInfo, task: msg_pb.Task) -> 
         last = steps[-1]
         expect(last.stop_reason != traj_pb.STOP_REASON_UNSPECIFIED, "the final step has no stop_reason")
         if last.has_reward:
-            expect(
-                finite(last.reward, last.rewards), f"non-finite rewards: {last.reward}, {dict(last.rewards)}"
-            )
+            expect(finite(last.reward, last.rewards), f"non-finite rewards: {last.reward}, {dict(last.rewards)}")
         return Played(call, started, steps, conversation)
     except BaseException:
         call.cancel()
@@ -608,9 +602,7 @@ async def check_malformed(probe: Probe) -> str:
             return await final_status(call, start_request(env.name, task.task_id))
 
     async def garbage() -> tuple[grpc.StatusCode, str]:
-        raw = probe.channel.stream_stream(
-            EPISODE_METHOD, request_serializer=bytes, response_deserializer=bytes
-        )
+        raw = probe.channel.stream_stream(EPISODE_METHOD, request_serializer=bytes, response_deserializer=bytes)
         return await final_status(raw(timeout=probe.timeout_s), NOT_PROTOBUF)
 
     await case(
@@ -710,9 +702,7 @@ async def run_conformance(address: str, *, timeout_s: float = 30.0) -> Conforman
             try:
                 envs = list((await probe.info()).environments)
             except grpc.aio.AioRpcError as e:
-                report.checks.append(
-                    CheckResult(f"{c.name}:*", Status.FAIL, f"Describe failed: {rpc_error(e)}", 0.0)
-                )
+                report.checks.append(CheckResult(f"{c.name}:*", Status.FAIL, f"Describe failed: {rpc_error(e)}", 0.0))
                 continue
             for env in envs:
                 report.checks.append(

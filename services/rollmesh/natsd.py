@@ -95,9 +95,7 @@ class EmbeddedNats:
             if (rc := self.proc.poll()) is not None:
                 tail = self._log_tail()
                 self._cleanup()
-                raise RuntimeError(
-                    f"nats-server exited early (code {rc}) on {self.host}:{self.port}:\n{tail}"
-                )
+                raise RuntimeError(f"nats-server exited early (code {rc}) on {self.host}:{self.port}:\n{tail}")
             if self._ready():
                 break
             if time.monotonic() > deadline:

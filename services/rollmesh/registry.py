@@ -166,9 +166,7 @@ class Registry:
         bucket_ttl = (await kv.status()).ttl
         return cls(nc, kv, bucket_ttl or ttl_s, _own)
 
-    async def register(
-        self, record: bus_pb2.ServiceRecord, *, heartbeat_s: float | None = None
-    ) -> Registration:
+    async def register(self, record: bus_pb2.ServiceRecord, *, heartbeat_s: float | None = None) -> Registration:
         """Put `record` now and every `heartbeat_s` (default ttl/3) until the Registration closes."""
         key = record_key(record)
         rec = bus_pb2.ServiceRecord()
@@ -182,9 +180,7 @@ class Registry:
         reg._task = asyncio.create_task(reg._heartbeat(), name=f"registry-heartbeat:{key}")
         return reg
 
-    async def list(
-        self, kind: int | str | None = None, name: str | None = None
-    ) -> list[bus_pb2.ServiceRecord]:
+    async def list(self, kind: int | str | None = None, name: str | None = None) -> list[bus_pb2.ServiceRecord]:
         """Live records, optionally only of one kind and/or name, sorted by key."""
         subject = ".".join(
             (

@@ -138,11 +138,7 @@ class _FailureLoggingInterceptor(grpc.aio.ServerInterceptor):
             if isinstance(code, int):  # aio contexts may hold the raw cygrpc int
                 code = next((c for c in grpc.StatusCode if c.value[0] == code), grpc.StatusCode.UNKNOWN)
             message = context.details() or ""
-            if (
-                exc is not None
-                and not isinstance(exc, asyncio.CancelledError)
-                and code in (None, grpc.StatusCode.OK)
-            ):
+            if exc is not None and not isinstance(exc, asyncio.CancelledError) and code in (None, grpc.StatusCode.OK):
                 code, message = grpc.StatusCode.UNKNOWN, f"{type(exc).__name__}: {exc}"
             if code in (None, grpc.StatusCode.OK):
                 return
@@ -221,9 +217,7 @@ AddServicerFn = Callable[[Any, grpc.aio.Server], None]
 class RpcServer:
     """A grpc.aio.Server plus its health servicer; build with create_server()."""
 
-    def __init__(
-        self, server: grpc.aio.Server, health: _HealthServicer, services: list[str], host: str, port: int
-    ):
+    def __init__(self, server: grpc.aio.Server, health: _HealthServicer, services: list[str], host: str, port: int):
         self.server = server
         self.services = services
         self.host = host
@@ -319,9 +313,7 @@ async def wait_for_ready(address: str, timeout_s: float, service: str = "") -> N
         stub = health_pb2_grpc.HealthStub(channel)
         while (left := deadline - time.monotonic()) > 0:
             try:
-                resp = await stub.Check(
-                    health_pb2.HealthCheckRequest(service=service), timeout=min(left, 1.0)
-                )
+                resp = await stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=min(left, 1.0))
                 if resp.status == _SERVING:
                     return
                 last = health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)

@@ -1,14 +1,15 @@
 """EnvClient: the async Python client of an environment server.
 
-    async with await EnvClient.connect("localhost:50051") as client:
-        async with client.episode("arithmetic", task_id="a00001") as ep:
-            print(ep.messages)                      # the prompt
-            step = await ep.step("42")              # or a full assistant message dict
-            print(step.done, step.reward)
+async with await EnvClient.connect("localhost:50051") as client:
+    async with client.episode("arithmetic", task_id="a00001") as ep:
+        print(ep.messages)                      # the prompt
+        step = await ep.step("42")              # or a full assistant message dict
+        print(step.done, step.reward)
 """
 
 from __future__ import annotations
 
+import asyncio
 import random
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
@@ -111,7 +112,9 @@ class EnvClient:
         options: Mapping[str, Any] | None = None,
         timeout_s: float | None = None,
     ) -> EpisodeSession:
-        start = env_pb.StartEpisode(env=env, task_id=task_id, split=split, seed=seed, options=convert.to_struct(options))
+        start = env_pb.StartEpisode(
+            env=env, task_id=task_id, split=split, seed=seed, options=convert.to_struct(options)
+        )
         if task is not None:
             start.task.CopyFrom(convert.task_to_pb(task, env))
         return EpisodeSession(self.stub, start, timeout_s)
@@ -146,7 +149,7 @@ class EpisodeSession:
     async def __aenter__(self) -> EpisodeSession:
         self._call = self._stub.Episode(timeout=self._timeout_s)
         try:
-            await self._call.write(env_pb.EpisodeRequest(start=self._start))
+            await _write(self._call, env_pb.EpisodeRequest(start=self._start))
             response = await self._call.read()
         except grpc.aio.AioRpcError as e:
             self._call = None
@@ -165,7 +168,8 @@ class EpisodeSession:
     async def step(self, action: Message | str) -> StepResult:
         message = {"role": "assistant", "content": action} if isinstance(action, str) else action
         try:
-            await self._call.write(env_pb.EpisodeRequest(action=env_pb.Action(message=convert.message_to_pb(message))))
+            action = env_pb.Action(message=convert.message_to_pb(message))
+            await _write(self._call, env_pb.EpisodeRequest(action=action))
             response = await self._call.read()
         except grpc.aio.AioRpcError as e:
             raise error_from_rpc(e) from e
@@ -192,6 +196,15 @@ class EpisodeSession:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
+
+
+async def _write(call: Any, request: env_pb.EpisodeRequest) -> None:
+    try:
+        await call.write(request)
+    except asyncio.InvalidStateError:
+        # The server already ended the stream (an error, the idle timeout, a shutdown): the read
+        # that follows raises its status as AioRpcError instead of this bare "RPC already finished".
+        pass
 
 
 async def resolve(name: str, nats_url: str) -> str:

@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 from ..errors import NotFoundError
 from .datasets import TaskSource, load_tasks
 from .episode import Episode
-from .rubric import Rubric, RewardFn
+from .rubric import RewardFn, Rubric
 from .tools import ToolFn, call_tool, tool_spec
 from .types import Message, State, Task
 
@@ -104,9 +104,7 @@ class Environment:
     def tasks(self, split: str | None = None) -> list[Task]:
         split = split or self.default_split
         if split not in self.splits:
-            raise NotFoundError(
-                f"environment {self.name!r} has no split {split!r}; splits: {sorted(self.splits)}"
-            )
+            raise NotFoundError(f"environment {self.name!r} has no split {split!r}; splits: {sorted(self.splits)}")
         return self.splits[split]
 
     def get_task(self, task_id: str, split: str | None = None) -> Task:
@@ -131,16 +129,18 @@ class Environment:
     def digest(self) -> str:
         """sha256 of the environment's code and tasks: changes whenever either does."""
         h = hashlib.sha256()
-        for cls in type(self).__mro__:
-            if cls is object:
-                continue
+        code: list[Any] = [cls for cls in type(self).__mro__ if cls is not object]
+        code += [*self.tools, *(self.rubric.funcs if self.rubric else ())]  # rewards and tools are code too
+        for obj in code:
             try:
-                h.update(inspect.getsource(cls).encode())
+                h.update(inspect.getsource(obj).encode())
             except (OSError, TypeError):
-                h.update(cls.__qualname__.encode())
+                h.update(getattr(obj, "__qualname__", type(obj).__qualname__).encode())
+        h.update(json.dumps([self.max_turns, self.rubric.weights if self.rubric else []]).encode())
         for split in sorted(self.splits):
             for t in self.splits[split]:
-                h.update(json.dumps([split, t.task_id, t.prompt, t.answer], sort_keys=True, default=str).encode())
+                row = [split, t.task_id, t.prompt, t.answer, t.info]
+                h.update(json.dumps(row, sort_keys=True, default=str).encode())
         return h.hexdigest()
 
 

@@ -17,6 +17,16 @@ CONTEXT_KEYS = frozenset({"completion", "answer", "prompt", "messages", "state",
 def _wanted(fn: RewardFn) -> tuple[frozenset[str], bool]:
     params = inspect.signature(fn).parameters
     takes_all = any(p.kind is p.VAR_KEYWORD for p in params.values())
+    unknown = [
+        n
+        for n, p in params.items()
+        if n not in CONTEXT_KEYS and p.default is p.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+    ]
+    if unknown:  # fail when the rubric is built, not with a TypeError in the middle of an episode
+        raise ValueError(
+            f"reward function {getattr(fn, '__name__', fn)!r} has parameters {unknown} that the rubric "
+            f"cannot fill; use any of {sorted(CONTEXT_KEYS)} (or give them defaults)"
+        )
     return frozenset(params) & CONTEXT_KEYS, takes_all
 
 

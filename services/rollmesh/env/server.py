@@ -148,17 +148,13 @@ class EnvironmentServicer(env_grpc.EnvironmentServiceServicer):
                 total=len(tasks),
             )
 
-    async def Score(
-        self, request: env_pb.ScoreRequest, context: grpc.aio.ServicerContext
-    ) -> env_pb.ScoreResponse:
+    async def Score(self, request: env_pb.ScoreRequest, context: grpc.aio.ServicerContext) -> env_pb.ScoreResponse:
         try:
             env = self.env(request.env)
         except RollmeshError as e:
             await context.abort(status_for(e), str(e))
         if not env.has_score:
-            await context.abort(
-                grpc.StatusCode.UNIMPLEMENTED, f"environment {env.name!r} does not implement Score"
-            )
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"environment {env.name!r} does not implement Score")
         try:
             task = self._task_for_score(env, request)
             messages = convert.messages_from_pb(request.messages)
@@ -299,9 +295,7 @@ class EnvironmentServer:
         nats_url: str | None = None,
         advertise_host: str | None = None,
     ) -> None:
-        self.servicer = EnvironmentServicer(
-            envs, limits=limits, max_message_bytes=rpc_limits.max_message_bytes
-        )
+        self.servicer = EnvironmentServicer(envs, limits=limits, max_message_bytes=rpc_limits.max_message_bytes)
         self.rpc = create_server(
             [(env_grpc.add_EnvironmentServiceServicer_to_server, self.servicer, SERVICE_NAME)],
             host=host,

@@ -98,7 +98,7 @@ async def call_tool(fn: ToolFn, arguments_json: str, *, timeout_s: float) -> str
             result = await asyncio.wait_for(fn(**args), timeout_s)
         else:
             result = await asyncio.wait_for(asyncio.to_thread(fn, **args), timeout_s)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         return f"Error: {fn.__name__} timed out after {timeout_s:g} s."
     except Exception as e:  # the tool's own failure, reported to the model
         return f"Error: {fn.__name__} failed: {type(e).__name__}: {e}"

@@ -212,9 +212,7 @@ _THINK = re.compile(r"<think>.*?</think>", re.IGNORECASE | re.DOTALL)
 _ANSWER_MARK = re.compile(r"\banswer\s*\**\s*:", re.IGNORECASE)
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 # Letters that Unicode does not decompose into a base letter plus accents.
-_FOLD = str.maketrans(
-    {"ð": "d", "đ": "d", "þ": "th", "æ": "ae", "œ": "oe", "ø": "o", "ł": "l", "ß": "ss", "ı": "i"}
-)
+_FOLD = str.maketrans({"ð": "d", "đ": "d", "þ": "th", "æ": "ae", "œ": "oe", "ø": "o", "ł": "l", "ß": "ss", "ı": "i"})
 
 
 def _text(content: Any) -> str:
@@ -256,9 +254,7 @@ def normalize_answer(text: str) -> str:
     return " ".join(text.split())
 
 
-def correct_answer(
-    completion: list[dict[str, Any]], answer: str, info: dict[str, Any] | None = None
-) -> float:
+def correct_answer(completion: list[dict[str, Any]], answer: str, info: dict[str, Any] | None = None) -> float:
     """1.0 when the final answer matches the gold answer or an alias, else 0.0.
 
     A match is equality after normalisation, or the normalised gold answer appearing as whole
@@ -307,9 +303,7 @@ def _task_rows(split: str, limit: int | None) -> list[dict[str, Any]]:
     return rows if limit is None else rows[: max(0, int(limit))]
 
 
-def load_environment(
-    max_turns: int = 8, num_train: int | None = None, num_test: int | None = None
-) -> ToolEnv:
+def load_environment(max_turns: int = 8, num_train: int | None = None, num_test: int | None = None) -> ToolEnv:
     """The wiki-search environment.
 
     Args:
