@@ -607,3 +607,17 @@ def test_digest_changes_with_tasks() -> None:
         return 0.0
 
     assert make(base, reward=other_reward).digest != digest  # reward code is part of the environment
+
+
+def test_a_description_line_ending_in_a_colon_is_kept() -> None:
+    async def add(a: int) -> int:
+        """Adds these numbers:
+
+        Args:
+            a: The number.
+        """
+        return a
+
+    spec = tool_spec(add)
+    assert spec["description"] == "Adds these numbers:"
+    assert spec["parameters"]["properties"]["a"]["description"] == "The number."

@@ -25,3 +25,7 @@ class ResourceExhaustedError(RollmeshError):
 
 class UnavailableError(RollmeshError):
     """The server is shutting down or a dependency is unreachable; retrying elsewhere may work."""
+
+
+class DeadlineExceededError(RollmeshError):
+    """A deadline or idle timeout passed before the work finished."""

@@ -191,7 +191,8 @@ class Registry:
         )
         # A watcher delivers the latest revision of every matching key, then None: one round trip
         # instead of keys() + get() per key.
-        watcher = await self.kv.watch(subject, ignore_deletes=True)
+        # a short inactive threshold: the server drops this watch's consumer right after we stop it
+        watcher = await self.kv.watch(subject, ignore_deletes=True, inactive_threshold=2.0)
         out: dict[str, bus_pb2.ServiceRecord] = {}
         try:
             while (entry := await watcher.updates(timeout=5.0)) is not None:

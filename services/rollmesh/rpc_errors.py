@@ -12,6 +12,7 @@ STATUS_FOR: dict[type[errors.RollmeshError], grpc.StatusCode] = {
     errors.FailedPreconditionError: grpc.StatusCode.FAILED_PRECONDITION,
     errors.ResourceExhaustedError: grpc.StatusCode.RESOURCE_EXHAUSTED,
     errors.UnavailableError: grpc.StatusCode.UNAVAILABLE,
+    errors.DeadlineExceededError: grpc.StatusCode.DEADLINE_EXCEEDED,
 }
 
 

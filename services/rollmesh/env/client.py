@@ -17,7 +17,7 @@ from typing import Any
 import grpc
 
 from .. import convert
-from ..errors import InvalidArgumentError, NotFoundError, RollmeshError, UnavailableError
+from ..errors import FailedPreconditionError, InvalidArgumentError, NotFoundError, RollmeshError, UnavailableError
 from ..proto.v1 import bus_pb2 as bus_pb
 from ..proto.v1 import environment_pb2 as env_pb
 from ..proto.v1 import environment_pb2_grpc as env_grpc
@@ -166,6 +166,8 @@ class EpisodeSession:
         return self
 
     async def step(self, action: Message | str) -> StepResult:
+        if self._call is None:
+            raise FailedPreconditionError("the episode session is closed; open a new one with client.episode()")
         message = {"role": "assistant", "content": action} if isinstance(action, str) else action
         try:
             action = env_pb.Action(message=convert.message_to_pb(message))

@@ -19,6 +19,7 @@ from google.protobuf.message import DecodeError
 
 from .. import PROTOCOL_VERSION, __version__, convert
 from ..errors import (
+    DeadlineExceededError,
     InvalidArgumentError,
     NotFoundError,
     ResourceExhaustedError,
@@ -208,7 +209,8 @@ class EnvironmentServicer(env_grpc.EnvironmentServiceServicer):
             counted = True
             episode = self._new_episode(first)
             messages = await episode.start()
-            await context.write(
+            await self._write(
+                context,
                 env_pb.EpisodeResponse(
                     started=env_pb.EpisodeStarted(
                         episode_id=episode.episode_id,
@@ -217,7 +219,7 @@ class EnvironmentServicer(env_grpc.EnvironmentServiceServicer):
                         tools=[convert.tool_spec_to_pb(s) for s in episode.env.tool_specs()],
                         max_turns=episode.env.max_turns,
                     )
-                )
+                ),
             )
             while (request := await self._read(context)) is not None:
                 if request.WhichOneof("kind") != "action":
@@ -225,14 +227,9 @@ class EnvironmentServicer(env_grpc.EnvironmentServiceServicer):
                 if not request.action.HasField("message"):
                     raise InvalidArgumentError("an action needs a message")
                 result = await episode.step(convert.message_from_pb(request.action.message))
-                await context.write(env_pb.EpisodeResponse(step=convert.step_to_pb(result)))
+                await self._write(context, env_pb.EpisodeResponse(step=convert.step_to_pb(result)))
         except RollmeshError as e:
             await context.abort(status_for(e), str(e))
-        except TimeoutError:
-            await context.abort(
-                grpc.StatusCode.DEADLINE_EXCEEDED,
-                f"no message from the client for {self.limits.idle_timeout_s:g} s; episode closed",
-            )
         except (asyncio.CancelledError, grpc.aio.AbortError):
             raise
         except Exception as e:
@@ -245,10 +242,22 @@ class EnvironmentServicer(env_grpc.EnvironmentServiceServicer):
             if episode is not None:
                 await self._close(episode)
 
+    async def _write(self, context: grpc.aio.ServicerContext, response: env_pb.EpisodeResponse) -> None:
+        # gRPC would refuse an oversized reply with an opaque internal error; name the cause instead
+        if (size := response.ByteSize()) > self.max_message_bytes:
+            raise ResourceExhaustedError(
+                f"the environment's reply is {size} bytes, over the {self.max_message_bytes}-byte message limit"
+            )
+        await context.write(response)
+
     async def _read(self, context: grpc.aio.ServicerContext) -> env_pb.EpisodeRequest | None:
         try:
             async with asyncio.timeout(self.limits.idle_timeout_s):
                 request = await context.read()
+        except TimeoutError:
+            raise DeadlineExceededError(
+                f"no message from the client for {self.limits.idle_timeout_s:g} s; episode closed"
+            ) from None
         except DecodeError:
             raise InvalidArgumentError("the message is not a valid rollmesh.v1.EpisodeRequest") from None
         return None if request is grpc.aio.EOF else request

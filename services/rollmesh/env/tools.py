@@ -16,7 +16,8 @@ ToolFn = Callable[..., Any]
 
 _JSON_TYPES: dict[type, str] = {str: "string", int: "integer", float: "number", bool: "boolean"}
 _ARGS_HEADER = re.compile(r"^\s*(Args|Arguments|Parameters):\s*$")
-_SECTION_HEADER = re.compile(r"^\s*[A-Z][A-Za-z ]*:\s*$")
+_SECTIONS = "Args|Arguments|Parameters|Returns?|Raises|Yields|Examples?|Notes?|Attributes|See Also|Todo|Warnings?"
+_SECTION_HEADER = re.compile(rf"^\s*({_SECTIONS}):\s*$")
 _ARG_LINE = re.compile(r"^\s*(\*{0,2}\w+)\s*(\([^)]*\))?\s*:\s*(.*)$")
 
 
