@@ -655,3 +655,15 @@ async def test_episode_session_without_server_is_unavailable() -> None:
         with pytest.raises(UnavailableError):
             async with client.episode("tracked", "t"):
                 pass
+
+
+async def test_client_step_timeout_cancels_a_stalled_episode(served) -> None:
+    srv, _ = served
+    slow = TrackedEnv("stalls", stall_s=60)
+    srv.servicer.envs["stalls"] = slow
+    async with await EnvClient.connect(srv.address, step_timeout_s=0.3) as client:
+        async with client.episode("stalls", "t") as ep:
+            with pytest.raises(DeadlineExceededError, match=r"no answer from the server within 0\.3 s"):
+                await ep.step("hello")
+    await _eventually(lambda: srv.servicer.active == 0, "the stalled episode to be released")
+    await _eventually(lambda: slow.cleanups == 1, "cleanup of the stalled episode")

@@ -17,7 +17,14 @@ from typing import Any
 import grpc
 
 from .. import convert
-from ..errors import FailedPreconditionError, InvalidArgumentError, NotFoundError, RollmeshError, UnavailableError
+from ..errors import (
+    DeadlineExceededError,
+    FailedPreconditionError,
+    InvalidArgumentError,
+    NotFoundError,
+    RollmeshError,
+    UnavailableError,
+)
 from ..proto.v1 import bus_pb2 as bus_pb
 from ..proto.v1 import environment_pb2 as env_pb
 from ..proto.v1 import environment_pb2_grpc as env_grpc
@@ -33,10 +40,13 @@ def error_from_rpc(e: grpc.aio.AioRpcError) -> Exception:
 
 
 class EnvClient:
-    def __init__(self, channel: grpc.aio.Channel, address: str, *, timeout_s: float = 30.0) -> None:
+    def __init__(
+        self, channel: grpc.aio.Channel, address: str, *, timeout_s: float = 30.0, step_timeout_s: float = 300.0
+    ) -> None:
         self.channel = channel
         self.address = address
-        self.timeout_s = timeout_s
+        self.timeout_s = timeout_s  # unary calls and ListTasks
+        self.step_timeout_s = step_timeout_s  # one episode start or step: a stalled server cannot hold us
         self.stub = env_grpc.EnvironmentServiceStub(channel)
 
     @classmethod
@@ -47,6 +57,7 @@ class EnvClient:
         name: str | None = None,
         nats_url: str | None = None,
         timeout_s: float = 30.0,
+        step_timeout_s: float = 300.0,
         limits: RpcLimits = RpcLimits(),  # noqa: B008
     ) -> EnvClient:
         """Connect by address, or by environment name through the registry (a random live
@@ -55,7 +66,7 @@ class EnvClient:
             if not (name and nats_url):
                 raise InvalidArgumentError("connect needs an address, or an environment name and a NATS URL")
             address = await resolve(name, nats_url)
-        return cls(create_channel(address, limits=limits), address, timeout_s=timeout_s)
+        return cls(create_channel(address, limits=limits), address, timeout_s=timeout_s, step_timeout_s=step_timeout_s)
 
     async def close(self) -> None:
         await self.channel.close()
@@ -117,7 +128,7 @@ class EnvClient:
         )
         if task is not None:
             start.task.CopyFrom(convert.task_to_pb(task, env))
-        return EpisodeSession(self.stub, start, timeout_s)
+        return EpisodeSession(self.stub, start, timeout_s, self.step_timeout_s)
 
     async def _unary(self, method: Any, request: Any) -> Any:
         try:
@@ -130,10 +141,17 @@ class EpisodeSession:
     """One episode over one stream. Use as an async context manager; leaving the block ends the
     episode (cancelling it on the server when it is not done)."""
 
-    def __init__(self, stub: env_grpc.EnvironmentServiceStub, start: env_pb.StartEpisode, timeout_s: float | None):
+    def __init__(
+        self,
+        stub: env_grpc.EnvironmentServiceStub,
+        start: env_pb.StartEpisode,
+        timeout_s: float | None,
+        step_timeout_s: float = 300.0,
+    ):
         self._stub = stub
         self._start = start
         self._timeout_s = timeout_s
+        self._step_timeout_s = step_timeout_s
         self._call: Any = None
         self.episode_id = ""
         self.task: Task | None = None
@@ -149,14 +167,11 @@ class EpisodeSession:
     async def __aenter__(self) -> EpisodeSession:
         self._call = self._stub.Episode(timeout=self._timeout_s)
         try:
-            await _write(self._call, env_pb.EpisodeRequest(start=self._start))
-            response = await self._call.read()
-        except grpc.aio.AioRpcError as e:
+            response = await self._exchange(env_pb.EpisodeRequest(start=self._start))
+        except BaseException:
+            self._call.cancel()
             self._call = None
-            raise error_from_rpc(e) from e
-        if response is grpc.aio.EOF:
-            self._call = None
-            raise UnavailableError("the server closed the episode stream before it started")
+            raise
         started = response.started
         self.episode_id = started.episode_id
         self.task = convert.task_from_pb(started.task)
@@ -169,19 +184,31 @@ class EpisodeSession:
         if self._call is None:
             raise FailedPreconditionError("the episode session is closed; open a new one with client.episode()")
         message = {"role": "assistant", "content": action} if isinstance(action, str) else action
-        try:
-            action = env_pb.Action(message=convert.message_to_pb(message))
-            await _write(self._call, env_pb.EpisodeRequest(action=action))
-            response = await self._call.read()
-        except grpc.aio.AioRpcError as e:
-            raise error_from_rpc(e) from e
-        if response is grpc.aio.EOF:
-            raise UnavailableError(f"episode {self.episode_id}: the server closed the stream")
+        action = env_pb.Action(message=convert.message_to_pb(message))
+        response = await self._exchange(env_pb.EpisodeRequest(action=action))
         result = convert.step_from_pb(response.step)
         self.messages.append({**message, "role": "assistant"})
         self.messages.extend(result.messages)
         self.last = result
         return result
+
+    async def _exchange(self, request: env_pb.EpisodeRequest) -> env_pb.EpisodeResponse:
+        """One request, its one response; errors as domain errors."""
+        try:
+            async with asyncio.timeout(self._step_timeout_s):
+                await _write(self._call, request)
+                response = await self._call.read()
+        except TimeoutError:
+            self._call.cancel()
+            raise DeadlineExceededError(
+                f"episode {self.episode_id or '(starting)'}: no answer from the server within "
+                f"{self._step_timeout_s:g} s; the episode was cancelled"
+            ) from None
+        except grpc.aio.AioRpcError as e:
+            raise error_from_rpc(e) from e
+        if response is grpc.aio.EOF:
+            raise UnavailableError(f"episode {self.episode_id or '(starting)'}: the server closed the stream")
+        return response
 
     async def close(self) -> None:
         if self._call is None:
