@@ -158,6 +158,8 @@ def demo() -> None:
 def main() -> None:
     # grpc's C core logs fork/epoll chatter to stderr by default; keep the CLI quiet.
     os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+    if not sys.stdout.isatty():  # logs and CI: rich would wrap tables at 80 columns
+        os.environ.setdefault("COLUMNS", "120")
     app(prog_name="rollmesh")
 
 

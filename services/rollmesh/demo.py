@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
-import sys
 import time
 from collections.abc import Awaitable, Callable
 
@@ -106,8 +104,6 @@ async def play(nats_url: str) -> Table:
 
 
 def run() -> int:
-    if not sys.stdout.isatty():  # logs and CI: wide enough for the tables
-        os.environ.setdefault("COLUMNS", "120")
     console = Console()
     console.rule("[bold]rollmesh demo")
     with EmbeddedNats() as nats:
