@@ -23,6 +23,7 @@ from rollmesh.envs import arithmetic, guess_number
 from rollmesh.errors import (
     DeadlineExceededError,
     FailedPreconditionError,
+    InternalError,
     InvalidArgumentError,
     NotFoundError,
     ResourceExhaustedError,
@@ -396,11 +397,11 @@ async def test_environment_exception_is_internal_and_server_survives(served, cap
     broken = TrackedEnv("broken", fail_in=fail_in)
     srv.servicer.envs["broken"] = broken  # hosted next to the healthy ones
     caplog.set_level(logging.ERROR, logger="rollmesh.env.server")
-    with pytest.raises(grpc.aio.AioRpcError) as info:
+    with pytest.raises(InternalError) as info:
         async with client.episode("broken", "t") as ep:
             await ep.step("hello")
-    assert info.value.code() == grpc.StatusCode.INTERNAL
-    details = info.value.details()
+    assert info.value.reason == "ENVIRONMENT_FAILED"
+    details = str(info.value)
     assert "'broken'" in details
     expected = "KeyError: 'missing-sandbox'" if fail_in == "setup_state" else "RuntimeError: disk on fire"
     assert expected in details
@@ -417,11 +418,10 @@ async def test_environment_exception_is_internal_and_server_survives(served, cap
 async def test_timeout_error_inside_the_environment_is_internal(served) -> None:
     srv, client = served
     srv.servicer.envs["times-out"] = TrackedEnv("times-out", fail_in="timeout")
-    with pytest.raises(grpc.aio.AioRpcError) as info:
+    with pytest.raises(InternalError) as info:
         async with client.episode("times-out", "t") as ep:
             await ep.step("hello")
-    assert info.value.code() == grpc.StatusCode.INTERNAL
-    assert "'times-out'" in info.value.details() and "upstream search timed out" in info.value.details()
+    assert "'times-out'" in str(info.value) and "upstream search timed out" in str(info.value)
 
 
 async def test_score_unimplemented_is_not_logged_as_a_failure(served, caplog) -> None:
@@ -667,3 +667,23 @@ async def test_client_step_timeout_cancels_a_stalled_episode(served) -> None:
                 await ep.step("hello")
     await _eventually(lambda: srv.servicer.active == 0, "the stalled episode to be released")
     await _eventually(lambda: slow.cleanups == 1, "cleanup of the stalled episode")
+
+
+async def test_errors_carry_a_machine_readable_reason(served) -> None:
+    """Statuses carry google.rpc.ErrorInfo, so clients can act on a reason instead of parsing text."""
+    _, client = served
+    with pytest.raises(NotFoundError) as info:
+        async with client.episode("no-such-env", "t"):
+            pass
+    assert info.value.reason == "UNKNOWN_ENVIRONMENT"
+    assert "tracked" in info.value.metadata["environments"].split(",")
+    with pytest.raises(NotFoundError) as info:
+        async with client.episode("tracked", "no-such-task"):
+            pass
+    assert info.value.reason == "UNKNOWN_TASK"
+    async with client.episode("tracked", "t") as ep:
+        while not ep.done:
+            await ep.step("hello")
+        with pytest.raises(FailedPreconditionError) as done_info:
+            await ep.step("again")
+    assert done_info.value.reason == "EPISODE_DONE"

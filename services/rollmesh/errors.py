@@ -1,31 +1,60 @@
-"""Domain errors. Transport adapters map each to one gRPC status code (see rpc_errors)."""
+"""Domain errors. Transport adapters map each to one gRPC status code (see rpc_errors), with a
+machine-readable `reason` (sent as google.rpc.ErrorInfo) so clients can act without parsing text."""
 
 from __future__ import annotations
+
+from collections.abc import Mapping
 
 
 class RollmeshError(Exception):
     """Base class: the message must tell a person what to do about it."""
 
+    reason = "ERROR"
+
+    def __init__(self, message: str, *, reason: str | None = None, metadata: Mapping[str, str] | None = None):
+        super().__init__(message)
+        if reason:
+            self.reason = reason
+        self.metadata = dict(metadata or {})
+
 
 class NotFoundError(RollmeshError):
     """An environment, task, rubric or model that does not exist."""
+
+    reason = "NOT_FOUND"
 
 
 class InvalidArgumentError(RollmeshError):
     """A request that can never succeed as written."""
 
+    reason = "INVALID_ARGUMENT"
+
 
 class FailedPreconditionError(RollmeshError):
     """A request that is valid but not in the current state (e.g. an action after done)."""
+
+    reason = "FAILED_PRECONDITION"
 
 
 class ResourceExhaustedError(RollmeshError):
     """A limit was hit (concurrent episodes, sizes)."""
 
+    reason = "RESOURCE_EXHAUSTED"
+
 
 class UnavailableError(RollmeshError):
     """The server is shutting down or a dependency is unreachable; retrying elsewhere may work."""
 
+    reason = "UNAVAILABLE"
+
 
 class DeadlineExceededError(RollmeshError):
     """A deadline or idle timeout passed before the work finished."""
+
+    reason = "DEADLINE_EXCEEDED"
+
+
+class InternalError(RollmeshError):
+    """Code behind the server (an environment, a reward function) failed."""
+
+    reason = "INTERNAL"

@@ -29,14 +29,8 @@ from ..proto.v1 import bus_pb2 as bus_pb
 from ..proto.v1 import environment_pb2 as env_pb
 from ..proto.v1 import environment_pb2_grpc as env_grpc
 from ..rpc import RpcLimits, create_channel
-from ..rpc_errors import ERROR_FOR
+from ..rpc_errors import error_from_rpc
 from .types import Message, StepResult, Task
-
-
-def error_from_rpc(e: grpc.aio.AioRpcError) -> Exception:
-    """A domain error for statuses that have one; the original error otherwise."""
-    cls = ERROR_FOR.get(e.code())
-    return cls(e.details() or e.code().name) if cls else e
 
 
 class EnvClient:

@@ -104,7 +104,10 @@ class Environment:
     def tasks(self, split: str | None = None) -> list[Task]:
         split = split or self.default_split
         if split not in self.splits:
-            raise NotFoundError(f"environment {self.name!r} has no split {split!r}; splits: {sorted(self.splits)}")
+            raise NotFoundError(
+                f"environment {self.name!r} has no split {split!r}; splits: {sorted(self.splits)}",
+                reason="UNKNOWN_SPLIT",
+            )
         return self.splits[split]
 
     def get_task(self, task_id: str, split: str | None = None) -> Task:
@@ -116,7 +119,8 @@ class Environment:
         if task is None:
             raise NotFoundError(
                 f"environment {self.name!r} has no task {task_id!r} in split {split!r} "
-                f"({len(by_id or ())} tasks; list them with ListTasks)"
+                f"({len(by_id or ())} tasks; list them with ListTasks)",
+                reason="UNKNOWN_TASK",
             )
         return task
 

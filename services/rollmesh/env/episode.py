@@ -60,7 +60,9 @@ class Episode:
         if not self.started:
             raise FailedPreconditionError("the episode has not started")
         if self.done:
-            raise FailedPreconditionError(f"episode {self.episode_id} is done (turn {self.turn}); start a new episode")
+            raise FailedPreconditionError(
+                f"episode {self.episode_id} is done (turn {self.turn}); start a new episode", reason="EPISODE_DONE"
+            )
         env = self.env
         self.messages.append(validate_action(action))
         self.turn += 1

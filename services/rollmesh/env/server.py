@@ -20,6 +20,7 @@ from google.protobuf.message import DecodeError
 from .. import PROTOCOL_VERSION, __version__, convert
 from ..errors import (
     DeadlineExceededError,
+    InternalError,
     InvalidArgumentError,
     NotFoundError,
     ResourceExhaustedError,
@@ -31,7 +32,7 @@ from ..proto.v1 import environment_pb2 as env_pb
 from ..proto.v1 import environment_pb2_grpc as env_grpc
 from ..registry import Registration, Registry, record_for
 from ..rpc import RpcLimits, create_server
-from ..rpc_errors import status_for
+from ..rpc_errors import abort
 from .environment import Environment
 from .episode import Episode
 
@@ -74,10 +75,16 @@ class EnvironmentServicer(env_grpc.EnvironmentServiceServicer):
 
     def env(self, name: str) -> Environment:
         if not name:
-            raise InvalidArgumentError(f"no environment named; this server hosts {sorted(self.envs)}")
+            raise InvalidArgumentError(
+                f"no environment named; this server hosts {sorted(self.envs)}", reason="NO_ENVIRONMENT"
+            )
         env = self.envs.get(name)
         if env is None:
-            raise NotFoundError(f"no environment {name!r} on this server; it hosts {sorted(self.envs)}")
+            raise NotFoundError(
+                f"no environment {name!r} on this server; it hosts {sorted(self.envs)}",
+                reason="UNKNOWN_ENVIRONMENT",
+                metadata={"environments": ",".join(sorted(self.envs))},
+            )
         return env
 
     def describe_env(self, env: Environment) -> env_pb.EnvironmentInfo:
@@ -136,7 +143,7 @@ class EnvironmentServicer(env_grpc.EnvironmentServiceServicer):
                     f"invalid page_token {request.page_token!r}; pass a previous next_page_token"
                 ) from None
         except RollmeshError as e:
-            await context.abort(status_for(e), str(e))
+            await abort(context, e)
         end = len(tasks) if request.page_size == 0 else min(len(tasks), start + request.page_size)
         if start == end:
             yield env_pb.ListTasksResponse(total=len(tasks))
@@ -153,7 +160,7 @@ class EnvironmentServicer(env_grpc.EnvironmentServiceServicer):
         try:
             env = self.env(request.env)
         except RollmeshError as e:
-            await context.abort(status_for(e), str(e))
+            await abort(context, e)
         if not env.has_score:
             await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"environment {env.name!r} does not implement Score")
         try:
@@ -161,7 +168,7 @@ class EnvironmentServicer(env_grpc.EnvironmentServiceServicer):
             messages = convert.messages_from_pb(request.messages)
             result = await env.score(task, messages, convert.from_struct(request.state))
         except RollmeshError as e:
-            await context.abort(status_for(e), str(e))
+            await abort(context, e)
         except Exception as e:
             log.exception("Score failed in environment %s", request.env)
             await context.abort(
@@ -199,11 +206,14 @@ class EnvironmentServicer(env_grpc.EnvironmentServiceServicer):
             if first is None:
                 return  # client closed without starting: nothing to do
             if self.draining:
-                raise UnavailableError("server is shutting down; start the episode on another replica")
+                raise UnavailableError(
+                    "server is shutting down; start the episode on another replica", reason="DRAINING"
+                )
             if self.active >= self.limits.max_concurrent_episodes:
                 raise ResourceExhaustedError(
                     f"server at its limit of {self.limits.max_concurrent_episodes} concurrent episodes; "
-                    "retry later or use another replica"
+                    "retry later or use another replica",
+                    reason="EPISODE_LIMIT",
                 )
             self.active += 1
             counted = True
@@ -229,13 +239,13 @@ class EnvironmentServicer(env_grpc.EnvironmentServiceServicer):
                 result = await episode.step(convert.message_from_pb(request.action.message))
                 await self._write(context, env_pb.EpisodeResponse(step=convert.step_to_pb(result)))
         except RollmeshError as e:
-            await context.abort(status_for(e), str(e))
+            await abort(context, e)
         except (asyncio.CancelledError, grpc.aio.AbortError):
             raise
         except Exception as e:
             where = f"environment {episode.env.name!r}" if episode else "episode start"
             log.exception("episode failed in %s", where)
-            await context.abort(grpc.StatusCode.INTERNAL, f"{where} raised {type(e).__name__}: {e}")
+            await abort(context, InternalError(f"{where} raised {type(e).__name__}: {e}", reason="ENVIRONMENT_FAILED"))
         finally:
             if counted:
                 self.active -= 1
@@ -256,7 +266,8 @@ class EnvironmentServicer(env_grpc.EnvironmentServiceServicer):
                 request = await context.read()
         except TimeoutError:
             raise DeadlineExceededError(
-                f"no message from the client for {self.limits.idle_timeout_s:g} s; episode closed"
+                f"no message from the client for {self.limits.idle_timeout_s:g} s; episode closed",
+                reason="IDLE_TIMEOUT",
             ) from None
         except DecodeError:
             raise InvalidArgumentError("the message is not a valid rollmesh.v1.EpisodeRequest") from None
