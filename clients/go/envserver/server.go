@@ -1,0 +1,98 @@
+package envserver
+
+import (
+	"net"
+	"time"
+
+	pb "github.com/rollmesh/rollmesh/clients/go/rollmeshv1"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/reflection"
+)
+
+// ServiceName is the full name of the EnvironmentService, as health checks name it.
+const ServiceName = "rollmesh.v1.EnvironmentService"
+
+// Limits are the server's limits; zero fields take the defaults of DefaultLimits.
+type Limits struct {
+	MaxConcurrentEpisodes int
+	// An episode with no client message for this long ends with DEADLINE_EXCEEDED.
+	IdleTimeout     time.Duration
+	MaxMessageBytes int
+}
+
+// DefaultLimits are the Python reference server's defaults.
+var DefaultLimits = Limits{MaxConcurrentEpisodes: 1024, IdleTimeout: 300 * time.Second, MaxMessageBytes: 16 << 20}
+
+func (l Limits) withDefaults() Limits {
+	if l.MaxConcurrentEpisodes <= 0 {
+		l.MaxConcurrentEpisodes = DefaultLimits.MaxConcurrentEpisodes
+	}
+	if l.IdleTimeout <= 0 {
+		l.IdleTimeout = DefaultLimits.IdleTimeout
+	}
+	if l.MaxMessageBytes <= 0 {
+		l.MaxMessageBytes = DefaultLimits.MaxMessageBytes
+	}
+	return l
+}
+
+// Server hosts environments on a gRPC server with health and server reflection.
+type Server struct {
+	grpc    *grpc.Server
+	health  *health.Server
+	service *service
+}
+
+// New checks the environments and builds a server; Serve starts it.
+func New(envs []*Environment, limits Limits) (*Server, error) {
+	limits = limits.withDefaults()
+	svc, err := newService(envs, limits)
+	if err != nil {
+		return nil, err
+	}
+	g := grpc.NewServer(
+		grpc.CustomCodec(newCodec()), //nolint:staticcheck // supported throughout gRPC 1.x
+		grpc.MaxRecvMsgSize(limits.MaxMessageBytes),
+		grpc.MaxSendMsgSize(limits.MaxMessageBytes),
+		grpc.MaxConcurrentStreams(1024),
+		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
+	)
+	pb.RegisterEnvironmentServiceServer(g, svc)
+	hs := health.NewServer()
+	hs.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
+	hs.SetServingStatus(ServiceName, healthpb.HealthCheckResponse_SERVING)
+	healthpb.RegisterHealthServer(g, hs)
+	reflection.Register(g)
+	return &Server{grpc: g, health: hs, service: svc}, nil
+}
+
+// Serve answers on lis until Shutdown.
+func (s *Server) Serve(lis net.Listener) error { return s.grpc.Serve(lis) }
+
+// Names lists the hosted environments in the order given to New.
+func (s *Server) Names() []string { return append([]string(nil), s.service.names...) }
+
+// ActiveEpisodes is the number of episodes open right now.
+func (s *Server) ActiveEpisodes() int { return int(s.service.active.Load()) }
+
+// Shutdown reports NOT_SERVING, refuses new episodes, lets open ones finish for up to grace,
+// then cancels whatever is left.
+func (s *Server) Shutdown(grace time.Duration) {
+	s.service.draining.Store(true)
+	s.health.Shutdown()
+	stopped := make(chan struct{})
+	go func() {
+		s.grpc.GracefulStop()
+		close(stopped)
+	}()
+	select {
+	case <-stopped:
+	case <-time.After(grace):
+		s.grpc.Stop()
+		<-stopped
+	}
+}

@@ -1,0 +1,9 @@
+// Command maze-server serves the "maze" environment: the policy finds its way out of a small
+// maze with the tool move(direction).
+//
+//	maze-server --port 0
+package main
+
+import "github.com/rollmesh/rollmesh/clients/go/envserver"
+
+func main() { envserver.Main(newEnvironment()) }
