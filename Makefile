@@ -1,5 +1,7 @@
 # rollmesh developer entry points. `make setup` is idempotent: it creates .venv/ and installs
-# the package with its dev tools, and the buf CLI under tools/; it reruns only when inputs change.
+# the package with its dev tools, the buf CLI under tools/, and the TypeScript and Go toolchains
+# and builds of clients/ (Node packages from npm, Go from Debian's packages); it reruns only when
+# inputs change.
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -10,11 +12,13 @@ STAMP := $(VENV)/.rollmesh-setup
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml tools/package.json
+$(STAMP): pyproject.toml tools/package.json clients/typescript/package.json clients/go/setup.sh
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev]'
 	npm install --prefix tools --no-audit --no-fund --loglevel=error
+	bash clients/typescript/setup.sh
+	bash clients/go/setup.sh
 	touch $(STAMP)
 
 # The main job: the embedded quickstart.
@@ -29,10 +33,12 @@ lint: setup
 	$(VENV)/bin/ruff check services tests scripts
 	cd protos && ../tools/node_modules/.bin/buf lint
 
-# Regenerate the checked-in stubs from protos/.
+# Regenerate the checked-in clients of every language from protos/.
 protos: setup
 	cd protos && ../tools/node_modules/.bin/buf lint
 	$(PY) scripts/gen_protos.py
+	bash clients/typescript/gen.sh
+	bash clients/go/gen.sh
 
 bench: setup
 	$(VENV)/bin/rollmesh bench env-step

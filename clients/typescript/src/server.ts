@@ -1,0 +1,135 @@
+// The environment server: EnvironmentService + health + reflection on one grpc-js server,
+// optional registration in the NATS registry, and a graceful shutdown.
+import { Server, ServerCredentials } from "@grpc/grpc-js";
+import { connect, type NatsConnection } from "nats";
+import { withLenientDecoding } from "./decoding.js";
+import { ServiceKind } from "./gen/rollmesh/v1/bus.js";
+import { EnvironmentServiceService } from "./gen/rollmesh/v1/environment.js";
+import { Health, HEALTH_SERVICE } from "./health.js";
+import { addReflection } from "./reflection.js";
+import { Registration } from "./registry.js";
+import { type AnyEnvironment, EnvironmentServiceImpl, PROTOCOL_VERSION } from "./service.js";
+
+export const SERVICE_NAME = "rollmesh.v1.EnvironmentService";
+
+export interface ServeOptions {
+  /** Default 127.0.0.1; port 0 (the default) binds a free port. */
+  host?: string;
+  port?: number;
+  maxConcurrentEpisodes?: number;
+  /** An episode with no client message for this long ends with DEADLINE_EXCEEDED (default 300). */
+  idleTimeoutS?: number;
+  /** Largest message either way (default 16 MiB). */
+  maxMessageBytes?: number;
+  /** Register in the NATS KV registry at this URL. */
+  natsUrl?: string;
+  /** Host other machines reach this server at (default: host). */
+  advertiseHost?: string;
+  registryTtlS?: number;
+}
+
+export class EnvironmentServer {
+  private nc: NatsConnection | undefined;
+  private registrations: Registration[] = [];
+  private stopping: Promise<void> | undefined;
+
+  private constructor(
+    readonly service: EnvironmentServiceImpl,
+    private readonly server: Server,
+    private readonly health: Health,
+    readonly host: string,
+    readonly port: number,
+  ) {}
+
+  static async start(envs: AnyEnvironment[], opts: ServeOptions = {}): Promise<EnvironmentServer> {
+    const maxMessageBytes = opts.maxMessageBytes ?? 16 * 1024 * 1024;
+    const service = new EnvironmentServiceImpl(envs, {
+      maxConcurrentEpisodes: opts.maxConcurrentEpisodes ?? 1024,
+      idleTimeoutS: opts.idleTimeoutS ?? 300,
+      maxMessageBytes,
+    });
+    const server = new Server({
+      "grpc.max_receive_message_length": maxMessageBytes,
+      "grpc.max_send_message_length": maxMessageBytes,
+      "grpc.keepalive_time_ms": 30_000,
+      "grpc.keepalive_timeout_ms": 10_000,
+      "grpc.keepalive_permit_without_calls": 1,
+      "grpc.max_concurrent_streams": 1024,
+    });
+    server.addService(withLenientDecoding(EnvironmentServiceService), service.handlers());
+    const health = new Health();
+    health.addToServer(server);
+    addReflection(server, [SERVICE_NAME, HEALTH_SERVICE]);
+    const host = opts.host ?? "127.0.0.1";
+    const port = await new Promise<number>((resolve, reject) => {
+      const where = host.includes(":") ? `[${host}]:${opts.port ?? 0}` : `${host}:${opts.port ?? 0}`;
+      server.bindAsync(where, ServerCredentials.createInsecure(), (err, bound) => (err ? reject(err) : resolve(bound)));
+    });
+    for (const name of ["", SERVICE_NAME]) health.set(name, "SERVING");
+    const self = new EnvironmentServer(service, server, health, host, port);
+    if (opts.natsUrl) await self.register(opts.natsUrl, opts.advertiseHost ?? host, opts.registryTtlS);
+    return self;
+  }
+
+  get address(): string {
+    return `${this.host}:${this.port}`;
+  }
+
+  private async register(natsUrl: string, advertiseHost: string, ttlS?: number): Promise<void> {
+    this.nc = await connect({ servers: natsUrl, name: "rollmesh-env-typescript" });
+    for (const env of this.service.envs.values()) {
+      const record = {
+        kind: ServiceKind.SERVICE_KIND_ENVIRONMENT,
+        name: env.name,
+        version: env.spec.version ?? "0.1.0",
+        address: `${advertiseHost}:${this.port}`,
+        capacity: this.service.limits.maxConcurrentEpisodes,
+        instanceId: this.service.instanceId,
+        startedAt: new Date(),
+        heartbeatAt: undefined,
+        protocolVersion: PROTOCOL_VERSION,
+        labels: { language: "typescript" },
+      };
+      this.registrations.push(await Registration.register(this.nc, record, { ttlS }));
+    }
+  }
+
+  /** NOT_SERVING and deregistration first, then no new calls; in-flight calls get graceS, then are cancelled. */
+  stop(graceS = 10): Promise<void> {
+    this.stopping ??= this.shutdown(graceS);
+    return this.stopping;
+  }
+
+  private async shutdown(graceS: number): Promise<void> {
+    this.service.draining = true;
+    for (const name of ["", SERVICE_NAME]) this.health.set(name, "NOT_SERVING");
+    this.health.closeWatches();
+    await Promise.all(this.registrations.map((r) => r.close()));
+    await this.nc?.close();
+    await new Promise<void>((resolve) => {
+      const force = setTimeout(() => {
+        this.server.forceShutdown();
+        resolve();
+      }, graceS * 1000);
+      this.server.tryShutdown(() => {
+        clearTimeout(force);
+        resolve();
+      });
+    });
+  }
+
+  /** Serves until SIGTERM or SIGINT, then stops gracefully. */
+  async serveUntilSignal(graceS = 10): Promise<void> {
+    const signal = await new Promise<NodeJS.Signals>((resolve) => {
+      process.once("SIGTERM", resolve);
+      process.once("SIGINT", resolve);
+    });
+    console.error(`${signal}: shutting down, ${this.service.active} episode(s) in flight, grace ${graceS} s`);
+    await this.stop(graceS);
+  }
+}
+
+/** Starts a server for `envs` (see ServeOptions). */
+export function serve(envs: AnyEnvironment[], opts: ServeOptions = {}): Promise<EnvironmentServer> {
+  return EnvironmentServer.start(envs, opts);
+}

@@ -1,0 +1,43 @@
+// Small environments for the server tests.
+import { defineEnvironment } from "../src/index.js";
+import { wordleEnvironment } from "../examples/wordle/env.js";
+
+export const wordle = () => wordleEnvironment(["crane", "slate", "ghost", "pious", "brick", "plumb"]);
+
+/** A tool environment: `add` as a tool, the final answer scored against the task's answer. */
+export const calculator = () =>
+  defineEnvironment({
+    name: "calculator",
+    maxTurns: 4,
+    tasks: Array.from({ length: 130 }, (_, i) => ({
+      taskId: `c${i}`,
+      question: `What is ${i} + 1?`,
+      answer: String(i + 1),
+    })),
+    tools: [
+      {
+        name: "add",
+        description: "Adds two numbers.",
+        parameters: {
+          type: "object",
+          properties: { a: { type: "number" }, b: { type: "number" } },
+          required: ["a", "b"],
+        },
+        fn: ({ a, b }) => Number(a) + Number(b),
+      },
+    ],
+    rewardWeights: { correct: 1 },
+    score: ({ task, messages }) => ({ correct: messages.at(-1)?.content.trim() === task.answer ? 1 : 0 }),
+  });
+
+/** An environment whose code fails on "boom" and that has no Score. */
+export const fragile = () =>
+  defineEnvironment({
+    name: "fragile",
+    maxTurns: 3,
+    tasks: [{ taskId: "f0", prompt: [{ role: "user", content: "say something" }] }],
+    onAction: (message) => {
+      if (message.content === "boom") throw new Error("kaboom");
+      return { messages: [{ role: "user", content: `you said ${message.content}` }] };
+    },
+  });
