@@ -74,10 +74,20 @@ export interface SamplingParams {
     | undefined;
   /** Number of samples per prompt. */
   n: number;
-  /** Return the logprob of each sampled token. */
+  /**
+   * Return the logprob of each sampled token: its log-probability under softmax(logits /
+   * temperature), before top-k/top-p/min-p truncation, as the trainer recomputes it.
+   */
   logprobs: boolean;
   minP?: number | undefined;
-  repetitionPenalty?: number | undefined;
+  repetitionPenalty?:
+    | number
+    | undefined;
+  /** Token ids that end a sample (besides the model's end-of-sequence tokens). */
+  stopTokenIds: number[];
+  /** Keep generating past end-of-sequence tokens until max_tokens (benchmarks). */
+  ignoreEos: boolean;
+  minTokens?: number | undefined;
 }
 
 function createBaseMessage(): Message {
@@ -616,6 +626,9 @@ function createBaseSamplingParams(): SamplingParams {
     logprobs: false,
     minP: undefined,
     repetitionPenalty: undefined,
+    stopTokenIds: [],
+    ignoreEos: false,
+    minTokens: undefined,
   };
 }
 
@@ -650,6 +663,19 @@ export const SamplingParams: MessageFns<SamplingParams> = {
     }
     if (message.repetitionPenalty !== undefined) {
       writer.uint32(81).double(message.repetitionPenalty);
+    }
+    if (message.stopTokenIds.length !== 0) {
+      writer.uint32(90).fork();
+      for (const v of message.stopTokenIds) {
+        writer.int32(v);
+      }
+      writer.join();
+    }
+    if (message.ignoreEos !== false) {
+      writer.uint32(96).bool(message.ignoreEos);
+    }
+    if (message.minTokens !== undefined) {
+      writer.uint32(104).int32(message.minTokens);
     }
     return writer;
   },
@@ -747,6 +773,40 @@ export const SamplingParams: MessageFns<SamplingParams> = {
             message.repetitionPenalty = reader.double();
             continue;
           }
+          case 11: {
+            if (tag === 88) {
+              message.stopTokenIds.push(reader.int32());
+
+              continue;
+            }
+
+            if (tag === 90) {
+              const end2 = reader.uint32() + reader.pos;
+              while (reader.pos < end2) {
+                message.stopTokenIds.push(reader.int32());
+              }
+
+              continue;
+            }
+
+            break;
+          }
+          case 12: {
+            if (tag !== 96) {
+              break;
+            }
+
+            message.ignoreEos = reader.bool();
+            continue;
+          }
+          case 13: {
+            if (tag !== 104) {
+              break;
+            }
+
+            message.minTokens = reader.int32();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -791,6 +851,21 @@ export const SamplingParams: MessageFns<SamplingParams> = {
         : isSet(object.repetition_penalty)
         ? globalThis.Number(object.repetition_penalty)
         : undefined,
+      stopTokenIds: globalThis.Array.isArray(object?.stopTokenIds)
+        ? object.stopTokenIds.map((e: any) => globalThis.Number(e))
+        : globalThis.Array.isArray(object?.stop_token_ids)
+        ? object.stop_token_ids.map((e: any) => globalThis.Number(e))
+        : [],
+      ignoreEos: isSet(object.ignoreEos)
+        ? globalThis.Boolean(object.ignoreEos)
+        : isSet(object.ignore_eos)
+        ? globalThis.Boolean(object.ignore_eos)
+        : false,
+      minTokens: isSet(object.minTokens)
+        ? globalThis.Number(object.minTokens)
+        : isSet(object.min_tokens)
+        ? globalThis.Number(object.min_tokens)
+        : undefined,
     };
   },
 
@@ -826,6 +901,15 @@ export const SamplingParams: MessageFns<SamplingParams> = {
     if (message.repetitionPenalty !== undefined) {
       obj.repetitionPenalty = floatToJson(message.repetitionPenalty);
     }
+    if (message.stopTokenIds?.length) {
+      obj.stopTokenIds = message.stopTokenIds.map((e) => Math.round(e));
+    }
+    if (message.ignoreEos !== false) {
+      obj.ignoreEos = message.ignoreEos;
+    }
+    if (message.minTokens !== undefined) {
+      obj.minTokens = Math.round(message.minTokens);
+    }
     return obj;
   },
 
@@ -844,6 +928,9 @@ export const SamplingParams: MessageFns<SamplingParams> = {
     message.logprobs = object.logprobs ?? false;
     message.minP = object.minP ?? undefined;
     message.repetitionPenalty = object.repetitionPenalty ?? undefined;
+    message.stopTokenIds = object.stopTokenIds?.map((e) => e) || [];
+    message.ignoreEos = object.ignoreEos ?? false;
+    message.minTokens = object.minTokens ?? undefined;
     return message;
   },
 };
