@@ -1,7 +1,7 @@
 // An environment: tasks + a harness (episode hooks, tools) + rewards, free of any transport.
 import { createHash } from "node:crypto";
 import { type EnvironmentInfo, EnvironmentKind } from "./gen/rollmesh/v1/environment.js";
-import type { Message, SamplingParams, Task } from "./gen/rollmesh/v1/messages.js";
+import { type Message, SamplingParams, type Task } from "./gen/rollmesh/v1/messages.js";
 import { notFound } from "./errors.js";
 import type { MessageInit } from "./messages.js";
 import { loadSplits, type TaskSource } from "./tasks.js";
@@ -133,7 +133,7 @@ export class Environment<S extends State = State> {
       rewardNames: Object.keys(this.spec.rewardWeights ?? {}),
       hasScore: this.hasScore,
       digest: this.digest,
-      defaultSampling: { stop: [], n: 0, logprobs: false, ...sampling },
+      defaultSampling: SamplingParams.fromPartial(sampling),
     };
   }
 
