@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -27,10 +26,11 @@ from ..errors import (
     RollmeshError,
     UnavailableError,
 )
+from ..hosting import Hosting
 from ..proto.v1 import bus_pb2 as bus_pb
 from ..proto.v1 import environment_pb2 as env_pb
 from ..proto.v1 import environment_pb2_grpc as env_grpc
-from ..registry import Registration, Registry, record_for
+from ..registry import record_for
 from ..rpc import RpcLimits, create_server
 from ..rpc_errors import abort
 from .environment import Environment
@@ -322,10 +322,10 @@ class EnvironmentServer:
             port=port,
             limits=rpc_limits,
         )
-        self.nats_url = nats_url
-        self.advertise_host = advertise_host or host
-        self._registry: Registry | None = None
-        self._registrations: list[Registration] = []
+        self.hosting = Hosting(self.rpc, nats_url=nats_url, advertise_host=advertise_host, on_drain=self._drain)
+
+    def _drain(self) -> None:
+        self.servicer.draining = True
 
     @property
     def address(self) -> str:
@@ -333,46 +333,31 @@ class EnvironmentServer:
 
     @property
     def advertised_address(self) -> str:
-        return f"{self.advertise_host}:{self.rpc.port}"
+        return self.hosting.advertised_address
+
+    def records(self) -> list[bus_pb.ServiceRecord]:
+        return [
+            record_for(
+                bus_pb.SERVICE_KIND_ENVIRONMENT,
+                env.name,
+                env.version,
+                self.advertised_address,
+                self.servicer.limits.max_concurrent_episodes,
+                self.servicer.instance_id,
+            )
+            for env in self.servicer.envs.values()
+        ]
 
     async def start(self) -> EnvironmentServer:
-        await self.rpc.start()
-        if self.nats_url:
-            self._registry = await Registry.connect(self.nats_url)
-            for env in self.servicer.envs.values():
-                record = record_for(
-                    bus_pb.SERVICE_KIND_ENVIRONMENT,
-                    env.name,
-                    env.version,
-                    self.advertised_address,
-                    self.servicer.limits.max_concurrent_episodes,
-                    self.servicer.instance_id,
-                )
-                self._registrations.append(await self._registry.register(record))
+        await self.hosting.start(self.records())
         log.info("serving %s on %s", ", ".join(self.servicer.envs), self.address)
         return self
 
     async def stop(self, grace_s: float = 10.0) -> None:
-        self.servicer.draining = True
-        for reg in self._registrations:
-            try:
-                await reg.close()
-            except Exception:  # NATS may be gone already; the TTL expires the record anyway
-                log.warning("could not deregister from %s", self.nats_url, exc_info=True)
-        self._registrations.clear()
-        if self._registry:
-            await self._registry.close()
-            self._registry = None
-        await self.rpc.stop(grace_s)
+        await self.hosting.stop(grace_s)
 
     async def serve_until_signal(self, grace_s: float = 10.0) -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        await stop.wait()
-        log.info("shutting down: %d episodes in flight, grace %.1f s", self.servicer.active, grace_s)
-        await self.stop(grace_s)
+        await self.hosting.serve_until_signal(grace_s, lambda: f"{self.servicer.active} episodes in flight")
 
     async def __aenter__(self) -> EnvironmentServer:
         return await self.start()
