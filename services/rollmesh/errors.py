@@ -58,3 +58,9 @@ class InternalError(RollmeshError):
     """Code behind the server (an environment, a reward function) failed."""
 
     reason = "INTERNAL"
+
+
+class DataLossError(RollmeshError):
+    """Data arrived corrupted or incomplete (e.g. a weights checksum mismatch)."""
+
+    reason = "DATA_LOSS"

@@ -22,6 +22,7 @@ STATUS_FOR: dict[type[errors.RollmeshError], grpc.StatusCode] = {
     errors.UnavailableError: grpc.StatusCode.UNAVAILABLE,
     errors.DeadlineExceededError: grpc.StatusCode.DEADLINE_EXCEEDED,
     errors.InternalError: grpc.StatusCode.INTERNAL,
+    errors.DataLossError: grpc.StatusCode.DATA_LOSS,
 }
 ERROR_FOR: dict[grpc.StatusCode, type[errors.RollmeshError]] = {v: k for k, v in STATUS_FOR.items()}
 

@@ -89,9 +89,11 @@ type ChatInput struct {
 	sizeCache     protoimpl.SizeCache
 	unknownFields protoimpl.UnknownFields
 
-	Messages            []*Message  `protobuf:"bytes,1,rep,name=messages,proto3" json:"messages,omitempty"`
-	Tools               []*ToolSpec `protobuf:"bytes,2,rep,name=tools,proto3" json:"tools,omitempty"`
-	AddGenerationPrompt bool        `protobuf:"varint,3,opt,name=add_generation_prompt,json=addGenerationPrompt,proto3" json:"add_generation_prompt,omitempty"`
+	Messages []*Message  `protobuf:"bytes,1,rep,name=messages,proto3" json:"messages,omitempty"`
+	Tools    []*ToolSpec `protobuf:"bytes,2,rep,name=tools,proto3" json:"tools,omitempty"`
+	// Tokenize: append the assistant generation prompt. Generate always appends it, except when the
+	// last message is an assistant message, which is then continued.
+	AddGenerationPrompt bool `protobuf:"varint,3,opt,name=add_generation_prompt,json=addGenerationPrompt,proto3" json:"add_generation_prompt,omitempty"`
 	// Extra variables for the chat template.
 	ChatTemplateKwargs *structpb.Struct `protobuf:"bytes,4,opt,name=chat_template_kwargs,json=chatTemplateKwargs,proto3" json:"chat_template_kwargs,omitempty"`
 }

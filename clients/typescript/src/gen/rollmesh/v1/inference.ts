@@ -97,6 +97,10 @@ export function tensorDtypeToJSON(object: TensorDtype): string {
 export interface ChatInput {
   messages: Message[];
   tools: ToolSpec[];
+  /**
+   * Tokenize: append the assistant generation prompt. Generate always appends it, except when the
+   * last message is an assistant message, which is then continued.
+   */
   addGenerationPrompt: boolean;
   /** Extra variables for the chat template. */
   chatTemplateKwargs: { [key: string]: any } | undefined;
