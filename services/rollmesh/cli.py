@@ -16,7 +16,11 @@ env_app = typer.Typer(help="Serve and inspect environments.", no_args_is_help=Tr
 bench_app = typer.Typer(
     help="Benchmarks: each prints a ratio against a reference run side by side.", no_args_is_help=True
 )
+inference_app = typer.Typer(help="Serve models: token-exact generation and weight updates.", no_args_is_help=True)
+model_app = typer.Typer(help="Local models: build the tiny test model, import GGUF files.", no_args_is_help=True)
 app.add_typer(env_app, name="env")
+app.add_typer(inference_app, name="inference")
+app.add_typer(model_app, name="model")
 app.add_typer(bench_app, name="bench")
 
 NatsOpt = Annotated[
@@ -101,6 +105,84 @@ def env_list() -> None:
     Console().print(table)
 
 
+@inference_app.command("serve")
+def inference_serve(
+    model: Annotated[str, typer.Option(help="A Hugging Face directory, a .gguf file, or 'smollm2'.")],
+    backend: Annotated[str, typer.Option(help="vllm | hf | auto (vllm with a GPU, else hf).")] = "auto",
+    host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="gRPC port; 0 picks a free one.")] = 50061,
+    openai_port: Annotated[int | None, typer.Option(help="Also serve the OpenAI-compatible HTTP API here.")] = None,
+    name: Annotated[str | None, typer.Option(help="Model name reported to clients (default: the path's name).")] = None,
+    dtype: Annotated[str, typer.Option(help="auto | float32 | bfloat16 | float16.")] = "auto",
+    max_model_len: Annotated[int | None, typer.Option(help="Context length (vllm; default: the model's).")] = None,
+    max_batch_size: Annotated[int, typer.Option(help="Sequences per forward pass (hf).")] = 32,
+    max_weights_mb: Annotated[float, typer.Option(help="Largest UpdateWeights payload, MiB.")] = 65536.0,
+    nats: NatsOpt = None,
+    advertise_host: Annotated[str | None, typer.Option(help="Host other machines reach this server at.")] = None,
+    grace: Annotated[float, typer.Option(help="Seconds in-flight requests get on SIGTERM.")] = 30.0,
+) -> None:
+    """Serve a model over gRPC (InferenceService), optionally with an OpenAI-compatible API."""
+    from .errors import RollmeshError
+    from .inference.backends import create_backend
+    from .inference.server import InferenceServer
+    from .telemetry import setup_logging, setup_tracing
+
+    setup_logging("rollmesh-inference")
+    setup_tracing("rollmesh-inference")
+
+    async def main() -> None:
+        try:
+            engine = await create_backend(
+                backend, model, dtype=dtype, max_model_len=max_model_len, max_batch_size=max_batch_size, name=name
+            )
+        except RollmeshError as e:
+            _fail(str(e))
+        server = InferenceServer(
+            engine,
+            host=host,
+            port=port,
+            openai_port=openai_port,
+            nats_url=nats,
+            advertise_host=advertise_host,
+            max_weights_bytes=int(max_weights_mb * 1024 * 1024),
+        )
+        await server.start()
+        extra = f", OpenAI API on http://{server.openai_address}/v1" if server.openai_address else ""
+        typer.echo(f"rollmesh inference server on {server.address}: {engine.model} ({engine.name}){extra}", err=True)
+        await server.serve_until_signal(grace)
+
+    asyncio.run(main())
+
+
+@model_app.command("tiny")
+def model_tiny(
+    out: Annotated[str, typer.Option(help="Directory to write the model and tokenizer to.")],
+    seed: Annotated[int, typer.Option(help="Weights seed.")] = 0,
+) -> None:
+    """Write a small deterministic Llama-style model and tokenizer (head size 64, chat template)."""
+    from .inference.tiny import build_tiny_model
+
+    path = build_tiny_model(out, seed=seed)
+    typer.echo(f"tiny model written to {path}")
+
+
+@model_app.command("import")
+def model_import(
+    gguf: Annotated[str, typer.Argument(help="A .gguf file, or 'smollm2'.")],
+    out: Annotated[str, typer.Option(help="Directory for the Hugging Face model.")],
+    dtype: Annotated[str, typer.Option(help="bfloat16 | float32 | float16.")] = "bfloat16",
+) -> None:
+    """Convert a GGUF file into a Hugging Face directory (that vLLM loads too)."""
+    from .errors import RollmeshError
+    from .inference.models import import_gguf
+
+    try:
+        path = import_gguf(gguf, out, dtype=dtype)
+    except RollmeshError as e:
+        _fail(str(e))
+    typer.echo(f"imported {gguf} to {path}")
+
+
 @app.command()
 def conformance(
     address: Annotated[str, typer.Argument(help="host:port of an environment server, in any language.")],
@@ -145,6 +227,22 @@ def bench_env_step(
     from .bench.env_step import main as bench_main
 
     bench_main(as_json=as_json, concurrency=episodes, seconds=seconds)
+
+
+@bench_app.command("inference")
+def bench_inference(
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    model: Annotated[
+        str | None, typer.Option(help="Model directory (default: the tiny model, built on the fly).")
+    ] = None,
+    requests: Annotated[int, typer.Option(help="Requests per measurement.")] = 64,
+    concurrency: Annotated[int, typer.Option(help="Concurrent requests.")] = 16,
+    max_tokens: Annotated[int, typer.Option(help="Tokens generated per request.")] = 64,
+) -> None:
+    """Generated tokens/s: rollmesh+vllm vs vLLM's OpenAI server; hf dynamic batching vs sequential."""
+    from .bench.inference import main as bench_main
+
+    bench_main(as_json=as_json, model=model, requests=requests, concurrency=concurrency, max_tokens=max_tokens)
 
 
 @app.command()

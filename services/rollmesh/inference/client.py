@@ -1,0 +1,171 @@
+"""InferenceClient: the async Python client of an inference server.
+
+async with await InferenceClient.connect("localhost:50061") as llm:
+    out = await llm.generate(messages=[{"role": "user", "content": "hi"}], max_tokens=32, logprobs=True)
+    print(out.samples[0].text, out.samples[0].logprobs, out.samples[0].policy_version)
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import AsyncIterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import grpc
+
+from .. import convert
+from ..errors import InvalidArgumentError, NotFoundError
+from ..proto.v1 import bus_pb2 as bus_pb
+from ..proto.v1 import inference_pb2 as inf_pb
+from ..proto.v1 import inference_pb2_grpc as inf_grpc
+from ..proto.v1 import messages_pb2 as msg_pb
+from ..rpc import RpcLimits, create_channel
+from ..rpc_errors import error_from_rpc
+from .weights import encode
+
+if TYPE_CHECKING:
+    import torch
+
+WEIGHTS_CHUNK_BYTES = 4 * 1024 * 1024
+
+
+def sampling_pb(**params: Any) -> msg_pb.SamplingParams:
+    """SamplingParams from keyword arguments (temperature, top_p, top_k, max_tokens, stop, seed, n,
+    logprobs, min_p, repetition_penalty, stop_token_ids, ignore_eos, min_tokens)."""
+    unknown = set(params) - set(msg_pb.SamplingParams.DESCRIPTOR.fields_by_name)
+    if unknown:
+        raise InvalidArgumentError(f"unknown sampling parameters: {sorted(unknown)}")
+    return msg_pb.SamplingParams(**{k: v for k, v in params.items() if v is not None})
+
+
+class InferenceClient:
+    def __init__(self, channel: grpc.aio.Channel, address: str, *, timeout_s: float = 600.0) -> None:
+        self.channel = channel
+        self.address = address
+        self.timeout_s = timeout_s
+        self.stub = inf_grpc.InferenceServiceStub(channel)
+
+    @classmethod
+    async def connect(
+        cls,
+        address: str | None = None,
+        *,
+        model: str | None = None,
+        nats_url: str | None = None,
+        timeout_s: float = 600.0,
+        limits: RpcLimits = RpcLimits(),  # noqa: B008
+    ) -> InferenceClient:
+        """Connect by address, or to a random live server of `model` found in the registry."""
+        if address is None:
+            if not (model and nats_url):
+                raise InvalidArgumentError("connect needs an address, or a model name and a NATS URL")
+            address = await resolve(model, nats_url)
+        return cls(create_channel(address, limits=limits), address, timeout_s=timeout_s)
+
+    async def close(self) -> None:
+        await self.channel.close()
+
+    async def __aenter__(self) -> InferenceClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    @staticmethod
+    def request(
+        messages: Sequence[Mapping[str, Any]] | None = None,
+        *,
+        prompt_ids: Sequence[int] | None = None,
+        tools: Sequence[Mapping[str, Any]] | None = None,
+        model: str = "",
+        request_id: str = "",
+        session_id: str = "",
+        **sampling: Any,
+    ) -> inf_pb.GenerateRequest:
+        if (messages is None) == (prompt_ids is None):
+            raise InvalidArgumentError("give either chat messages or prompt token ids")
+        req = inf_pb.GenerateRequest(
+            sampling=sampling_pb(**sampling), model=model, request_id=request_id, session_id=session_id
+        )
+        if messages is not None:
+            req.chat.messages.extend(convert.messages_to_pb(messages))
+            req.chat.tools.extend(convert.tool_spec_to_pb(t) for t in tools or ())
+        else:
+            req.tokens.prompt_ids.extend(prompt_ids or ())
+        return req
+
+    async def generate(
+        self, messages: Sequence[Mapping[str, Any]] | None = None, **kwargs: Any
+    ) -> inf_pb.GenerateResponse:
+        return await self._call(self.stub.Generate, self.request(messages, **kwargs))
+
+    async def generate_stream(
+        self, messages: Sequence[Mapping[str, Any]] | None = None, **kwargs: Any
+    ) -> AsyncIterator[inf_pb.GenerateStreamResponse]:
+        call = self.stub.GenerateStream(
+            inf_pb.GenerateStreamRequest(request=self.request(messages, **kwargs)), timeout=self.timeout_s
+        )
+        try:
+            async for response in call:
+                yield response
+        except grpc.aio.AioRpcError as e:
+            raise error_from_rpc(e) from e
+
+    async def model_info(self) -> inf_pb.GetModelInfoResponse:
+        return await self._call(self.stub.GetModelInfo, inf_pb.GetModelInfoRequest())
+
+    async def tokenize(
+        self,
+        messages: Sequence[Mapping[str, Any]] | None = None,
+        *,
+        text: str | None = None,
+        add_generation_prompt: bool = True,
+    ) -> list[int]:
+        req = inf_pb.TokenizeRequest()
+        if messages is not None:
+            req.chat.messages.extend(convert.messages_to_pb(messages))
+            req.chat.add_generation_prompt = add_generation_prompt
+        else:
+            req.text = text or ""
+        return list((await self._call(self.stub.Tokenize, req)).token_ids)
+
+    async def update_weights(
+        self, tensors: Mapping[str, torch.Tensor], *, policy_version: int = 0, chunk_bytes: int = WEIGHTS_CHUNK_BYTES
+    ) -> inf_pb.UpdateWeightsResponse:
+        """Streams `tensors` (any subset of the model's weights) as safetensors chunks."""
+        header, payload = encode(tensors, policy_version)
+
+        async def requests() -> AsyncIterator[inf_pb.UpdateWeightsRequest]:
+            yield inf_pb.UpdateWeightsRequest(header=header)
+            for i in range(0, len(payload), chunk_bytes):
+                yield inf_pb.UpdateWeightsRequest(chunk=payload[i : i + chunk_bytes])
+
+        return await self._call(self.stub.UpdateWeights, requests())
+
+    async def load_weights(self, path: str, *, policy_version: int = 0) -> inf_pb.LoadWeightsResponse:
+        return await self._call(
+            self.stub.LoadWeights, inf_pb.LoadWeightsRequest(path=path, policy_version=policy_version)
+        )
+
+    async def pause(self) -> None:
+        await self._call(self.stub.Pause, inf_pb.PauseRequest())
+
+    async def resume(self) -> None:
+        await self._call(self.stub.Resume, inf_pb.ResumeRequest())
+
+    async def _call(self, method: Any, request: Any) -> Any:
+        try:
+            return await method(request, timeout=self.timeout_s)
+        except grpc.aio.AioRpcError as e:
+            raise error_from_rpc(e) from e
+
+
+async def resolve(model: str, nats_url: str) -> str:
+    from ..registry import Registry
+    from .server import registry_name
+
+    async with await Registry.connect(nats_url) as registry:
+        records = await registry.list(bus_pb.SERVICE_KIND_INFERENCE, registry_name(model))
+    if not records:
+        raise NotFoundError(f"no live inference server for model {model!r} in the registry at {nats_url}")
+    return random.choice(records).address

@@ -1,0 +1,192 @@
+"""InferenceCore: what the gRPC service and the OpenAI facade share, free of any transport.
+Prompts (chat templates, token ids), sampling validation, generation, weight updates."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import uuid
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from ..errors import InvalidArgumentError, NotFoundError
+from .backend import Backend, GenerationRequest, Sampling, TokenDelta
+
+if TYPE_CHECKING:
+    import torch
+
+MAX_N = 64
+DEFAULT_MAX_TOKENS = 256
+
+
+@dataclass
+class SampleResult:
+    index: int
+    text: str = ""
+    completion_ids: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+    finish_reason: str = ""
+    policy_version: int = 0
+
+
+def _template_message(m: Mapping[str, Any]) -> dict[str, Any]:
+    """Chat templates expect tool-call arguments as objects; the wire carries JSON text."""
+    out = dict(m)
+    calls = []
+    for c in m.get("tool_calls") or ():
+        fn = dict(c.get("function", {}))
+        try:
+            fn["arguments"] = json.loads(fn.get("arguments") or "{}")
+        except (TypeError, json.JSONDecodeError):
+            pass
+        calls.append({**c, "function": fn})
+    if calls:
+        out["tool_calls"] = calls
+    return out
+
+
+class InferenceCore:
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.backend.tokenizer)
+
+    # ---- prompts -------------------------------------------------------------------------------
+
+    def chat_prompt_ids(
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        tools: Sequence[Mapping[str, Any]] | None = None,
+        *,
+        add_generation_prompt: bool = True,
+        template_kwargs: Mapping[str, Any] | None = None,
+    ) -> list[int]:
+        if not messages:
+            raise InvalidArgumentError("a chat prompt needs at least one message")
+        tok = self.backend.tokenizer
+        if not getattr(tok, "chat_template", None):
+            raise InvalidArgumentError(f"model {self.backend.model!r} has no chat template; send token ids instead")
+        try:
+            text = tok.apply_chat_template(
+                [_template_message(m) for m in messages],
+                tools=[{"type": "function", "function": t} for t in tools] if tools else None,
+                add_generation_prompt=add_generation_prompt,
+                tokenize=False,
+                **dict(template_kwargs or {}),
+            )
+        except Exception as e:  # jinja errors: the messages do not fit the template
+            raise InvalidArgumentError(f"the chat template rejected these messages: {e}") from None
+        ids = list(tok(text, add_special_tokens=False)["input_ids"])
+        self.check_prompt(ids)
+        return ids
+
+    def text_prompt_ids(self, text: str) -> list[int]:
+        ids = list(self.backend.tokenizer(text)["input_ids"])
+        self.check_prompt(ids)
+        return ids
+
+    def check_prompt(self, ids: Sequence[int]) -> None:
+        if not ids:
+            raise InvalidArgumentError("the prompt is empty")
+        vocab = self.vocab_size
+        bad = [i for i in ids if not 0 <= i < vocab]
+        if bad:
+            raise InvalidArgumentError(f"token ids out of the vocabulary [0, {vocab}): {bad[:5]}")
+        if len(ids) >= self.backend.context_length:
+            raise InvalidArgumentError(
+                f"prompt of {len(ids)} tokens does not fit the model's context of {self.backend.context_length} "
+                "(leave room for at least one generated token)"
+            )
+
+    def check_model(self, requested: str) -> None:
+        if requested and requested != self.backend.model:
+            raise NotFoundError(f"this server serves {self.backend.model!r}, not {requested!r}", reason="UNKNOWN_MODEL")
+
+    # ---- sampling ------------------------------------------------------------------------------
+
+    def sampling(self, prompt_len: int, **p: Any) -> Sampling:
+        """Validated sampling parameters; unset values take defaults. Raises InvalidArgumentError
+        naming the field."""
+
+        def check(name: str, ok: bool, rule: str) -> None:
+            if not ok:
+                raise InvalidArgumentError(f"sampling.{name}={p.get(name)!r}: {rule}")
+
+        for name in ("temperature", "top_p", "min_p", "repetition_penalty"):
+            if p.get(name) is not None:
+                check(name, math.isfinite(p[name]), "must be a finite number")
+        room = self.backend.context_length - prompt_len
+        temperature = 1.0 if p.get("temperature") is None else float(p["temperature"])
+        top_p = 1.0 if p.get("top_p") is None else float(p["top_p"])
+        top_k = int(p.get("top_k") or 0)
+        min_p = float(p.get("min_p") or 0.0)
+        rep = 1.0 if p.get("repetition_penalty") is None else float(p["repetition_penalty"])
+        max_tokens = min(DEFAULT_MAX_TOKENS, room) if p.get("max_tokens") is None else int(p["max_tokens"])
+        min_tokens = int(p.get("min_tokens") or 0)
+        n = int(p.get("n") or 1)
+        check("temperature", 0.0 <= temperature <= 100.0, "must be in [0, 100] (0 = greedy)")
+        check("top_p", 0.0 < top_p <= 1.0, "must be in (0, 1]")
+        check("top_k", top_k >= 0, "must be >= 0 (0 = off)")
+        check("min_p", 0.0 <= min_p <= 1.0, "must be in [0, 1]")
+        check("repetition_penalty", rep > 0.0, "must be > 0")
+        check("max_tokens", max_tokens >= 1, "must be >= 1")
+        check("min_tokens", 0 <= min_tokens <= max_tokens, "must be in [0, max_tokens]")
+        check("n", 1 <= n <= MAX_N, f"must be in [1, {MAX_N}]")
+        stop_ids = tuple(int(t) for t in p.get("stop_token_ids") or ())
+        check("stop_token_ids", all(0 <= t < self.vocab_size for t in stop_ids), "ids must be in the vocabulary")
+        return Sampling(
+            temperature=temperature,
+            top_p=top_p,
+            top_k=top_k,
+            min_p=min_p,
+            repetition_penalty=rep,
+            max_tokens=min(max_tokens, room),  # the context bounds every sample ("length")
+            min_tokens=min_tokens,
+            stop=tuple(s for s in p.get("stop") or () if s),
+            stop_token_ids=stop_ids,
+            ignore_eos=bool(p.get("ignore_eos")),
+            seed=None if p.get("seed") is None else int(p["seed"]),
+            n=n,
+            logprobs=bool(p.get("logprobs")),
+        )
+
+    # ---- generation ----------------------------------------------------------------------------
+
+    def stream(self, prompt_ids: list[int], sampling: Sampling, request_id: str = "") -> AsyncIterator[TokenDelta]:
+        return self.backend.generate(GenerationRequest(request_id or uuid.uuid4().hex, prompt_ids, sampling))
+
+    async def generate(self, prompt_ids: list[int], sampling: Sampling, request_id: str = "") -> list[SampleResult]:
+        samples = [SampleResult(index=i) for i in range(sampling.n)]
+        async for d in self.stream(prompt_ids, sampling, request_id):
+            s = samples[d.index]
+            s.completion_ids += d.token_ids
+            s.logprobs += d.logprobs
+            s.text += d.text
+            s.policy_version = d.policy_version
+            if d.finish_reason:
+                s.finish_reason = d.finish_reason
+        return samples
+
+    # ---- weights -------------------------------------------------------------------------------
+
+    def next_version(self, requested: int) -> int:
+        current = self.backend.policy_version
+        if requested and requested <= current:
+            raise InvalidArgumentError(f"policy_version {requested} is not newer than the served {current}")
+        return requested or current + 1
+
+    async def update_weights(self, tensors: Mapping[str, torch.Tensor], requested_version: int) -> tuple[int, int]:
+        version = self.next_version(requested_version)
+        applied = await self.backend.update_weights(tensors, version)
+        return version, applied
+
+    async def load_weights(self, path: str, requested_version: int) -> tuple[int, int]:
+        if not os.path.exists(path):  # noqa: ASYNC240 (one stat; not worth a thread)
+            raise NotFoundError(f"no checkpoint at {path!r} on the inference server")
+        version = self.next_version(requested_version)
+        applied = await self.backend.load_weights(path, version)
+        return version, applied

@@ -1,0 +1,297 @@
+"""The inference server: a thin gRPC adapter over InferenceCore and a backend."""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+
+from .. import convert
+from ..errors import FailedPreconditionError, InvalidArgumentError, RollmeshError, UnavailableError
+from ..hosting import Hosting
+from ..proto.v1 import bus_pb2 as bus_pb
+from ..proto.v1 import inference_pb2 as inf_pb
+from ..proto.v1 import inference_pb2_grpc as inf_grpc
+from ..registry import record_for
+from ..rpc import RpcLimits, create_server
+from ..rpc_errors import abort
+from .backend import Backend, Sampling
+from .core import InferenceCore
+from .weights import WeightsAssembler
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = inf_pb.DESCRIPTOR.services_by_name["InferenceService"].full_name
+DEFAULT_MAX_WEIGHTS_BYTES = 64 * 1024**3
+
+
+def _sampling_kwargs(pb: Any) -> dict[str, Any]:
+    return {
+        "temperature": pb.temperature if pb.HasField("temperature") else None,
+        "top_p": pb.top_p if pb.HasField("top_p") else None,
+        "top_k": pb.top_k if pb.HasField("top_k") else None,
+        "max_tokens": pb.max_tokens if pb.HasField("max_tokens") else None,
+        "min_tokens": pb.min_tokens if pb.HasField("min_tokens") else None,
+        "min_p": pb.min_p if pb.HasField("min_p") else None,
+        "repetition_penalty": pb.repetition_penalty if pb.HasField("repetition_penalty") else None,
+        "seed": pb.seed if pb.HasField("seed") else None,
+        "stop": list(pb.stop),
+        "stop_token_ids": list(pb.stop_token_ids),
+        "ignore_eos": pb.ignore_eos,
+        "n": pb.n,
+        "logprobs": pb.logprobs,
+    }
+
+
+class InferenceServicer(inf_grpc.InferenceServiceServicer):
+    def __init__(self, core: InferenceCore, *, max_weights_bytes: int = DEFAULT_MAX_WEIGHTS_BYTES) -> None:
+        self.core = core
+        self.max_weights_bytes = max_weights_bytes
+        self.instance_id = uuid.uuid4().hex[:12]
+        self.draining = False
+
+    @property
+    def backend(self) -> Backend:
+        return self.core.backend
+
+    def _prepare(self, request: inf_pb.GenerateRequest) -> tuple[list[int], Sampling]:
+        if self.draining:
+            raise UnavailableError("server is shutting down; send the request to another replica", reason="DRAINING")
+        self.core.check_model(request.model)
+        kind = request.WhichOneof("input")
+        if kind == "chat":
+            chat = request.chat
+            messages = convert.messages_from_pb(chat.messages)
+            ids = self.core.chat_prompt_ids(
+                messages,
+                [convert.tool_spec_from_pb(t) for t in chat.tools],
+                add_generation_prompt=not (messages and messages[-1]["role"] == "assistant"),
+                template_kwargs=convert.from_struct(chat.chat_template_kwargs),
+            )
+        elif kind == "tokens":
+            ids = list(request.tokens.prompt_ids)
+            self.core.check_prompt(ids)
+        else:
+            raise InvalidArgumentError("a GenerateRequest needs an input: chat messages or token ids")
+        return ids, self.core.sampling(len(ids), **_sampling_kwargs(request.sampling))
+
+    async def Generate(
+        self, request: inf_pb.GenerateRequest, context: grpc.aio.ServicerContext
+    ) -> inf_pb.GenerateResponse:
+        try:
+            ids, sampling = self._prepare(request)
+            samples = await self.core.generate(ids, sampling, request.request_id)
+        except RollmeshError as e:
+            await abort(context, e)
+        return inf_pb.GenerateResponse(
+            model=self.backend.model,
+            prompt_ids=ids,
+            samples=[
+                inf_pb.Sample(
+                    index=s.index,
+                    text=s.text,
+                    completion_ids=s.completion_ids,
+                    logprobs=s.logprobs,
+                    finish_reason=s.finish_reason,
+                    policy_version=s.policy_version,
+                )
+                for s in samples
+            ],
+            usage=inf_pb.Usage(prompt_tokens=len(ids), completion_tokens=sum(len(s.completion_ids) for s in samples)),
+        )
+
+    async def GenerateStream(
+        self, request: inf_pb.GenerateStreamRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[inf_pb.GenerateStreamResponse]:
+        try:
+            ids, sampling = self._prepare(request.request)
+        except RollmeshError as e:
+            await abort(context, e)
+        first = True
+        async for d in self.core.stream(ids, sampling, request.request.request_id):
+            yield inf_pb.GenerateStreamResponse(
+                prompt_ids=ids if first else (),
+                index=d.index,
+                text_delta=d.text,
+                token_ids=d.token_ids,
+                logprobs=d.logprobs,
+                finish_reason=d.finish_reason or "",
+                policy_version=d.policy_version,
+            )
+            first = False
+
+    async def GetModelInfo(
+        self, request: inf_pb.GetModelInfoRequest, context: grpc.aio.ServicerContext
+    ) -> inf_pb.GetModelInfoResponse:
+        b = self.backend
+        tok = b.tokenizer
+        eos = tok.eos_token_id
+        return inf_pb.GetModelInfoResponse(
+            model=b.model,
+            backend=b.name,
+            context_length=b.context_length,
+            tokenizer=getattr(tok, "name_or_path", "") or type(tok).__name__,
+            chat_template=getattr(tok, "chat_template", None) or "",
+            policy_version=b.policy_version,
+            vocab_size=len(tok),
+            eos_token_ids=[eos] if isinstance(eos, int) else list(eos or ()),
+            paused=b.paused,
+        )
+
+    async def Tokenize(
+        self, request: inf_pb.TokenizeRequest, context: grpc.aio.ServicerContext
+    ) -> inf_pb.TokenizeResponse:
+        try:
+            if request.WhichOneof("input") == "chat":
+                chat = request.chat
+                ids = self.core.chat_prompt_ids(
+                    convert.messages_from_pb(chat.messages),
+                    [convert.tool_spec_from_pb(t) for t in chat.tools],
+                    add_generation_prompt=chat.add_generation_prompt,
+                    template_kwargs=convert.from_struct(chat.chat_template_kwargs),
+                )
+            else:
+                ids = list(self.backend.tokenizer(request.text, add_special_tokens=False)["input_ids"])
+        except RollmeshError as e:
+            await abort(context, e)
+        return inf_pb.TokenizeResponse(token_ids=ids, text=self.backend.tokenizer.decode(ids))
+
+    async def UpdateWeights(
+        self, request_iterator: AsyncIterator[inf_pb.UpdateWeightsRequest], context: grpc.aio.ServicerContext
+    ) -> inf_pb.UpdateWeightsResponse:
+        t0 = time.perf_counter()
+        try:
+            assembler: WeightsAssembler | None = None
+            async for request in request_iterator:
+                kind = request.WhichOneof("kind")
+                if kind == "header":
+                    if assembler is not None:
+                        raise InvalidArgumentError("a weights stream has exactly one header, first")
+                    assembler = WeightsAssembler(request.header, self.backend.param_specs(), self.max_weights_bytes)
+                elif kind == "chunk":
+                    if assembler is None:
+                        raise InvalidArgumentError("a weights stream starts with its header")
+                    assembler.add(request.chunk)
+                else:
+                    raise InvalidArgumentError("empty UpdateWeightsRequest")
+            if assembler is None:
+                raise InvalidArgumentError("empty weights stream: send a header, then the safetensors chunks")
+            tensors = assembler.finish()
+            version, applied = await self.core.update_weights(tensors, assembler.header.policy_version)
+        except RollmeshError as e:
+            await abort(context, e)
+        log.info("weights updated: %d tensors, policy version %d", applied, version)
+        return inf_pb.UpdateWeightsResponse(
+            policy_version=version, tensors_updated=applied, apply_s=time.perf_counter() - t0
+        )
+
+    async def LoadWeights(
+        self, request: inf_pb.LoadWeightsRequest, context: grpc.aio.ServicerContext
+    ) -> inf_pb.LoadWeightsResponse:
+        t0 = time.perf_counter()
+        try:
+            if not request.path:
+                raise InvalidArgumentError("LoadWeights needs a path")
+            version, applied = await self.core.load_weights(request.path, request.policy_version)
+        except RollmeshError as e:
+            await abort(context, e)
+        except Exception as e:  # a checkpoint that does not fit the model
+            await abort(context, FailedPreconditionError(f"could not load {request.path!r}: {e}"))
+        return inf_pb.LoadWeightsResponse(
+            policy_version=version, tensors_updated=applied, apply_s=time.perf_counter() - t0
+        )
+
+    async def Pause(self, request: inf_pb.PauseRequest, context: grpc.aio.ServicerContext) -> inf_pb.PauseResponse:
+        await self.backend.pause()
+        return inf_pb.PauseResponse()
+
+    async def Resume(self, request: inf_pb.ResumeRequest, context: grpc.aio.ServicerContext) -> inf_pb.ResumeResponse:
+        await self.backend.resume()
+        return inf_pb.ResumeResponse()
+
+
+def registry_name(model: str) -> str:
+    """Registry keys allow [A-Za-z0-9_-=/]; model names often have dots."""
+    return re.sub(r"[^A-Za-z0-9_\-=/]", "-", model) or "model"
+
+
+class InferenceServer:
+    """Serves a backend over gRPC (and, optionally, the OpenAI-compatible HTTP facade)."""
+
+    def __init__(
+        self,
+        backend: Backend,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        rpc_limits: RpcLimits = RpcLimits(),  # noqa: B008
+        nats_url: str | None = None,
+        advertise_host: str | None = None,
+        openai_port: int | None = None,
+        max_weights_bytes: int = DEFAULT_MAX_WEIGHTS_BYTES,
+        capacity: int = 64,
+    ) -> None:
+        self.core = InferenceCore(backend)
+        self.servicer = InferenceServicer(self.core, max_weights_bytes=max_weights_bytes)
+        self.rpc = create_server(
+            [(inf_grpc.add_InferenceServiceServicer_to_server, self.servicer, SERVICE_NAME)],
+            host=host,
+            port=port,
+            limits=rpc_limits,
+        )
+        self.hosting = Hosting(self.rpc, nats_url=nats_url, advertise_host=advertise_host, on_drain=self._drain)
+        self.openai_port = openai_port
+        self.capacity = capacity
+        self._http: Any = None
+
+    def _drain(self) -> None:
+        self.servicer.draining = True
+
+    @property
+    def address(self) -> str:
+        return self.rpc.address
+
+    async def start(self) -> InferenceServer:
+        b = self.core.backend
+        record = record_for(
+            bus_pb.SERVICE_KIND_INFERENCE,
+            registry_name(b.model),
+            str(b.policy_version),
+            self.hosting.advertised_address,
+            self.capacity,
+            self.servicer.instance_id,
+            labels={"backend": b.name, "model": b.model},
+        )
+        await self.hosting.start([record])
+        if self.openai_port is not None:
+            from .openai_api import start_http
+
+            self._http = await start_http(self.core, self.rpc.host, self.openai_port)
+        return self
+
+    @property
+    def openai_address(self) -> str | None:
+        return self._http.address if self._http else None
+
+    async def stop(self, grace_s: float = 10.0) -> None:
+        if self._http:
+            await self._http.stop()
+        await self.hosting.stop(grace_s)
+        await self.core.backend.close()
+
+    async def serve_until_signal(self, grace_s: float = 10.0) -> None:
+        await self.hosting.serve_until_signal(grace_s)
+        if self._http:
+            await self._http.stop()
+        await self.core.backend.close()
+
+    async def __aenter__(self) -> InferenceServer:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop(0)
