@@ -48,6 +48,7 @@ protos: setup
 
 bench: setup
 	$(VENV)/bin/rollmesh bench env-step
+	$(VENV)/bin/rollmesh bench inference
 
 clean:
 	rm -rf $(VENV) tools/node_modules .pytest_cache

@@ -38,6 +38,9 @@ class GenerationRequest:
     request_id: str
     prompt_ids: list[int]
     sampling: Sampling = field(default_factory=Sampling)
+    # False when the caller only wants the finished samples: a backend may then send one delta per
+    # sample instead of one per token (less Python work beside the engine)
+    stream: bool = True
 
 
 @dataclass

@@ -156,12 +156,15 @@ class InferenceCore:
 
     # ---- generation ----------------------------------------------------------------------------
 
-    def stream(self, prompt_ids: list[int], sampling: Sampling, request_id: str = "") -> AsyncIterator[TokenDelta]:
-        return self.backend.generate(GenerationRequest(request_id or uuid.uuid4().hex, prompt_ids, sampling))
+    def stream(
+        self, prompt_ids: list[int], sampling: Sampling, request_id: str = "", *, per_token: bool = True
+    ) -> AsyncIterator[TokenDelta]:
+        request = GenerationRequest(request_id or uuid.uuid4().hex, prompt_ids, sampling, stream=per_token)
+        return self.backend.generate(request)
 
     async def generate(self, prompt_ids: list[int], sampling: Sampling, request_id: str = "") -> list[SampleResult]:
         samples = [SampleResult(index=i) for i in range(sampling.n)]
-        async for d in self.stream(prompt_ids, sampling, request_id):
+        async for d in self.stream(prompt_ids, sampling, request_id, per_token=False):
             s = samples[d.index]
             s.completion_ids += d.token_ids
             s.logprobs += d.logprobs
