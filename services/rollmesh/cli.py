@@ -245,6 +245,18 @@ def bench_inference(
     bench_main(as_json=as_json, model=model, requests=requests, concurrency=concurrency, max_tokens=max_tokens)
 
 
+@bench_app.command("weights")
+def bench_weights(
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    backend: Annotated[list[str] | None, typer.Option("--backend", help="hf and/or vllm (default: both).")] = None,
+    model: Annotated[list[str] | None, typer.Option("--model", help="tiny and/or 100m (default: both).")] = None,
+) -> None:
+    """Seconds and MB/s to push full weights into a serving engine, vs loading them from disk."""
+    from .bench.weights import main as bench_main
+
+    bench_main(as_json=as_json, backends=backend or ["hf", "vllm"], models=model or ["tiny", "100m"])
+
+
 @app.command()
 def demo() -> None:
     """The embedded quickstart: local NATS, the built-in environments, conformance and episodes."""
