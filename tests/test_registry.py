@@ -98,3 +98,14 @@ async def test_register_validates(nats_url: str) -> None:
             await reg.register(bad)
         with pytest.raises(ValueError):
             await reg.list(name="a.b")
+
+
+async def test_a_record_is_listed_right_after_it_is_registered(nats_url: str) -> None:
+    """Regression: a KV watch could report "no more entries" before counting entries already on
+    their way, so a server registered a moment earlier looked absent."""
+    async with await Registry.connect(nats_url, bucket=_bucket()) as reg:
+        for i in range(40):
+            registration = await reg.register(record_for("environment", f"env{i}", "1", f"127.0.0.1:{i + 1}", 1))
+            assert [r.name for r in await reg.list("environment", f"env{i}")] == [f"env{i}"]
+            await registration.close()
+            assert await reg.list("environment", f"env{i}") == []

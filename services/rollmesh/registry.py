@@ -134,9 +134,10 @@ class Registration:
 
 
 class Registry:
-    def __init__(self, nc: NATS, kv: KeyValue, ttl_s: float, own_connection: bool):
+    def __init__(self, nc: NATS, kv: KeyValue, ttl_s: float, own_connection: bool, bucket: str = REGISTRY_BUCKET):
         self.nc = nc
         self.kv = kv
+        self.bucket = bucket
         self.ttl_s = ttl_s
         self._own = own_connection
 
@@ -164,7 +165,7 @@ class Registry:
                 kv = await js.key_value(bucket)
         # The bucket's TTL wins over ours: the first creator picked it, and heartbeats must beat it.
         bucket_ttl = (await kv.status()).ttl
-        return cls(nc, kv, bucket_ttl or ttl_s, _own)
+        return cls(nc, kv, bucket_ttl or ttl_s, _own, bucket)
 
     async def register(self, record: bus_pb2.ServiceRecord, *, heartbeat_s: float | None = None) -> Registration:
         """Put `record` now and every `heartbeat_s` (default ttl/3) until the Registration closes."""
@@ -189,21 +190,24 @@ class Registry:
                 "*",
             )
         )
-        # A watcher delivers the latest revision of every matching key, then None: one round trip
-        # instead of keys() + get() per key.
-        # a short inactive threshold: the server drops this watch's consumer right after we stop it
-        watcher = await self.kv.watch(subject, ignore_deletes=True, inactive_threshold=2.0)
+        # The KV stream lists its live subjects (expired records are gone from it), then one get
+        # per key. Not a KV watch: nats-py's watch may signal "no more entries" before it has
+        # counted entries already on their way, and report an empty registry.
+        js = self.nc.jetstream()
+        info = await js.stream_info(f"KV_{self.bucket}", subjects_filter=f"$KV.{self.bucket}.{subject}")
+        prefix = f"$KV.{self.bucket}."
         out: dict[str, bus_pb2.ServiceRecord] = {}
-        try:
-            while (entry := await watcher.updates(timeout=5.0)) is not None:
-                if not entry.value:
-                    continue
-                try:
-                    out[entry.key] = bus_pb2.ServiceRecord.FromString(entry.value)
-                except Exception:
-                    log.warning("skipping undecodable registry record", extra={"key": entry.key})
-        finally:
-            await watcher.stop()
+        for key in sorted(s.removeprefix(prefix) for s in (info.state.subjects or {})):
+            try:
+                entry = await self.kv.get(key)
+            except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
+                continue  # deregistered (a delete marker) or expired since the listing
+            if not entry.value:
+                continue
+            try:
+                out[key] = bus_pb2.ServiceRecord.FromString(entry.value)
+            except Exception:
+                log.warning("skipping undecodable registry record", extra={"key": key})
         return [out[k] for k in sorted(out)]
 
     async def close(self) -> None:
