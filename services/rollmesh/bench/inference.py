@@ -24,7 +24,6 @@ import asyncio
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import tempfile
@@ -33,6 +32,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from ..natsd import free_port
 from .harness import percentile
 
 ADDRESS_RE = re.compile(r"rollmesh inference server on (\S+):")
@@ -52,12 +52,6 @@ def make_prompts(tokenizer: Any, n: int) -> list[list[int]]:
         list(tokenizer(TEXTS[i % len(TEXTS)].format(i=i, a=(7 * i) % 13, b=(5 * i) % 11))["input_ids"])
         for i in range(n)
     ]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _cuda() -> bool:
