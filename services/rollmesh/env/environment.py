@@ -11,7 +11,7 @@ import asyncio
 import hashlib
 import inspect
 import json
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from functools import cached_property
 from typing import Any, ClassVar
 
@@ -226,5 +226,3 @@ class ToolEnv(MultiTurnEnv):
 def _call_name(call: Mapping[str, Any]) -> str:
     return str(call.get("function", {}).get("name", ""))
 
-
-EnvFactory = Callable[..., Environment | Sequence[Environment]]
