@@ -265,6 +265,19 @@ def demo() -> None:
     raise typer.Exit(run())
 
 
+def _register_subsystems() -> None:
+    """Each subsystem owns its commands in its own cli module (imports there stay lazy too)."""
+    from .orchestrator.cli import register as orchestrator_commands
+    from .rubric.cli import register as rubric_commands
+    from .trainer.cli import register as trainer_commands
+
+    for register in (rubric_commands, orchestrator_commands, trainer_commands):
+        register(app, bench_app)
+
+
+_register_subsystems()
+
+
 def main() -> None:
     # grpc's C core logs fork/epoll chatter to stderr by default; keep the CLI quiet.
     os.environ.setdefault("GRPC_VERBOSITY", "ERROR")

@@ -28,7 +28,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from rollmesh.proto.v1 import messages_pb2 as rollmesh_dot_v1_dot_messages__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15rollmesh/v1/bus.proto\x12\x0brollmesh.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1arollmesh/v1/messages.proto\"\xf1\x02\n\rServiceRecord\x12&\n\x04kind\x18\x01 \x01(\x0e\x32\x18.rollmesh.v1.ServiceKind\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x04 \x01(\t\x12\x10\n\x08\x63\x61pacity\x18\x05 \x01(\x05\x12\x13\n\x0binstance_id\x18\x06 \x01(\t\x12.\n\nstarted_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0cheartbeat_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x18\n\x10protocol_version\x18\t \x01(\t\x12\x36\n\x06labels\x18\n \x03(\x0b\x32&.rollmesh.v1.ServiceRecord.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"t\n\rPolicyVersion\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12.\n\nupdated_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\ncheckpoint\x18\x04 \x01(\t\"\xa2\x02\n\x0cMonitorTrace\x12\x10\n\x08trace_id\x18\x01 \x01(\t\x12\x0b\n\x03\x61pp\x18\x02 \x01(\t\x12&\n\x08messages\x18\x03 \x03(\x0b\x32\x14.rollmesh.v1.Message\x12\x0e\n\x06\x61nswer\x18\x04 \x01(\t\x12%\n\x04info\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x35\n\x06labels\x18\x06 \x03(\x0b\x32%.rollmesh.v1.MonitorTrace.LabelsEntry\x12.\n\ncreated_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xf8\x01\n\x0cMonitorScore\x12\x10\n\x08trace_id\x18\x01 \x01(\t\x12\x0b\n\x03\x61pp\x18\x02 \x01(\t\x12\x0e\n\x06rubric\x18\x03 \x01(\t\x12\x37\n\x07rewards\x18\x04 \x03(\x0b\x32&.rollmesh.v1.MonitorScore.RewardsEntry\x12\x0e\n\x06reward\x18\x05 \x01(\x01\x12-\n\tscored_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tlatency_s\x18\x07 \x01(\x01\x1a.\n\x0cRewardsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\xe5\x01\n\nDeadLetter\x12\x0f\n\x07subject\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x0f\n\x07payload\x18\x03 \x01(\x0c\x12\x35\n\x07headers\x18\x04 \x03(\x0b\x32$.rollmesh.v1.DeadLetter.HeadersEntry\x12-\n\tfailed_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07service\x18\x06 \x01(\t\x1a.\n\x0cHeadersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01*\xb7\x01\n\x0bServiceKind\x12\x1c\n\x18SERVICE_KIND_UNSPECIFIED\x10\x00\x12\x1c\n\x18SERVICE_KIND_ENVIRONMENT\x10\x01\x12\x1a\n\x16SERVICE_KIND_INFERENCE\x10\x02\x12\x17\n\x13SERVICE_KIND_RUBRIC\x10\x03\x12\x18\n\x14SERVICE_KIND_TRAINER\x10\x04\x12\x1d\n\x19SERVICE_KIND_ORCHESTRATOR\x10\x05\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15rollmesh/v1/bus.proto\x12\x0brollmesh.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1arollmesh/v1/messages.proto\"\xf1\x02\n\rServiceRecord\x12&\n\x04kind\x18\x01 \x01(\x0e\x32\x18.rollmesh.v1.ServiceKind\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x04 \x01(\t\x12\x10\n\x08\x63\x61pacity\x18\x05 \x01(\x05\x12\x13\n\x0binstance_id\x18\x06 \x01(\t\x12.\n\nstarted_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0cheartbeat_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x18\n\x10protocol_version\x18\t \x01(\t\x12\x36\n\x06labels\x18\n \x03(\x0b\x32&.rollmesh.v1.ServiceRecord.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"t\n\rPolicyVersion\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12.\n\nupdated_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\ncheckpoint\x18\x04 \x01(\t\"\xa2\x02\n\x0cMonitorTrace\x12\x10\n\x08trace_id\x18\x01 \x01(\t\x12\x0b\n\x03\x61pp\x18\x02 \x01(\t\x12&\n\x08messages\x18\x03 \x03(\x0b\x32\x14.rollmesh.v1.Message\x12\x0e\n\x06\x61nswer\x18\x04 \x01(\t\x12%\n\x04info\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x35\n\x06labels\x18\x06 \x03(\x0b\x32%.rollmesh.v1.MonitorTrace.LabelsEntry\x12.\n\ncreated_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xad\x04\n\x0cMonitorScore\x12\x10\n\x08trace_id\x18\x01 \x01(\t\x12\x0b\n\x03\x61pp\x18\x02 \x01(\t\x12\x0e\n\x06rubric\x18\x03 \x01(\t\x12\x37\n\x07rewards\x18\x04 \x03(\x0b\x32&.rollmesh.v1.MonitorScore.RewardsEntry\x12\x0e\n\x06reward\x18\x05 \x01(\x01\x12-\n\tscored_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tlatency_s\x18\x07 \x01(\x01\x12\x37\n\x07metrics\x18\x08 \x03(\x0b\x32&.rollmesh.v1.MonitorScore.MetricsEntry\x12\x35\n\x06\x65rrors\x18\t \x03(\x0b\x32%.rollmesh.v1.MonitorScore.ErrorsEntry\x12\x35\n\x06labels\x18\n \x03(\x0b\x32%.rollmesh.v1.MonitorScore.LabelsEntry\x1a.\n\x0cRewardsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x1a-\n\x0b\x45rrorsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xe5\x01\n\nDeadLetter\x12\x0f\n\x07subject\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x0f\n\x07payload\x18\x03 \x01(\x0c\x12\x35\n\x07headers\x18\x04 \x03(\x0b\x32$.rollmesh.v1.DeadLetter.HeadersEntry\x12-\n\tfailed_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07service\x18\x06 \x01(\t\x1a.\n\x0cHeadersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01*\xb7\x01\n\x0bServiceKind\x12\x1c\n\x18SERVICE_KIND_UNSPECIFIED\x10\x00\x12\x1c\n\x18SERVICE_KIND_ENVIRONMENT\x10\x01\x12\x1a\n\x16SERVICE_KIND_INFERENCE\x10\x02\x12\x17\n\x13SERVICE_KIND_RUBRIC\x10\x03\x12\x18\n\x14SERVICE_KIND_TRAINER\x10\x04\x12\x1d\n\x19SERVICE_KIND_ORCHESTRATOR\x10\x05\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -41,10 +41,16 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_MONITORTRACE_LABELSENTRY']._serialized_options = b'8\001'
   _globals['_MONITORSCORE_REWARDSENTRY']._loaded_options = None
   _globals['_MONITORSCORE_REWARDSENTRY']._serialized_options = b'8\001'
+  _globals['_MONITORSCORE_METRICSENTRY']._loaded_options = None
+  _globals['_MONITORSCORE_METRICSENTRY']._serialized_options = b'8\001'
+  _globals['_MONITORSCORE_ERRORSENTRY']._loaded_options = None
+  _globals['_MONITORSCORE_ERRORSENTRY']._serialized_options = b'8\001'
+  _globals['_MONITORSCORE_LABELSENTRY']._loaded_options = None
+  _globals['_MONITORSCORE_LABELSENTRY']._serialized_options = b'8\001'
   _globals['_DEADLETTER_HEADERSENTRY']._loaded_options = None
   _globals['_DEADLETTER_HEADERSENTRY']._serialized_options = b'8\001'
-  _globals['_SERVICEKIND']._serialized_start=1396
-  _globals['_SERVICEKIND']._serialized_end=1579
+  _globals['_SERVICEKIND']._serialized_start=1705
+  _globals['_SERVICEKIND']._serialized_end=1888
   _globals['_SERVICERECORD']._serialized_start=130
   _globals['_SERVICERECORD']._serialized_end=499
   _globals['_SERVICERECORD_LABELSENTRY']._serialized_start=454
@@ -56,11 +62,17 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_MONITORTRACE_LABELSENTRY']._serialized_start=454
   _globals['_MONITORTRACE_LABELSENTRY']._serialized_end=499
   _globals['_MONITORSCORE']._serialized_start=913
-  _globals['_MONITORSCORE']._serialized_end=1161
-  _globals['_MONITORSCORE_REWARDSENTRY']._serialized_start=1115
-  _globals['_MONITORSCORE_REWARDSENTRY']._serialized_end=1161
-  _globals['_DEADLETTER']._serialized_start=1164
-  _globals['_DEADLETTER']._serialized_end=1393
-  _globals['_DEADLETTER_HEADERSENTRY']._serialized_start=1347
-  _globals['_DEADLETTER_HEADERSENTRY']._serialized_end=1393
+  _globals['_MONITORSCORE']._serialized_end=1470
+  _globals['_MONITORSCORE_REWARDSENTRY']._serialized_start=1282
+  _globals['_MONITORSCORE_REWARDSENTRY']._serialized_end=1328
+  _globals['_MONITORSCORE_METRICSENTRY']._serialized_start=1330
+  _globals['_MONITORSCORE_METRICSENTRY']._serialized_end=1376
+  _globals['_MONITORSCORE_ERRORSENTRY']._serialized_start=1378
+  _globals['_MONITORSCORE_ERRORSENTRY']._serialized_end=1423
+  _globals['_MONITORSCORE_LABELSENTRY']._serialized_start=454
+  _globals['_MONITORSCORE_LABELSENTRY']._serialized_end=499
+  _globals['_DEADLETTER']._serialized_start=1473
+  _globals['_DEADLETTER']._serialized_end=1702
+  _globals['_DEADLETTER_HEADERSENTRY']._serialized_start=1656
+  _globals['_DEADLETTER_HEADERSENTRY']._serialized_end=1702
 # @@protoc_insertion_point(module_scope)

@@ -97,7 +97,7 @@ class MonitorTrace(_message.Message):
     def __init__(self, trace_id: _Optional[str] = ..., app: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[_messages_pb2.Message, _Mapping]]] = ..., answer: _Optional[str] = ..., info: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class MonitorScore(_message.Message):
-    __slots__ = ("trace_id", "app", "rubric", "rewards", "reward", "scored_at", "latency_s")
+    __slots__ = ("trace_id", "app", "rubric", "rewards", "reward", "scored_at", "latency_s", "metrics", "errors", "labels")
     class RewardsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -105,6 +105,27 @@ class MonitorScore(_message.Message):
         key: str
         value: float
         def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    class MetricsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    class ErrorsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     TRACE_ID_FIELD_NUMBER: _ClassVar[int]
     APP_FIELD_NUMBER: _ClassVar[int]
     RUBRIC_FIELD_NUMBER: _ClassVar[int]
@@ -112,6 +133,9 @@ class MonitorScore(_message.Message):
     REWARD_FIELD_NUMBER: _ClassVar[int]
     SCORED_AT_FIELD_NUMBER: _ClassVar[int]
     LATENCY_S_FIELD_NUMBER: _ClassVar[int]
+    METRICS_FIELD_NUMBER: _ClassVar[int]
+    ERRORS_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
     trace_id: str
     app: str
     rubric: str
@@ -119,7 +143,10 @@ class MonitorScore(_message.Message):
     reward: float
     scored_at: _timestamp_pb2.Timestamp
     latency_s: float
-    def __init__(self, trace_id: _Optional[str] = ..., app: _Optional[str] = ..., rubric: _Optional[str] = ..., rewards: _Optional[_Mapping[str, float]] = ..., reward: _Optional[float] = ..., scored_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., latency_s: _Optional[float] = ...) -> None: ...
+    metrics: _containers.ScalarMap[str, float]
+    errors: _containers.ScalarMap[str, str]
+    labels: _containers.ScalarMap[str, str]
+    def __init__(self, trace_id: _Optional[str] = ..., app: _Optional[str] = ..., rubric: _Optional[str] = ..., rewards: _Optional[_Mapping[str, float]] = ..., reward: _Optional[float] = ..., scored_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., latency_s: _Optional[float] = ..., metrics: _Optional[_Mapping[str, float]] = ..., errors: _Optional[_Mapping[str, str]] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class DeadLetter(_message.Message):
     __slots__ = ("subject", "reason", "payload", "headers", "failed_at", "service")

@@ -132,13 +132,36 @@ export interface MonitorScore {
   rubric: string;
   rewards: { [key: string]: number };
   reward: number;
-  scoredAt: Date | undefined;
+  scoredAt:
+    | Date
+    | undefined;
+  /** Seconds from the trace's created_at (or its arrival) to the score. */
   latencyS: number;
+  /** Weight-0 functions: reported, not rewarded. */
+  metrics: { [key: string]: number };
+  /** Per-function failures; the function's reward is then absent, never a silent 0. */
+  errors: { [key: string]: string };
+  labels: { [key: string]: string };
 }
 
 export interface MonitorScore_RewardsEntry {
   key: string;
   value: number;
+}
+
+export interface MonitorScore_MetricsEntry {
+  key: string;
+  value: number;
+}
+
+export interface MonitorScore_ErrorsEntry {
+  key: string;
+  value: string;
+}
+
+export interface MonitorScore_LabelsEntry {
+  key: string;
+  value: string;
 }
 
 /** A message that could not be processed, published on "rollmesh.deadletter.<subject>". */
@@ -928,7 +951,18 @@ export const MonitorTrace_LabelsEntry: MessageFns<MonitorTrace_LabelsEntry> = {
 };
 
 function createBaseMonitorScore(): MonitorScore {
-  return { traceId: "", app: "", rubric: "", rewards: {}, reward: 0, scoredAt: undefined, latencyS: 0 };
+  return {
+    traceId: "",
+    app: "",
+    rubric: "",
+    rewards: {},
+    reward: 0,
+    scoredAt: undefined,
+    latencyS: 0,
+    metrics: {},
+    errors: {},
+    labels: {},
+  };
 }
 
 export const MonitorScore: MessageFns<MonitorScore> = {
@@ -954,6 +988,15 @@ export const MonitorScore: MessageFns<MonitorScore> = {
     if (message.latencyS !== 0) {
       writer.uint32(57).double(message.latencyS);
     }
+    globalThis.Object.entries(message.metrics).forEach(([key, value]: [string, number]) => {
+      MonitorScore_MetricsEntry.encode({ key: key as any, value }, writer.uint32(66).fork()).join();
+    });
+    globalThis.Object.entries(message.errors).forEach(([key, value]: [string, string]) => {
+      MonitorScore_ErrorsEntry.encode({ key: key as any, value }, writer.uint32(74).fork()).join();
+    });
+    globalThis.Object.entries(message.labels).forEach(([key, value]: [string, string]) => {
+      MonitorScore_LabelsEntry.encode({ key: key as any, value }, writer.uint32(82).fork()).join();
+    });
     return writer;
   },
 
@@ -1029,6 +1072,39 @@ export const MonitorScore: MessageFns<MonitorScore> = {
             message.latencyS = reader.double();
             continue;
           }
+          case 8: {
+            if (tag !== 66) {
+              break;
+            }
+
+            const entry8 = MonitorScore_MetricsEntry.decode(reader, reader.uint32());
+            if (entry8.value !== undefined) {
+              message.metrics[entry8.key] = entry8.value;
+            }
+            continue;
+          }
+          case 9: {
+            if (tag !== 74) {
+              break;
+            }
+
+            const entry9 = MonitorScore_ErrorsEntry.decode(reader, reader.uint32());
+            if (entry9.value !== undefined) {
+              message.errors[entry9.key] = entry9.value;
+            }
+            continue;
+          }
+          case 10: {
+            if (tag !== 82) {
+              break;
+            }
+
+            const entry10 = MonitorScore_LabelsEntry.decode(reader, reader.uint32());
+            if (entry10.value !== undefined) {
+              message.labels[entry10.key] = entry10.value;
+            }
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1075,6 +1151,48 @@ export const MonitorScore: MessageFns<MonitorScore> = {
         : isSet(object.latency_s)
         ? globalThis.Number(object.latency_s)
         : 0,
+      metrics: isObject(object.metrics)
+        ? (globalThis.Object.entries(object.metrics) as [string, any][]).reduce(
+          (acc: { [key: string]: number }, [key, value]: [string, any]) => {
+            globalThis.Object.defineProperty(acc, key, {
+              value: globalThis.Number(value),
+              enumerable: true,
+              configurable: true,
+              writable: true,
+            });
+            return acc;
+          },
+          {},
+        )
+        : {},
+      errors: isObject(object.errors)
+        ? (globalThis.Object.entries(object.errors) as [string, any][]).reduce(
+          (acc: { [key: string]: string }, [key, value]: [string, any]) => {
+            globalThis.Object.defineProperty(acc, key, {
+              value: globalThis.String(value),
+              enumerable: true,
+              configurable: true,
+              writable: true,
+            });
+            return acc;
+          },
+          {},
+        )
+        : {},
+      labels: isObject(object.labels)
+        ? (globalThis.Object.entries(object.labels) as [string, any][]).reduce(
+          (acc: { [key: string]: string }, [key, value]: [string, any]) => {
+            globalThis.Object.defineProperty(acc, key, {
+              value: globalThis.String(value),
+              enumerable: true,
+              configurable: true,
+              writable: true,
+            });
+            return acc;
+          },
+          {},
+        )
+        : {},
     };
   },
 
@@ -1107,6 +1225,33 @@ export const MonitorScore: MessageFns<MonitorScore> = {
     if (message.latencyS !== 0) {
       obj.latencyS = floatToJson(message.latencyS);
     }
+    if (message.metrics) {
+      const entries = globalThis.Object.entries(message.metrics) as [string, number][];
+      if (entries.length > 0) {
+        obj.metrics = {};
+        entries.forEach(([k, v]) => {
+          obj.metrics[k] = floatToJson(v);
+        });
+      }
+    }
+    if (message.errors) {
+      const entries = globalThis.Object.entries(message.errors) as [string, string][];
+      if (entries.length > 0) {
+        obj.errors = {};
+        entries.forEach(([k, v]) => {
+          obj.errors[k] = v;
+        });
+      }
+    }
+    if (message.labels) {
+      const entries = globalThis.Object.entries(message.labels) as [string, string][];
+      if (entries.length > 0) {
+        obj.labels = {};
+        entries.forEach(([k, v]) => {
+          obj.labels[k] = v;
+        });
+      }
+    }
     return obj;
   },
 
@@ -1130,6 +1275,33 @@ export const MonitorScore: MessageFns<MonitorScore> = {
     message.reward = object.reward ?? 0;
     message.scoredAt = object.scoredAt ?? undefined;
     message.latencyS = object.latencyS ?? 0;
+    message.metrics = (globalThis.Object.entries(object.metrics ?? {}) as [string, number][]).reduce(
+      (acc: { [key: string]: number }, [key, value]: [string, number]) => {
+        if (value !== undefined) {
+          acc[key] = globalThis.Number(value);
+        }
+        return acc;
+      },
+      {},
+    );
+    message.errors = (globalThis.Object.entries(object.errors ?? {}) as [string, string][]).reduce(
+      (acc: { [key: string]: string }, [key, value]: [string, string]) => {
+        if (value !== undefined) {
+          acc[key] = globalThis.String(value);
+        }
+        return acc;
+      },
+      {},
+    );
+    message.labels = (globalThis.Object.entries(object.labels ?? {}) as [string, string][]).reduce(
+      (acc: { [key: string]: string }, [key, value]: [string, string]) => {
+        if (value !== undefined) {
+          acc[key] = globalThis.String(value);
+        }
+        return acc;
+      },
+      {},
+    );
     return message;
   },
 };
@@ -1215,6 +1387,261 @@ export const MonitorScore_RewardsEntry: MessageFns<MonitorScore_RewardsEntry> = 
     const message = createBaseMonitorScore_RewardsEntry();
     message.key = object.key ?? "";
     message.value = object.value ?? 0;
+    return message;
+  },
+};
+
+function createBaseMonitorScore_MetricsEntry(): MonitorScore_MetricsEntry {
+  return { key: "", value: 0 };
+}
+
+export const MonitorScore_MetricsEntry: MessageFns<MonitorScore_MetricsEntry> = {
+  encode(message: MonitorScore_MetricsEntry, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.key !== "") {
+      writer.uint32(10).string(message.key);
+    }
+    if (message.value !== 0) {
+      writer.uint32(17).double(message.value);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): MonitorScore_MetricsEntry {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseMonitorScore_MetricsEntry();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.key = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 17) {
+              break;
+            }
+
+            message.value = reader.double();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): MonitorScore_MetricsEntry {
+    return {
+      key: isSet(object.key) ? globalThis.String(object.key) : "",
+      value: isSet(object.value) ? globalThis.Number(object.value) : 0,
+    };
+  },
+
+  toJSON(message: MonitorScore_MetricsEntry): unknown {
+    const obj: any = {};
+    if (message.key !== "") {
+      obj.key = message.key;
+    }
+    if (message.value !== 0) {
+      obj.value = floatToJson(message.value);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<MonitorScore_MetricsEntry>): MonitorScore_MetricsEntry {
+    return MonitorScore_MetricsEntry.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<MonitorScore_MetricsEntry>): MonitorScore_MetricsEntry {
+    const message = createBaseMonitorScore_MetricsEntry();
+    message.key = object.key ?? "";
+    message.value = object.value ?? 0;
+    return message;
+  },
+};
+
+function createBaseMonitorScore_ErrorsEntry(): MonitorScore_ErrorsEntry {
+  return { key: "", value: "" };
+}
+
+export const MonitorScore_ErrorsEntry: MessageFns<MonitorScore_ErrorsEntry> = {
+  encode(message: MonitorScore_ErrorsEntry, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.key !== "") {
+      writer.uint32(10).string(message.key);
+    }
+    if (message.value !== "") {
+      writer.uint32(18).string(message.value);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): MonitorScore_ErrorsEntry {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseMonitorScore_ErrorsEntry();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.key = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.value = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): MonitorScore_ErrorsEntry {
+    return {
+      key: isSet(object.key) ? globalThis.String(object.key) : "",
+      value: isSet(object.value) ? globalThis.String(object.value) : "",
+    };
+  },
+
+  toJSON(message: MonitorScore_ErrorsEntry): unknown {
+    const obj: any = {};
+    if (message.key !== "") {
+      obj.key = message.key;
+    }
+    if (message.value !== "") {
+      obj.value = message.value;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<MonitorScore_ErrorsEntry>): MonitorScore_ErrorsEntry {
+    return MonitorScore_ErrorsEntry.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<MonitorScore_ErrorsEntry>): MonitorScore_ErrorsEntry {
+    const message = createBaseMonitorScore_ErrorsEntry();
+    message.key = object.key ?? "";
+    message.value = object.value ?? "";
+    return message;
+  },
+};
+
+function createBaseMonitorScore_LabelsEntry(): MonitorScore_LabelsEntry {
+  return { key: "", value: "" };
+}
+
+export const MonitorScore_LabelsEntry: MessageFns<MonitorScore_LabelsEntry> = {
+  encode(message: MonitorScore_LabelsEntry, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.key !== "") {
+      writer.uint32(10).string(message.key);
+    }
+    if (message.value !== "") {
+      writer.uint32(18).string(message.value);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): MonitorScore_LabelsEntry {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseMonitorScore_LabelsEntry();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.key = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.value = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): MonitorScore_LabelsEntry {
+    return {
+      key: isSet(object.key) ? globalThis.String(object.key) : "",
+      value: isSet(object.value) ? globalThis.String(object.value) : "",
+    };
+  },
+
+  toJSON(message: MonitorScore_LabelsEntry): unknown {
+    const obj: any = {};
+    if (message.key !== "") {
+      obj.key = message.key;
+    }
+    if (message.value !== "") {
+      obj.value = message.value;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<MonitorScore_LabelsEntry>): MonitorScore_LabelsEntry {
+    return MonitorScore_LabelsEntry.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<MonitorScore_LabelsEntry>): MonitorScore_LabelsEntry {
+    const message = createBaseMonitorScore_LabelsEntry();
+    message.key = object.key ?? "";
+    message.value = object.value ?? "";
     return message;
   },
 };

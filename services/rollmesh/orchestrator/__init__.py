@@ -1,0 +1,1 @@
+"""Orchestrator: schedules rollouts across environment and inference replicas, scores them, publishes them."""
