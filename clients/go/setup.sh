@@ -9,26 +9,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 packages=(golang-go protobuf-compiler protoc-gen-go protoc-gen-go-grpc golang-google-grpc-dev
   golang-google-protobuf-dev golang-github-golang-protobuf-1-5-dev)
 
-missing=()
-for p in "${packages[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if ((${#missing[@]})); then
-  sudo=()
-  if [[ $EUID -ne 0 ]]; then
-    command -v sudo >/dev/null || { echo "setup.sh: need root (or sudo) to install ${missing[*]}" >&2; exit 3; }
-    sudo=(sudo -n)
-  fi
-  echo "setup.sh: installing ${missing[*]}" >&2
-  export DEBIAN_FRONTEND=noninteractive
-  # apt-get update only when the package lists are stale (the install fails without it).
-  command -v apt-get >/dev/null || { echo "setup.sh: no apt-get to install ${missing[*]}" >&2; exit 3; }
-  if ! "${sudo[@]}" apt-get install -y -q "${missing[@]}" >&2; then
-    "${sudo[@]}" apt-get update -q >&2 || true
-    "${sudo[@]}" apt-get install -y -q "${missing[@]}" >&2 ||
-      { echo "setup.sh: could not install ${missing[*]}" >&2; exit 3; }
-  fi
-fi
+"$(dirname "${BASH_SOURCE[0]}")/../../scripts/apt-install.sh" "${packages[@]}"
 
 mkdir -p "$(dirname "$GO_LINK")"
 if [[ "$(readlink "$GO_LINK" 2>/dev/null)" != "$GO_DIR" ]]; then
