@@ -1,0 +1,481 @@
+"""Reward functions: the built-ins, and Python functions loaded by import path.
+
+A spec names a function by string. Built-ins (BUILTINS, documented below and by
+`describe_builtins()`) compare `completion` (the final assistant message's content, after an
+optional `extract` step) with `answer` (trajectory.task.answer), check formats, or call out to an
+environment server or an LLM judge. Any other name of the form "package.module:function" is
+imported and called with the environment SDK's convention (parameters named completion, answer,
+prompt, messages, state, info, task; see rollmesh.env.rubric), its `params` bound as keyword
+arguments. Sync functions run in a worker thread so that they cannot stall the server.
+
+Every function also takes `timeout_s` (its time bound per trajectory). A function that raises,
+times out or returns a non-finite number has its reward reported as an error (see scoring.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import importlib
+import inspect
+import json
+import math
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from ..env.rubric import Rubric
+from ..errors import InvalidArgumentError, UnavailableError
+from . import judge as judge_mod
+from .config import RewardFunctionConfig
+from .context import ScoreContext
+from .matching import compile_pattern, make_extractor, normalize, search
+from .mathverify import START_TIMEOUT_S
+from .resources import Resources
+
+ScoreFn = Callable[[ScoreContext], Awaitable[float]]
+_REQUIRED = object()
+
+
+class Params:
+    """Typed access to a function's params; unknown or ill-typed params are errors at compile time."""
+
+    def __init__(self, where: str, params: Mapping[str, Any]) -> None:
+        self.where = where
+        self._params = dict(params)
+        self._known: set[str] = set()
+
+    def get(self, key: str, default: Any = _REQUIRED, *, kind: type | tuple[type, ...] = object) -> Any:
+        self._known.add(key)
+        if key not in self._params:
+            if default is _REQUIRED:
+                raise InvalidArgumentError(f"{self.where}: missing params.{key}", reason="BAD_PARAMS")
+            return default
+        value = self._params[key]
+        if kind is float and isinstance(value, int | float) and not isinstance(value, bool):
+            value = float(value)
+        elif kind is int and isinstance(value, float) and value.is_integer():
+            value = int(value)  # protobuf Struct numbers are doubles
+        if (kind is not object and not isinstance(value, kind)) or (kind in (int, float) and isinstance(value, bool)):
+            name = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+            raise InvalidArgumentError(
+                f"{self.where}: params.{key} must be a {name}, got {value!r}", reason="BAD_PARAMS"
+            )
+        return value
+
+    def number(self, key: str, default: Any = _REQUIRED, *, minimum: float | None = None) -> float:
+        value = self.get(key, default, kind=float)
+        if value is not None and (not math.isfinite(value) or (minimum is not None and value < minimum)):
+            rule = f">= {minimum:g}" if minimum is not None else "finite"
+            raise InvalidArgumentError(f"{self.where}: params.{key} must be {rule}, got {value}", reason="BAD_PARAMS")
+        return value
+
+    def choice(self, key: str, default: str, choices: tuple[str, ...]) -> str:
+        value = self.get(key, default, kind=str)
+        if value not in choices:
+            raise InvalidArgumentError(
+                f"{self.where}: params.{key} must be one of {list(choices)}, got {value!r}", reason="BAD_PARAMS"
+            )
+        return value
+
+    def finish(self) -> None:
+        unknown = sorted(set(self._params) - self._known)
+        if unknown:
+            raise InvalidArgumentError(
+                f"{self.where}: unknown params {unknown}; it takes {sorted(self._known)}", reason="BAD_PARAMS"
+            )
+
+
+@dataclass(frozen=True)
+class Builtin:
+    name: str
+    make: Callable[[Params, Resources], ScoreFn]
+    timeout_s: float
+    # Added to the outer time bound, for one-off setup that the function bounds itself (worker start).
+    setup_s: float = 0.0
+
+    @property
+    def doc(self) -> str:
+        return inspect.cleandoc(self.make.__doc__ or "")
+
+
+BUILTINS: dict[str, Builtin] = {}
+
+
+def builtin(
+    name: str, *, timeout_s: float = 10.0, setup_s: float = 0.0
+) -> Callable[[Callable[[Params, Resources], ScoreFn]], Any]:
+    def register(make: Callable[[Params, Resources], ScoreFn]) -> Callable[[Params, Resources], ScoreFn]:
+        BUILTINS[name] = Builtin(name, make, timeout_s, setup_s)
+        return make
+
+    return register
+
+
+def describe_builtins() -> dict[str, str]:
+    return {name: b.doc for name, b in sorted(BUILTINS.items())}
+
+
+@dataclass(frozen=True)
+class CompiledFunction:
+    name: str
+    function: str
+    weight: float
+    timeout_s: float
+    fn: ScoreFn
+
+
+def compile_function(cfg: RewardFunctionConfig, resources: Resources, *, allow_imports: bool) -> CompiledFunction:
+    """InvalidArgumentError for an unknown function or bad params (reason UNKNOWN_FUNCTION / BAD_PARAMS)."""
+    where = f"reward function {cfg.name!r} ({cfg.function})"
+    params = Params(where, cfg.params)
+    if cfg.function in BUILTINS:
+        b = BUILTINS[cfg.function]
+        timeout_s = params.number("timeout_s", b.timeout_s, minimum=0.001)
+        fn = b.make(params, resources)
+        params.finish()
+        timeout_s += b.setup_s
+    elif ":" in cfg.function:
+        if not allow_imports:
+            raise InvalidArgumentError(
+                f"{where}: import-path functions are only allowed in configured rubrics, not in inline specs "
+                "(set server.allow_inline_imports = true to allow them)",
+                reason="IMPORTS_NOT_ALLOWED",
+            )
+        timeout_s = params.number("timeout_s", 30.0, minimum=0.001)
+        kwargs = {k: v for k, v in cfg.params.items() if k != "timeout_s"}
+        fn = load_python_function(cfg.function, kwargs, where)
+    else:
+        raise InvalidArgumentError(
+            f"{where}: unknown function {cfg.function!r}; built-ins are {sorted(BUILTINS)}, "
+            "or give a Python import path 'package.module:function'",
+            reason="UNKNOWN_FUNCTION",
+            metadata={"builtins": ",".join(sorted(BUILTINS))},
+        )
+    return CompiledFunction(cfg.name, cfg.function, cfg.weight, timeout_s, fn)
+
+
+def load_python_function(path: str, kwargs: Mapping[str, Any], where: str) -> ScoreFn:
+    module_name, _, attr = path.partition(":")
+    try:
+        obj: Any = importlib.import_module(module_name)
+        for part in attr.split("."):
+            obj = getattr(obj, part)
+    except (ImportError, AttributeError, ValueError) as e:
+        raise InvalidArgumentError(f"{where}: cannot load {path!r}: {e}", reason="UNKNOWN_FUNCTION") from e
+    if not callable(obj):
+        raise InvalidArgumentError(f"{where}: {path!r} is not callable", reason="UNKNOWN_FUNCTION")
+    target = functools.partial(obj, **kwargs) if kwargs else obj
+    if inspect.iscoroutinefunction(obj):
+        wrapped = target
+    else:
+
+        @functools.wraps(target)
+        async def wrapped(**kw: Any) -> Any:
+            return await asyncio.to_thread(target, **kw)
+
+    try:
+        # the SDK's Rubric maps parameter names to context values (and rejects what it cannot fill)
+        rubric = Rubric([wrapped])
+    except ValueError as e:
+        raise InvalidArgumentError(f"{where}: {e}", reason="BAD_PARAMS") from e
+
+    async def score(ctx: ScoreContext) -> float:
+        rewards, _ = await rubric.score(ctx.sdk_kwargs())
+        return next(iter(rewards.values()))
+
+    return score
+
+
+# ---- built-ins: answers ------------------------------------------------------------------------
+
+
+def _extract(p: Params, default: str = "none") -> Callable[[str], str | None]:
+    return make_extractor(p.get("extract", default, kind=str), p.where)
+
+
+@builtin("exact_match")
+def exact_match(p: Params, res: Resources) -> ScoreFn:
+    """1 when the (extracted) completion equals the answer, both stripped, else 0.
+    params: extract ("none" | "answer" | "boxed" | "last_number" | "last_line" | a regex whose
+    first group is the answer; default "none"), case_sensitive (default true)."""
+    extract = _extract(p)
+    case_sensitive = p.get("case_sensitive", True, kind=bool)
+
+    async def score(ctx: ScoreContext) -> float:
+        got = extract(ctx.completion)
+        if got is None:
+            return 0.0
+        a, b = got.strip(), ctx.answer.strip()
+        return float(a == b if case_sensitive else a.casefold() == b.casefold())
+
+    return score
+
+
+@builtin("normalized_match")
+def normalized_match(p: Params, res: Resources) -> ScoreFn:
+    """1 when the (extracted) completion equals the answer after normalisation (lower case,
+    punctuation, articles a/an/the and extra whitespace removed), else 0. params: extract."""
+    extract = _extract(p)
+
+    async def score(ctx: ScoreContext) -> float:
+        got = extract(ctx.completion)
+        return float(got is not None and normalize(got) == normalize(ctx.answer))
+
+    return score
+
+
+@builtin("math_equivalence", timeout_s=10.0, setup_s=START_TIMEOUT_S + 2.0)
+def math_equivalence(p: Params, res: Resources) -> ScoreFn:
+    """1 when the completion is mathematically equivalent to the answer (math-verify: "1/2",
+    "0.5" and "\\frac{1}{2}" agree; \\boxed{} answers are found by math-verify itself), else 0.
+    A reference answer math-verify cannot parse is an error. params: extract (default "none")."""
+    extract = _extract(p)
+    timeout_s = p.number("timeout_s", BUILTINS["math_equivalence"].timeout_s, minimum=0.001)
+
+    async def score(ctx: ScoreContext) -> float:
+        got = extract(ctx.completion)
+        if got is None or not got.strip():
+            return 0.0
+        check = await res.math.check(ctx.answer, got, timeout_s=timeout_s)
+        if not check.gold_parsed:
+            raise ValueError(f"math-verify cannot parse the reference answer {ctx.answer[:100]!r}")
+        return float(check.equivalent)
+
+    return score
+
+
+# ---- built-ins: formats --------------------------------------------------------------------------
+
+
+@builtin("regex")
+def regex_match(p: Params, res: Resources) -> ScoreFn:
+    """1 when the completion matches `pattern` (search; full_match: true for the whole text), else 0;
+    must_match: false inverts it (1 when it does not match). ignore_case (default false), dotall
+    (default false). Patterns run with a time bound (a backtracking pattern is an error)."""
+    import regex
+
+    flags = (regex.IGNORECASE if p.get("ignore_case", False, kind=bool) else 0) | (
+        regex.DOTALL if p.get("dotall", False, kind=bool) else 0
+    )
+    pattern = compile_pattern(p.get("pattern", kind=str), p.where, flags=flags)
+    full = p.get("full_match", False, kind=bool)
+    must = p.get("must_match", True, kind=bool)
+
+    async def score(ctx: ScoreContext) -> float:
+        return float((search(pattern, ctx.completion, full=full) is not None) == must)
+
+    return score
+
+
+_FORMATS = {
+    "boxed": r"\\(?:boxed|fbox)\{.+\}",
+    "answer_line": r"(?im)^\s*answer\s*[:=]\s*\S",
+    "integer": r"^\s*[-+]?\d[\d,]*\s*$",
+    "number": r"^\s*[-+]?(?:\d[\d,]*)?\.?\d+(?:[eE][-+]?\d+)?\s*$",
+}
+
+
+@builtin("answer_format")
+def answer_format(p: Params, res: Resources) -> ScoreFn:
+    """1 when the completion gives its answer in the expected form, else 0. params: style =
+    "boxed" (contains \\boxed{...}), "answer_line" (a line "ANSWER: ..."), "integer" / "number" (the
+    answer, as the built-in environments extract it, is just a number), "xml" (<tag>...</tag>,
+    with `tag`, default "answer"); default "boxed"."""
+    from ..envs.parsing import extract_answer
+
+    style = p.choice("style", "boxed", (*_FORMATS, "xml"))
+    tag = p.get("tag", "answer", kind=str)
+    if style == "xml":
+        import regex
+
+        pattern = compile_pattern(rf"<{regex.escape(tag)}>(.+?)</{regex.escape(tag)}>", p.where, flags=regex.DOTALL)
+    else:
+        pattern = compile_pattern(_FORMATS[style], p.where)
+    on_answer = style in ("integer", "number")
+
+    async def score(ctx: ScoreContext) -> float:
+        text = extract_answer(ctx.completion) if on_answer else ctx.completion
+        return float(search(pattern, text) is not None)
+
+    return score
+
+
+@builtin("length_penalty")
+def length_penalty(p: Params, res: Resources) -> ScoreFn:
+    """A penalty in [-1, 0] for the completion's length (0 = no penalty), so give it a positive
+    weight. unit = "chars" | "words" | "tokens" (completion token ids of every turn; the trajectory
+    must carry turns); default "chars". Either `max` (penalise only the excess over it) or `target`
+    (penalise any distance from it); the penalty is distance / `scale` (default: max or target),
+    capped at 1."""
+    unit = p.choice("unit", "chars", ("chars", "words", "tokens"))
+    limit = p.number("max", None, minimum=0.0)
+    target = p.number("target", None, minimum=0.0)
+    if (limit is None) == (target is None):
+        raise InvalidArgumentError(f"{p.where}: give exactly one of params.max and params.target", reason="BAD_PARAMS")
+    ref = limit if limit is not None else target
+    assert ref is not None
+    scale = p.number("scale", ref if ref > 0 else 1.0, minimum=0.0)
+    if scale <= 0:
+        raise InvalidArgumentError(f"{p.where}: params.scale must be > 0", reason="BAD_PARAMS")
+
+    async def score(ctx: ScoreContext) -> float:
+        if unit == "tokens":
+            if not ctx.trajectory.turns:
+                raise ValueError("unit 'tokens' needs the trajectory's turns (token ids); it has none")
+            n = float(sum(len(t.completion_ids) for t in ctx.trajectory.turns))
+        elif unit == "words":
+            n = float(sum(len((m.get("content") or "").split()) for m in ctx.completion_messages))
+        else:
+            n = float(sum(len(m.get("content") or "") for m in ctx.completion_messages))
+        distance = max(0.0, n - limit) if limit is not None else abs(n - ref)
+        return -min(1.0, distance / scale)
+
+    return score
+
+
+# ---- built-ins: tools ----------------------------------------------------------------------------
+
+
+def _tool_specs(p: Params, res: Resources) -> Callable[[ScoreContext], Awaitable[list[dict[str, Any]]]]:
+    fixed = p.get("tools", None, kind=list)
+    address = p.get("address", "", kind=str)
+
+    async def specs(ctx: ScoreContext) -> list[dict[str, Any]]:
+        if fixed is not None:
+            return fixed
+        if isinstance(ctx.info.get("tools"), list):
+            return ctx.info["tools"]
+        if not ctx.env:
+            raise ValueError("no tool specs: set params.tools, task.info.tools, or trajectory.task.env")
+        return await res.env_tools(ctx.env, address)
+
+    return specs
+
+
+@builtin("tool_call_validity")
+def tool_call_validity(p: Params, res: Resources) -> ScoreFn:
+    """Checks every tool call of the assistant messages: it names an offered tool and its arguments
+    are a JSON object valid for that tool's JSON schema. mode = "all" (1 when every call is valid,
+    else 0; default) or "fraction" (valid calls / calls). No calls scores 1, or 0 with
+    require_call: true. Tool specs ({name, description, parameters}) come from params.tools, else
+    task.info.tools, else the environment's Describe (params.address, or the registry)."""
+    import jsonschema
+
+    mode = p.choice("mode", "all", ("all", "fraction"))
+    require_call = p.get("require_call", False, kind=bool)
+    specs_of = _tool_specs(p, res)
+
+    async def score(ctx: ScoreContext) -> float:
+        calls = [c for m in ctx.completion_messages if m.get("role") == "assistant" for c in m.get("tool_calls") or ()]
+        if not calls:
+            return 0.0 if require_call else 1.0
+        specs = {s.get("name"): s for s in await specs_of(ctx)}
+        valid = 0
+        for call in calls:
+            fn = call.get("function", {})
+            spec = specs.get(fn.get("name"))
+            if spec is None:
+                continue
+            try:
+                args = json.loads(fn.get("arguments") or "{}")
+            except json.JSONDecodeError:
+                continue
+            if not isinstance(args, dict):
+                continue
+            schema = spec.get("parameters") or {"type": "object"}
+            try:
+                jsonschema.validate(args, schema)
+            except jsonschema.ValidationError:
+                continue
+            except jsonschema.SchemaError as e:
+                raise ValueError(f"tool {spec.get('name')!r} has an invalid JSON schema: {e.message}") from e
+            valid += 1
+        return float(valid == len(calls)) if mode == "all" else valid / len(calls)
+
+    return score
+
+
+# ---- built-ins: remote scorers -------------------------------------------------------------------
+
+
+@builtin("env_score", timeout_s=60.0)
+def env_score(p: Params, res: Resources) -> ScoreFn:
+    """The environment's own score: its server's Score RPC on the trajectory's task, messages and
+    state. params: address (else a live server of the environment from the registry), env (default
+    trajectory.task.env), key (one of the returned rewards; default the environment's weighted
+    total)."""
+    address = p.get("address", "", kind=str)
+    env_name = p.get("env", "", kind=str)
+    key = p.get("key", "", kind=str)
+    if not address and not res.nats_url:
+        raise InvalidArgumentError(
+            f"{p.where}: needs params.address, or a rubric service started with a NATS URL (registry lookup)",
+            reason="BAD_PARAMS",
+        )
+
+    async def score(ctx: ScoreContext) -> float:
+        env = env_name or ctx.env
+        if not env:
+            raise ValueError("trajectory.task.env is empty; set params.env")
+        client = await res.env_client(env, address)
+        try:
+            rewards, total = await client.score(env, ctx.task, ctx.messages, ctx.state)
+        except UnavailableError:
+            await res.forget_env(env, client.address)
+            raise
+        if not key:
+            return total
+        if key not in rewards:
+            raise KeyError(f"environment {env!r} returned rewards {sorted(rewards)}, not {key!r}")
+        return rewards[key]
+
+    return score
+
+
+@builtin("judge", timeout_s=120.0)
+def judge(p: Params, res: Resources) -> ScoreFn:
+    """An LLM judge on a rollmesh inference server; see rollmesh.rubric.judge for its params."""
+    model = p.get("model", "", kind=str)
+    address = p.get("address", "", kind=str)
+    if bool(model) == bool(address):
+        raise InvalidArgumentError(
+            f"{p.where}: give exactly one of params.model (registry name) and params.address", reason="BAD_PARAMS"
+        )
+    if model and not res.nats_url:
+        raise InvalidArgumentError(
+            f"{p.where}: params.model needs a rubric service started with a NATS URL; or give params.address",
+            reason="BAD_PARAMS",
+        )
+    template = p.get("prompt", judge_mod.DEFAULT_PROMPT, kind=str)
+    judge_mod.check_template(template, p.where)
+    temperature = p.number("temperature", 0.0, minimum=0.0)
+    sampling: dict[str, Any] = {"temperature": temperature, "max_tokens": int(p.number("max_tokens", 8, minimum=1))}
+    if (seed := p.get("seed", None, kind=int)) is not None:
+        sampling["seed"] = seed
+    parser = judge_mod.make_parser(
+        p.get("parse", "number", kind=str),
+        lo=p.number("min", None),
+        hi=p.number("max", None),
+        where=p.where,
+    )
+    endpoint = res.judge_endpoint(
+        model=model,
+        address=address,
+        requests_per_s=p.number("requests_per_s", 0.0, minimum=0.0),
+        max_concurrent=int(p.number("max_concurrent", 8, minimum=1)),
+        cache_size=int(p.number("cache_size", 4096, minimum=0)),
+    )
+    return judge_mod.Judge(
+        endpoint=endpoint,
+        target=model or address,
+        template=template,
+        system=p.get("system", "", kind=str),
+        sampling=sampling,
+        parser=parser,
+        call_timeout_s=p.number("call_timeout_s", 30.0, minimum=0.001),
+        retries=int(p.number("retries", 3, minimum=0)),
+        retry_parse=temperature > 0,
+        backoff_s=p.number("backoff_s", 0.5, minimum=0.0),
+        max_backoff_s=p.number("max_backoff_s", 8.0, minimum=0.0),
+    )

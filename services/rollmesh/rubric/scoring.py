@@ -1,0 +1,172 @@
+"""Scoring: a rubric (weighted reward functions + advantage settings) applied to trajectories.
+
+RewardResult conventions (a consumer can tell a partial or skipped score from a real one):
+- `rewards[name]`: the value of each function with a non-zero weight that succeeded;
+- `metrics[name]`: the value of each weight-0 function that succeeded (reported, not rewarded);
+- `errors[name]`: why a function has no value (exception, time-out, NaN/inf, judge failure after
+  retries). Its reward is then absent, never a silent 0;
+- `reward`: sum of weight x value over the functions that succeeded;
+- `metrics["rubric/failed"]`: number of functions that failed (always present). A result is
+  complete iff it is 0; `metrics["rubric/partial"]` is 1 when a weighted function failed, so the
+  total misses a term;
+- `metrics["rubric/skipped"]` = 1 for a trajectory that ended with an error (stop_reason ERROR):
+  it is not scored at all, every function has an errors entry, reward 0.
+
+Group advantages leave out members that were skipped or are partial (advantage 0), so an
+infrastructure failure never pulls the others' advantages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from collections import OrderedDict
+from collections.abc import Sequence
+
+from ..errors import NotFoundError
+from ..proto.v1 import rubric_pb2 as rubric_pb
+from ..proto.v1 import trajectory_pb2 as traj_pb
+from .advantages import group_advantages
+from .config import RubricConfig, RubricServiceConfig, from_spec, to_spec
+from .context import ScoreContext
+from .functions import CompiledFunction, compile_function
+from .resources import Resources
+
+log = logging.getLogger(__name__)
+
+FAILED = "rubric/failed"
+PARTIAL = "rubric/partial"
+SKIPPED = "rubric/skipped"
+
+
+class CompiledRubric:
+    def __init__(self, cfg: RubricConfig, functions: Sequence[CompiledFunction]) -> None:
+        self.config = cfg
+        self.name = cfg.name
+        self.spec = to_spec(cfg)
+        self.functions = list(functions)
+
+    @classmethod
+    def compile(cls, cfg: RubricConfig, resources: Resources, *, allow_imports: bool = True) -> CompiledRubric:
+        """InvalidArgumentError for an unknown function or bad params."""
+        return cls(cfg, [compile_function(f, resources, allow_imports=allow_imports) for f in cfg.functions])
+
+    async def score(self, trajectory: traj_pb.Trajectory) -> rubric_pb.RewardResult:
+        if trajectory.stop_reason == traj_pb.STOP_REASON_ERROR:
+            return self._skipped(trajectory)
+        ctx = ScoreContext.of(trajectory)
+        outcomes = await asyncio.gather(*(self._run(f, ctx) for f in self.functions))
+        result = rubric_pb.RewardResult()
+        total = 0.0
+        partial = False
+        for f, (value, error) in zip(self.functions, outcomes, strict=True):
+            if error is not None:
+                result.errors[f.name] = error
+                partial = partial or f.weight != 0
+            elif f.weight == 0:
+                result.metrics[f.name] = value
+            else:
+                result.rewards[f.name] = value
+                total += f.weight * value
+        result.reward = total
+        result.metrics[FAILED] = float(len(result.errors))
+        result.metrics[PARTIAL] = float(partial)
+        return result
+
+    async def score_group(
+        self, trajectories: Sequence[traj_pb.Trajectory]
+    ) -> tuple[list[rubric_pb.RewardResult], list[float]]:
+        results = list(await asyncio.gather(*(self.score(t) for t in trajectories)))
+        usable = [None if is_incomplete(r) else r.reward for r in results]
+        adv = self.spec.advantage
+        return results, group_advantages(usable, normalize_std=adv.normalize_std, leave_one_out=adv.leave_one_out)
+
+    async def _run(self, f: CompiledFunction, ctx: ScoreContext) -> tuple[float, str | None]:
+        try:
+            async with asyncio.timeout(f.timeout_s):
+                value = float(await f.fn(ctx))
+        except TimeoutError:
+            return 0.0, f"timed out after {f.timeout_s:g} s"
+        except Exception as e:
+            log.debug("reward function %s of rubric %s failed", f.name, self.name, exc_info=True)
+            return 0.0, f"{type(e).__name__}: {e}"
+        if not math.isfinite(value):
+            return 0.0, f"returned {value}, not a finite number"
+        return value, None
+
+    def _skipped(self, trajectory: traj_pb.Trajectory) -> rubric_pb.RewardResult:
+        err = trajectory.error
+        why = f"not scored: the trajectory ended with an error ({err.source or 'unknown source'}: {err.message})"
+        result = rubric_pb.RewardResult()
+        for f in self.functions:
+            result.errors[f.name] = why
+        result.metrics[FAILED] = float(len(self.functions))
+        result.metrics[PARTIAL] = 1.0
+        result.metrics[SKIPPED] = 1.0
+        return result
+
+
+def is_incomplete(result: rubric_pb.RewardResult) -> bool:
+    """Skipped, or a weighted function failed: the total is not comparable with complete ones."""
+    return result.metrics.get(PARTIAL, 0.0) > 0 or result.metrics.get(SKIPPED, 0.0) > 0
+
+
+class RubricBook:
+    """The configured rubrics, compiled once, plus inline specs compiled on demand (cached by
+    content). Owns the shared resources (clients, judge caches, math workers): close() it."""
+
+    def __init__(
+        self,
+        rubrics: Sequence[RubricConfig] = (),
+        *,
+        nats_url: str | None = None,
+        allow_inline_imports: bool = False,
+        max_inline: int = 256,
+    ) -> None:
+        self.resources = Resources(nats_url)
+        self.allow_inline_imports = allow_inline_imports
+        self.max_inline = max_inline
+        self._named: dict[str, CompiledRubric] = {}
+        for cfg in rubrics:
+            if cfg.name in self._named:
+                raise ValueError(f"rubric names must be unique, repeated: {cfg.name!r}")
+            # configured rubrics are trusted: import paths allowed
+            self._named[cfg.name] = CompiledRubric.compile(cfg, self.resources, allow_imports=True)
+        self._inline: OrderedDict[bytes, CompiledRubric] = OrderedDict()
+
+    @classmethod
+    def from_config(cls, cfg: RubricServiceConfig, *, nats_url: str | None = None) -> RubricBook:
+        return cls(cfg.rubric, nats_url=nats_url, allow_inline_imports=cfg.server.allow_inline_imports)
+
+    @property
+    def names(self) -> list[str]:
+        return sorted(self._named)
+
+    def get(self, name: str) -> CompiledRubric:
+        rubric = self._named.get(name)
+        if rubric is None:
+            raise NotFoundError(
+                f"no rubric {name!r}; this service has {self.names or 'none configured'} (or send an inline spec)",
+                reason="UNKNOWN_RUBRIC",
+                metadata={"rubrics": ",".join(self.names)},
+            )
+        return rubric
+
+    def compile(self, spec: rubric_pb.RubricSpec) -> CompiledRubric:
+        """An inline spec, compiled (InvalidArgumentError when it is bad) and cached by content."""
+        key = spec.SerializeToString(deterministic=True)
+        rubric = self._inline.get(key)
+        if rubric is None:
+            rubric = CompiledRubric.compile(from_spec(spec), self.resources, allow_imports=self.allow_inline_imports)
+            self._inline[key] = rubric
+            while len(self._inline) > self.max_inline:
+                self._inline.popitem(last=False)
+        self._inline.move_to_end(key)
+        return rubric
+
+    def specs(self) -> list[rubric_pb.RubricSpec]:
+        return [self._named[n].spec for n in self.names]
+
+    async def close(self) -> None:
+        await self.resources.close()
