@@ -28,12 +28,12 @@ def group_advantages(
         if not math.isfinite(r):
             raise ValueError(f"group rewards must be finite, got {r}")
     n = len(scored)
-    if n < 2:
+    if n < 2 or min(scored) == max(scored):  # exact zeros, not rounding noise scaled by 1/eps
         return [0.0] * len(rewards)
-    mean = sum(scored) / n
+    mean = math.fsum(scored) / n
     scale = 1.0
     if normalize_std:
-        std = math.sqrt(sum((r - mean) ** 2 for r in scored) / n)
+        std = math.sqrt(math.fsum((r - mean) ** 2 for r in scored) / n)
         scale = 1.0 / (std + eps)
     if leave_one_out:
         scale *= n / (n - 1)

@@ -29,7 +29,7 @@ from ..errors import InvalidArgumentError, UnavailableError
 from . import judge as judge_mod
 from .config import RewardFunctionConfig
 from .context import ScoreContext
-from .matching import compile_pattern, make_extractor, normalize, search
+from .matching import compile_pattern, in_thread, make_extractor, normalize, search
 from .mathverify import START_TIMEOUT_S
 from .resources import Resources
 
@@ -190,6 +190,14 @@ def load_python_function(path: str, kwargs: Mapping[str, Any], where: str) -> Sc
 # ---- built-ins: answers ------------------------------------------------------------------------
 
 
+def reference(ctx: ScoreContext) -> str:
+    """The task's reference answer; a task without one cannot be compared against (an error, not a 0)."""
+    answer = ctx.answer.strip()
+    if not answer:
+        raise ValueError(f"task {ctx.task.task_id!r} has no reference answer (trajectory.task.answer is empty)")
+    return answer
+
+
 def _extract(p: Params, default: str = "none") -> Callable[[str], str | None]:
     return make_extractor(p.get("extract", default, kind=str), p.where)
 
@@ -203,10 +211,10 @@ def exact_match(p: Params, res: Resources) -> ScoreFn:
     case_sensitive = p.get("case_sensitive", True, kind=bool)
 
     async def score(ctx: ScoreContext) -> float:
-        got = extract(ctx.completion)
+        got = await in_thread(extract, ctx.completion)
         if got is None:
             return 0.0
-        a, b = got.strip(), ctx.answer.strip()
+        a, b = got.strip(), reference(ctx)
         return float(a == b if case_sensitive else a.casefold() == b.casefold())
 
     return score
@@ -219,8 +227,8 @@ def normalized_match(p: Params, res: Resources) -> ScoreFn:
     extract = _extract(p)
 
     async def score(ctx: ScoreContext) -> float:
-        got = extract(ctx.completion)
-        return float(got is not None and normalize(got) == normalize(ctx.answer))
+        got = await in_thread(extract, ctx.completion)
+        return float(got is not None and normalize(got) == normalize(reference(ctx)))
 
     return score
 
@@ -234,10 +242,11 @@ def math_equivalence(p: Params, res: Resources) -> ScoreFn:
     timeout_s = p.number("timeout_s", BUILTINS["math_equivalence"].timeout_s, minimum=0.001)
 
     async def score(ctx: ScoreContext) -> float:
-        got = extract(ctx.completion)
+        gold = reference(ctx)
+        got = await in_thread(extract, ctx.completion)
         if got is None or not got.strip():
             return 0.0
-        check = await res.math.check(ctx.answer, got, timeout_s=timeout_s)
+        check = await res.math.check(gold, got, timeout_s=timeout_s)
         if not check.gold_parsed:
             raise ValueError(f"math-verify cannot parse the reference answer {ctx.answer[:100]!r}")
         return float(check.equivalent)
@@ -263,7 +272,7 @@ def regex_match(p: Params, res: Resources) -> ScoreFn:
     must = p.get("must_match", True, kind=bool)
 
     async def score(ctx: ScoreContext) -> float:
-        return float((search(pattern, ctx.completion, full=full) is not None) == must)
+        return float((await in_thread(search, pattern, ctx.completion, full=full) is not None) == must)
 
     return score
 
@@ -296,7 +305,7 @@ def answer_format(p: Params, res: Resources) -> ScoreFn:
 
     async def score(ctx: ScoreContext) -> float:
         text = extract_answer(ctx.completion) if on_answer else ctx.completion
-        return float(search(pattern, text) is not None)
+        return float(await in_thread(search, pattern, text) is not None)
 
     return score
 

@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import string
 from collections.abc import Callable
+from typing import Any, TypeVar
 
 import regex
 
 from ..envs.parsing import extract_answer
 from ..errors import InvalidArgumentError
 
+T = TypeVar("T")
 _NUMBER = re.compile(r"[-+]?(?:\d[\d,]*)?\.?\d+(?:[eE][-+]?\d+)?")
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _PUNCT = str.maketrans("", "", string.punctuation)
-REGEX_TIMEOUT_S = 1.0  # user patterns run with a time bound: a catastrophic pattern must not stall the server
+# User patterns run with a time bound, off the event loop (see in_thread) and releasing the GIL, so a
+# catastrophic pattern costs one worker thread a moment instead of stalling the server.
+REGEX_TIMEOUT_S = 1.0
 
 
 def last_boxed(text: str) -> str | None:
@@ -59,7 +64,12 @@ def compile_pattern(pattern: str, where: str, *, groups: int = 0, flags: int = 0
 
 def search(pattern: regex.Pattern, text: str, *, full: bool = False) -> regex.Match | None:
     """A time-bounded match; TimeoutError when the pattern backtracks for too long."""
-    return (pattern.fullmatch if full else pattern.search)(text, timeout=REGEX_TIMEOUT_S)
+    return (pattern.fullmatch if full else pattern.search)(text, timeout=REGEX_TIMEOUT_S, concurrent=True)
+
+
+async def in_thread(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """Text work on possibly large completions (user regexes) runs off the event loop."""
+    return await asyncio.to_thread(fn, *args, **kwargs)
 
 
 EXTRACTORS: dict[str, Callable[[str], str | None]] = {
@@ -80,7 +90,7 @@ def make_extractor(spec: str, where: str) -> Callable[[str], str | None]:
 
     def by_regex(text: str) -> str | None:
         last = None
-        for m in pattern.finditer(text, timeout=REGEX_TIMEOUT_S):
+        for m in pattern.finditer(text, timeout=REGEX_TIMEOUT_S, concurrent=True):
             last = m
         return last.group(1) if last else None
 

@@ -33,7 +33,9 @@ def check(gold: str, answer: str, timeout_s: int) -> MathCheck:
     from math_verify import parse, verify
 
     # Gold answers are usually written bare ("1/2", "\frac{1}{2}"): try them in math mode too.
-    g = parse(gold, parsing_timeout=timeout_s) or parse(f"${gold}$", parsing_timeout=timeout_s)
+    g = parse(gold, parsing_timeout=timeout_s) or parse(
+        f"${gold}$", parsing_timeout=timeout_s, fallback_mode="no_fallback"
+    )
     a = parse(answer, parsing_timeout=timeout_s)
     if not g or not a:
         return MathCheck(False, bool(g), bool(a))

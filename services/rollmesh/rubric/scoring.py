@@ -83,12 +83,13 @@ class CompiledRubric:
         return results, group_advantages(usable, normalize_std=adv.normalize_std, leave_one_out=adv.leave_one_out)
 
     async def _run(self, f: CompiledFunction, ctx: ScoreContext) -> tuple[float, str | None]:
+        bound = asyncio.timeout(f.timeout_s)
         try:
-            async with asyncio.timeout(f.timeout_s):
+            async with bound:
                 value = float(await f.fn(ctx))
-        except TimeoutError:
-            return 0.0, f"timed out after {f.timeout_s:g} s"
         except Exception as e:
+            if isinstance(e, TimeoutError) and bound.expired():
+                return 0.0, f"timed out after {f.timeout_s:g} s"
             log.debug("reward function %s of rubric %s failed", f.name, self.name, exc_info=True)
             return 0.0, f"{type(e).__name__}: {e}"
         if not math.isfinite(value):
