@@ -121,27 +121,34 @@ def render(template: str, ctx: ScoreContext) -> str:
 
 
 class TokenBucket:
-    """`rate` requests per second on average, bursts up to `burst`."""
+    """`rate` requests per second on average, bursts up to `burst` (0 = no limit)."""
 
-    def __init__(self, rate: float, burst: float | None = None) -> None:
+    def __init__(self, rate: float, burst: float | None = None, *, clock: Callable[[], float] = time.monotonic) -> None:
         self.rate = rate
         self.capacity = max(1.0, burst if burst is not None else rate)
         self.tokens = self.capacity
-        self.updated = time.monotonic()
+        self.clock = clock
+        self.updated = clock()
         self._lock = asyncio.Lock()
 
-    async def acquire(self) -> None:
+    def take(self) -> float:
+        """Takes a token if one is there (returns 0), else returns how long to wait for one."""
         if self.rate <= 0:
-            return
+            return 0.0
+        now = self.clock()
+        self.tokens = min(self.capacity, self.tokens + (now - self.updated) * self.rate)
+        self.updated = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return 0.0
+        return (1.0 - self.tokens) / self.rate
+
+    async def acquire(self) -> None:
         async with self._lock:  # one waiter at a time keeps the order fair
-            while True:
-                now = time.monotonic()
-                self.tokens = min(self.capacity, self.tokens + (now - self.updated) * self.rate)
-                self.updated = now
-                if self.tokens >= 1.0:
-                    self.tokens -= 1.0
-                    return
-                await asyncio.sleep((1.0 - self.tokens) / self.rate)
+            wait = self.take()
+            while wait > 0:
+                await asyncio.sleep(wait)
+                wait = self.take()
 
 
 @dataclass
