@@ -225,13 +225,21 @@ func (x *RubricSpec) GetDescription() string {
 	return ""
 }
 
+// The score of one trajectory. A consumer tells a complete score from a partial or skipped one by
+// `errors` and the "rubric/..." metrics.
 type RewardResult struct {
 	state         protoimpl.MessageState
 	sizeCache     protoimpl.SizeCache
 	unknownFields protoimpl.UnknownFields
 
+	// Value of each function with a non-zero weight that succeeded.
 	Rewards map[string]float64 `protobuf:"bytes,1,rep,name=rewards,proto3" json:"rewards,omitempty" protobuf_key:"bytes,1,opt,name=key,proto3" protobuf_val:"fixed64,2,opt,name=value,proto3"`
-	Reward  float64            `protobuf:"fixed64,2,opt,name=reward,proto3" json:"reward,omitempty"`
+	// Sum of weight x value over the functions that succeeded.
+	Reward float64 `protobuf:"fixed64,2,opt,name=reward,proto3" json:"reward,omitempty"`
+	// Value of each weight-0 function that succeeded, plus the rubric's bookkeeping:
+	// "rubric/failed" = number of functions that failed (0 = complete score), "rubric/partial" = 1
+	// when a weighted function failed (the total misses a term), "rubric/skipped" = 1 when the
+	// trajectory ended with an error (STOP_REASON_ERROR) and was not scored.
 	Metrics map[string]float64 `protobuf:"bytes,3,rep,name=metrics,proto3" json:"metrics,omitempty" protobuf_key:"bytes,1,opt,name=key,proto3" protobuf_val:"fixed64,2,opt,name=value,proto3"`
 	// Per-function errors (the function's reward is then absent, never a silent 0).
 	Errors map[string]string `protobuf:"bytes,4,rep,name=errors,proto3" json:"errors,omitempty" protobuf_key:"bytes,1,opt,name=key,proto3" protobuf_val:"bytes,2,opt,name=value,proto3"`
@@ -477,8 +485,9 @@ type ScoreGroupResponse struct {
 	unknownFields protoimpl.UnknownFields
 
 	// Same order as the request.
-	Results    []*RewardResult `protobuf:"bytes,1,rep,name=results,proto3" json:"results,omitempty"`
-	Advantages []float64       `protobuf:"fixed64,2,rep,packed,name=advantages,proto3" json:"advantages,omitempty"`
+	Results []*RewardResult `protobuf:"bytes,1,rep,name=results,proto3" json:"results,omitempty"`
+	// Same order as the request. Skipped and partial members get 0 and are left out of the baseline.
+	Advantages []float64 `protobuf:"fixed64,2,rep,packed,name=advantages,proto3" json:"advantages,omitempty"`
 }
 
 func (x *ScoreGroupResponse) Reset() {

@@ -53,9 +53,21 @@ export interface RubricSpec {
   description: string;
 }
 
+/**
+ * The score of one trajectory. A consumer tells a complete score from a partial or skipped one by
+ * `errors` and the "rubric/..." metrics.
+ */
 export interface RewardResult {
+  /** Value of each function with a non-zero weight that succeeded. */
   rewards: { [key: string]: number };
+  /** Sum of weight x value over the functions that succeeded. */
   reward: number;
+  /**
+   * Value of each weight-0 function that succeeded, plus the rubric's bookkeeping:
+   * "rubric/failed" = number of functions that failed (0 = complete score), "rubric/partial" = 1
+   * when a weighted function failed (the total misses a term), "rubric/skipped" = 1 when the
+   * trajectory ended with an error (STOP_REASON_ERROR) and was not scored.
+   */
   metrics: { [key: string]: number };
   /** Per-function errors (the function's reward is then absent, never a silent 0). */
   errors: { [key: string]: string };
@@ -96,6 +108,7 @@ export interface ScoreGroupRequest {
 export interface ScoreGroupResponse {
   /** Same order as the request. */
   results: RewardResult[];
+  /** Same order as the request. Skipped and partial members get 0 and are left out of the baseline. */
   advantages: number[];
 }
 
