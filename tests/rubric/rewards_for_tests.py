@@ -62,3 +62,11 @@ async def meet(completion: list[dict], key: str = "k", parties: float = 2) -> fl
         event.set()
     await event.wait()
     return 1.0
+
+
+class _AsyncScorer:
+    async def __call__(self, completion: list[dict]) -> float:
+        return 0.5
+
+
+async_scorer = _AsyncScorer()

@@ -211,8 +211,10 @@ async def test_tool_call_validity(book: RubricBook) -> None:
     no_calls = trajectory("5")
     assert await value(book, "tool_call_validity", no_calls, tools) == 1.0
     assert await value(book, "tool_call_validity", no_calls, {**tools, "require_call": True}) == 0.0
-    # tool specs carried by the task
+    # tool specs carried by the task, the schema as an object or as JSON text
     assert await value(book, "tool_call_validity", trajectory(tool_calls(("add", {"a": 1, "b": 1})), info=tools)) == 1.0
+    as_text = {"tools": [{**ADD, "parameters": json.dumps(ADD["parameters"])}]}
+    assert await value(book, "tool_call_validity", trajectory(tool_calls(("add", {"a": 1})), info=as_text)) == 0.0
 
 
 async def test_tool_call_validity_without_specs_is_an_error(book: RubricBook) -> None:
@@ -231,6 +233,7 @@ async def test_import_path_functions_use_the_sdk_convention(book: RubricBook) ->
     assert await value(book, f"{MOD}:async_length", trajectory("abcd")) == 4.0
     assert await value(book, f"{MOD}:async_length", trajectory("abcd"), {"scale": 0.5}) == 2.0
     assert await value(book, f"{MOD}:uses_state", t) == 4.0
+    assert await value(book, f"{MOD}:async_scorer", t) == 0.5
 
 
 @pytest.mark.parametrize(

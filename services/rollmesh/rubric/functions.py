@@ -172,7 +172,8 @@ def load_python_function(path: str, kwargs: Mapping[str, Any], where: str) -> Sc
 
         @functools.wraps(target)
         async def wrapped(**kw: Any) -> Any:
-            return await asyncio.to_thread(target, **kw)
+            value = await asyncio.to_thread(target, **kw)
+            return await value if inspect.isawaitable(value) else value  # e.g. an object with async __call__
 
     try:
         # the SDK's Rubric maps parameter names to context values (and rejects what it cannot fill)
@@ -393,6 +394,8 @@ def tool_call_validity(p: Params, res: Resources) -> ScoreFn:
             if not isinstance(args, dict):
                 continue
             schema = spec.get("parameters") or {"type": "object"}
+            if isinstance(schema, str):  # a ToolSpec's parameters_json_schema, as JSON text
+                schema = json.loads(schema)
             try:
                 jsonschema.validate(args, schema)
             except jsonschema.ValidationError:
