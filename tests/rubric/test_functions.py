@@ -289,3 +289,29 @@ def test_inline_import_paths_need_permission() -> None:
     with pytest.raises(InvalidArgumentError, match="allow_inline_imports") as e:
         RubricBook().compile(spec(f"{MOD}:contains_answer"))
     assert e.value.reason == "IMPORTS_NOT_ALLOWED"
+
+
+async def test_math_verify_time_out_is_an_error_not_a_zero(book: RubricBook) -> None:
+    tower = trajectory("$9^{9^{9^{9}}}$", "1")
+    message = await error(book, "math_equivalence", tower, {"timeout_s": 1})
+    assert "gave up after 1 s; equivalence unknown" in message
+
+
+async def test_a_stuck_math_worker_is_killed_and_replaced() -> None:
+    import os
+    import signal
+
+    from rollmesh.rubric.mathverify import MathVerifier
+
+    verifier = MathVerifier(workers=1)
+    try:
+        assert (await verifier.check("1/2", "0.5", timeout_s=5)).equivalent
+        (worker,) = verifier._idle
+        os.kill(worker.proc.pid, signal.SIGSTOP)  # a real hang: the process no longer runs at all
+        with pytest.raises(TimeoutError, match=r"longer than 0\.5 s"):
+            await verifier.check("1/2", "0.5", timeout_s=0.5)
+        assert await worker.proc.wait() == -signal.SIGKILL
+        assert (await verifier.check("1/2", "0.5", timeout_s=5)).equivalent  # a fresh worker
+        assert verifier._idle and verifier._idle[0] is not worker
+    finally:
+        await verifier.close()

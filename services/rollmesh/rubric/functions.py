@@ -238,7 +238,8 @@ def normalized_match(p: Params, res: Resources) -> ScoreFn:
 def math_equivalence(p: Params, res: Resources) -> ScoreFn:
     """1 when the completion is mathematically equivalent to the answer (math-verify: "1/2",
     "0.5" and "\\frac{1}{2}" agree; \\boxed{} answers are found by math-verify itself), else 0.
-    A reference answer math-verify cannot parse is an error. params: extract (default "none")."""
+    A reference answer math-verify cannot parse, and a check math-verify gives up on (its time-out:
+    equivalence unknown), are errors. params: extract (default "none")."""
     extract = _extract(p)
     timeout_s = p.number("timeout_s", BUILTINS["math_equivalence"].timeout_s, minimum=0.001)
 
@@ -248,6 +249,8 @@ def math_equivalence(p: Params, res: Resources) -> ScoreFn:
         if got is None or not got.strip():
             return 0.0
         check = await res.math.check(gold, got, timeout_s=timeout_s)
+        if check.timed_out:
+            raise TimeoutError(f"math-verify gave up after {timeout_s:g} s; equivalence unknown")
         if not check.gold_parsed:
             raise ValueError(f"math-verify cannot parse the reference answer {ctx.answer[:100]!r}")
         return float(check.equivalent)

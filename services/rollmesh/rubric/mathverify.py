@@ -26,20 +26,41 @@ class MathCheck:
     equivalent: bool
     gold_parsed: bool
     answer_parsed: bool
+    # math-verify gave up on a time-out (it then reports "not equivalent"): the result is unknown
+    timed_out: bool = False
+
+
+class _TimeoutWatch(logging.Handler):
+    """math-verify reports its own time-outs only as log warnings ("Timeout during ...")."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.seen = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.getMessage().startswith("Timeout during"):
+            self.seen = True
 
 
 def check(gold: str, answer: str, timeout_s: int) -> MathCheck:
     """In-process check (the worker's body); math-verify's alarm-based time-outs need the main thread."""
     from math_verify import parse, verify
 
-    # Gold answers are usually written bare ("1/2", "\frac{1}{2}"): try them in math mode too.
-    g = parse(gold, parsing_timeout=timeout_s) or parse(
-        f"${gold}$", parsing_timeout=timeout_s, fallback_mode="no_fallback"
-    )
-    a = parse(answer, parsing_timeout=timeout_s)
-    if not g or not a:
-        return MathCheck(False, bool(g), bool(a))
-    return MathCheck(bool(verify(g, a, timeout_seconds=timeout_s)), True, True)
+    watch = _TimeoutWatch()
+    mv_log = logging.getLogger("math_verify")
+    mv_log.addHandler(watch)
+    try:
+        # Gold answers are usually written bare ("1/2", "\frac{1}{2}"): try them in math mode too.
+        g = parse(gold, parsing_timeout=timeout_s) or parse(
+            f"${gold}$", parsing_timeout=timeout_s, fallback_mode="no_fallback"
+        )
+        a = parse(answer, parsing_timeout=timeout_s)
+        if not g or not a:
+            return MathCheck(False, bool(g), bool(a), watch.seen)
+        equivalent = bool(verify(g, a, timeout_seconds=timeout_s))
+        return MathCheck(equivalent, True, True, watch.seen and not equivalent)
+    finally:
+        mv_log.removeHandler(watch)
 
 
 class _Worker:
@@ -79,7 +100,7 @@ class _Worker:
         reply = json.loads(line)
         if "error" in reply:
             raise ValueError(f"math-verify failed: {reply['error']}")
-        return MathCheck(reply["equivalent"], reply["gold_parsed"], reply["answer_parsed"])
+        return MathCheck(reply["equivalent"], reply["gold_parsed"], reply["answer_parsed"], reply["timed_out"])
 
     def kill(self) -> None:
         if self.proc.returncode is None:
@@ -129,7 +150,10 @@ class MathVerifier:
 
 
 def _serve() -> None:
-    logging.basicConfig(level=logging.ERROR)  # math-verify warns on every unparseable answer
+    # math-verify warns on every unparseable answer: keep its records for _TimeoutWatch, off stderr
+    mv_log = logging.getLogger("math_verify")
+    mv_log.propagate = False
+    mv_log.addHandler(logging.NullHandler())
     import math_verify  # noqa: F401  (before "ready": the first timed check must not pay the import)
 
     print("ready", flush=True)
@@ -137,7 +161,12 @@ def _serve() -> None:
         try:
             req = json.loads(line)
             c = check(req["gold"], req["answer"], int(req["timeout"]))
-            reply = {"equivalent": c.equivalent, "gold_parsed": c.gold_parsed, "answer_parsed": c.answer_parsed}
+            reply = {
+                "equivalent": c.equivalent,
+                "gold_parsed": c.gold_parsed,
+                "answer_parsed": c.answer_parsed,
+                "timed_out": c.timed_out,
+            }
         except Exception as e:  # math-verify's own time-out included
             reply = {"error": f"{type(e).__name__}: {e}"}
         print(json.dumps(reply), flush=True)
