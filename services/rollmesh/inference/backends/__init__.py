@@ -10,7 +10,7 @@ from ...errors import InvalidArgumentError
 if TYPE_CHECKING:
     from ..backend import Backend
 
-BACKENDS = ("auto", "hf", "vllm")
+BACKENDS = ("auto", "hf", "vllm", "scripted")
 
 
 def pick(kind: str) -> str:
@@ -34,6 +34,10 @@ async def create_backend(
     name: str | None = None,
 ) -> Backend:
     kind = pick(kind)
+    if kind == "scripted":  # no model: scripted replies (benchmarks, tests); `model` names the script
+        from .scripted import ScriptedBackend
+
+        return ScriptedBackend.from_spec(model, name=name)
     if kind == "hf":
         from .hf import HFBackend
 

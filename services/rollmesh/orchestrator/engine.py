@@ -1,0 +1,654 @@
+"""RolloutEngine: groups of rollouts per task, scheduled over environment and inference replicas,
+scored, checked for freshness and published to JetStream.
+
+    async with RolloutEngine(config, nats_url=url, publisher=publisher) as engine:
+        tasks = await engine.list_tasks(limit=100)
+        async for group in engine.run(tasks):
+            ...  # list[Trajectory], one group per task, already published
+
+Scheduling: a task becomes a group of `rollouts_per_task` episodes; at most `max_concurrency`
+episodes run at once, and at most about twice as many groups as fit in that are started but not
+yet taken by the consumer of `run()`, so a slow consumer slows scheduling (backpressure). When the
+trainer has announced a policy version for the run (bus.PolicyStore), scheduling also waits while
+the inference servers lag it by more than `max_off_policy_steps`, and finished trajectories are
+judged for staleness (freshness.py).
+
+Identity: group ids derive from the run, environment, split and task id (plus a counter when the
+same task recurs in one engine, e.g. training epochs); trajectory ids from the group id and the
+index in the group. Both are deterministic, so a resumed run skips what it already has (`skip`)
+and a republished trajectory is dropped by JetStream's dedup (Nats-Msg-Id = trajectory id).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import time
+from collections.abc import AsyncIterable, AsyncIterator, Container, Iterable, Sequence
+from typing import Any
+
+import grpc
+from nats.aio.client import Client as NATS
+
+from .. import bus
+from ..errors import (
+    InvalidArgumentError,
+    NotFoundError,
+    ResourceExhaustedError,
+    RollmeshError,
+    UnavailableError,
+)
+from ..proto.v1 import bus_pb2 as bus_pb
+from ..proto.v1 import environment_pb2 as env_pb
+from ..proto.v1 import inference_pb2 as inf_pb
+from ..proto.v1 import messages_pb2 as msg_pb
+from ..proto.v1 import trajectory_pb2 as traj_pb
+from ..registry import Registry
+from ..rpc import RpcLimits
+from ..rpc_errors import error_from_rpc
+from .config import RolloutConfig
+from .episode_runner import EpisodeOutcome, EpisodeRunner, Rollout, error_pb, error_reason
+from .freshness import PolicyClock, judge
+from .routing import (
+    EnvReplica,
+    InferenceReplica,
+    ReplicaPool,
+    connect_env,
+    connect_inference,
+)
+from .stats import RolloutStats
+from .tokens import TurnTemplate
+
+log = logging.getLogger(__name__)
+
+CONNECT_TIMEOUT_S = 10.0
+PUBLISH_ATTEMPTS = 3
+# Room left in a NATS message for what scoring adds to a trajectory after the size check.
+PAYLOAD_MARGIN_BYTES = 16 * 1024
+_END = object()
+
+
+def group_id(run_id: str, env: str, split: str, task_id: str, occurrence: int = 0) -> str:
+    """`<run>/<env>/<split>/<task>`, with `@<n>` for the n-th recurrence of the task (n >= 1)."""
+    base = f"{run_id}/{env}/{split}/{task_id}"
+    return f"{base}@{occurrence}" if occurrence else base
+
+
+def trajectory_id(run_id: str, group_id: str, index: int) -> str:
+    """Deterministic id of rollout `index` of a group: the same run, group and index always give
+    the same id (resume, JetStream dedup); 32 hex digits."""
+    return hashlib.sha256(f"{run_id}\x1f{group_id}\x1f{index}".encode()).hexdigest()[:32]
+
+
+def _seed_of(tid: str) -> int:
+    return int(tid[:8], 16) & 0x7FFFFFFF
+
+
+async def _aiter(tasks: Iterable[msg_pb.Task] | AsyncIterable[msg_pb.Task]) -> AsyncIterator[msg_pb.Task]:
+    if isinstance(tasks, AsyncIterable):
+        async for t in tasks:
+            yield t
+    else:
+        for t in tasks:
+            yield t
+
+
+class RolloutEngine:
+    def __init__(
+        self,
+        config: RolloutConfig,
+        *,
+        nats_url: str | None = None,
+        env_addresses: Sequence[str] = (),
+        inference_addresses: Sequence[str] = (),
+        rubric_address: str | None = None,
+        publisher: bus.Publisher | None = None,
+        policy: bus.PolicyStore | None = None,
+        rpc_limits: RpcLimits = RpcLimits(),  # noqa: B008 (frozen dataclass)
+    ) -> None:
+        self.config = config
+        self.nats_url = nats_url
+        self.env_addresses = list(env_addresses)
+        self.inference_addresses = list(inference_addresses)
+        self.rubric_address = rubric_address
+        self.publisher = publisher
+        self.policy = policy
+        self.rpc_limits = rpc_limits
+        self.stats = RolloutStats()
+        self.env_pool: ReplicaPool[EnvReplica] = ReplicaPool(f"environment {config.env!r}", self._connect_env)
+        model = config.model or "(any model)"
+        self.inference_pool: ReplicaPool[InferenceReplica] = ReplicaPool(
+            f"inference {model!r}", self._connect_inference
+        )
+        self.clock = PolicyClock(policy, config.run_id)
+        self.rubric: Any = None  # rubric.client.RubricClient when config.rubric
+        self._nc: NATS | None = None
+        self._registry: Registry | None = None
+        self._known_envs: set[str] = set()
+        self._templates: dict[str, TurnTemplate] = {}
+        self._template_lock = asyncio.Lock()
+        self._episodes = asyncio.Semaphore(config.max_concurrency)
+        self._occurrences: dict[tuple[str, str, str], int] = {}
+        self._discovery: asyncio.Task[None] | None = None
+        self._started = False
+        self.runner = EpisodeRunner(config, self.env_pool, self.inference_pool, self._template, self.stats)
+
+    # ---- life cycle ----------------------------------------------------------------------------
+
+    async def __aenter__(self) -> RolloutEngine:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def start(self) -> None:
+        if self._started:
+            return
+        try:
+            if self.nats_url:
+                self._nc = await bus.connect(self.nats_url, name=f"rollmesh-orchestrator-{self.config.run_id}")
+                js = self._nc.jetstream()
+                if not (self.env_addresses and self.inference_addresses):
+                    self._registry = await Registry.from_client(self._nc)
+                if self.policy is None:
+                    self.policy = await bus.PolicyStore.open(js)
+                    self.clock.store = self.policy
+            if self.publisher is not None and self.config.publish:
+                await bus.ensure_streams(self.publisher.js, (bus.ROLLOUTS,))
+            await self._discover_env()
+            await self._discover_inference()
+            self._check_rewards()
+            if self.config.rubric:
+                await self._connect_rubric()
+            if self._registry is not None:
+                self._discovery = asyncio.create_task(self._refresh_loop(), name="rollmesh-discovery")
+            self._started = True
+        except BaseException:
+            await self.close()
+            raise
+
+    async def close(self) -> None:
+        if self._discovery is not None:
+            self._discovery.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._discovery
+            self._discovery = None
+        await self.env_pool.close()
+        await self.inference_pool.close()
+        if self.rubric is not None:
+            await self.rubric.close()
+            self.rubric = None
+        if self._nc is not None and not self._nc.is_closed:
+            await self._nc.close()
+        self._nc = None
+        self._started = False
+
+    # ---- discovery -----------------------------------------------------------------------------
+
+    async def _connect_env(self, address: str) -> EnvReplica:
+        return await connect_env(
+            address, self.config.env, timeout_s=CONNECT_TIMEOUT_S, limits=self.rpc_limits, known=self._known_envs
+        )
+
+    async def _connect_inference(self, address: str) -> InferenceReplica:
+        return await connect_inference(address, self.config.model, timeout_s=CONNECT_TIMEOUT_S, limits=self.rpc_limits)
+
+    async def _registry_addresses(self, kind: int, name: str | None) -> list[bus_pb.ServiceRecord]:
+        assert self._registry is not None
+        try:
+            return await self._registry.list(kind, name)
+        except ValueError as e:  # a name that cannot be a registry key cannot be registered either
+            raise NotFoundError(str(e)) from e
+
+    async def _discover_env(self) -> None:
+        env = self.config.env
+        if self.env_addresses:
+            addresses = self.env_addresses
+        elif self._registry is not None:
+            records = await self._registry_addresses(bus_pb.SERVICE_KIND_ENVIRONMENT, env)
+            if not records:
+                known = sorted({r.name for r in await self._registry.list(bus_pb.SERVICE_KIND_ENVIRONMENT)})
+                raise NotFoundError(
+                    f"no environment server for {env!r} (known: {', '.join(known) or 'none registered'})",
+                    reason="UNKNOWN_ENVIRONMENT",
+                )
+            addresses = [r.address for r in records]
+        else:
+            raise InvalidArgumentError(
+                "no environment server addresses given and no NATS URL to find them in the registry"
+            )
+        problems = await self.env_pool.sync(addresses)
+        if self.env_pool.active:
+            return
+        if problems and all(isinstance(e, LookupError) for _, e in problems):
+            raise NotFoundError(
+                f"no environment server for {env!r} (known: {', '.join(sorted(self._known_envs)) or 'none'})",
+                reason="UNKNOWN_ENVIRONMENT",
+            )
+        raise UnavailableError(
+            f"no environment server for {env!r} is reachable: " + "; ".join(str(e) for _, e in problems),
+            reason="UNREACHABLE",
+        )
+
+    async def _discover_inference(self) -> None:
+        model = self.config.model
+        if self.inference_addresses:
+            addresses = self.inference_addresses
+        elif self._registry is not None:
+            from ..inference.server import registry_name
+
+            name = registry_name(model) if model else None
+            records = await self._registry_addresses(bus_pb.SERVICE_KIND_INFERENCE, name)
+            if not records:
+                served = sorted(
+                    {r.labels.get("model", r.name) for r in await self._registry.list(bus_pb.SERVICE_KIND_INFERENCE)}
+                )
+                raise NotFoundError(
+                    f"no inference server for model {model or '(any)'!r} (serving: "
+                    f"{', '.join(served) or 'none registered'})",
+                    reason="UNKNOWN_MODEL",
+                )
+            addresses = [r.address for r in records]
+        else:
+            raise InvalidArgumentError(
+                "no inference server addresses given and no NATS URL to find them in the registry"
+            )
+        problems = await self.inference_pool.sync(addresses)
+        if self.inference_pool.active:
+            models = {r.model for r in self.inference_pool.active}
+            if len(models) > 1:
+                raise InvalidArgumentError(
+                    f"the inference servers serve different models {sorted(models)}; set `model` to pick one"
+                )
+            return
+        if problems and all(isinstance(e, LookupError) for _, e in problems):
+            raise NotFoundError("; ".join(str(e) for _, e in problems), reason="UNKNOWN_MODEL")
+        raise UnavailableError(
+            "no inference server is reachable: " + "; ".join(str(e) for _, e in problems), reason="UNREACHABLE"
+        )
+
+    async def _connect_rubric(self) -> None:
+        from ..rubric.client import RubricClient
+
+        if self.rubric_address is None and not self.nats_url:
+            raise InvalidArgumentError(
+                f"rubric {self.config.rubric!r} is set but no rubric server address or NATS URL is given"
+            )
+        self.rubric = await RubricClient.connect(self.rubric_address, nats_url=self.nats_url)
+
+    def _check_rewards(self) -> None:
+        if self.config.rubric:
+            return
+        info = self.env_pool.active[0].info
+        if not (info.has_score or info.reward_names):
+            raise InvalidArgumentError(
+                f'environment {info.name!r} reports no rewards and has no Score; name a rubric (rubric = "...")',
+                reason="NO_REWARDS",
+            )
+
+    async def _refresh_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.discovery_interval_s)
+            try:
+                if not self.env_addresses:
+                    records = await self._registry_addresses(bus_pb.SERVICE_KIND_ENVIRONMENT, self.config.env)
+                    await self.env_pool.sync([r.address for r in records])
+                if not self.inference_addresses:
+                    from ..inference.server import registry_name
+
+                    name = registry_name(self.config.model) if self.config.model else None
+                    records = await self._registry_addresses(bus_pb.SERVICE_KIND_INFERENCE, name)
+                    await self.inference_pool.sync([r.address for r in records])
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # NATS reconnecting: keep the pools as they are
+                log.warning("registry refresh failed: %r", e)
+
+    async def _template(self, replica: InferenceReplica) -> TurnTemplate:
+        template = self._templates.get(replica.model)
+        if template is not None:
+            return template
+        async with self._template_lock:
+            if replica.model not in self._templates:
+
+                async def tokenize(req: inf_pb.TokenizeRequest) -> list[int]:
+                    try:
+                        response = await replica.stub.Tokenize(req, timeout=CONNECT_TIMEOUT_S)
+                    except grpc.aio.AioRpcError as e:
+                        raise error_from_rpc(e) from e
+                    return list(response.token_ids)
+
+                self._templates[replica.model] = await TurnTemplate.learn(tokenize)
+            return self._templates[replica.model]
+
+    async def _served_version(self, refresh: bool) -> int:
+        replicas = self.inference_pool.active
+        if refresh:
+
+            async def ask(r: InferenceReplica) -> None:
+                with contextlib.suppress(grpc.aio.AioRpcError):
+                    info = await r.stub.GetModelInfo(inf_pb.GetModelInfoRequest(), timeout=CONNECT_TIMEOUT_S)
+                    r.policy_version = info.policy_version
+
+            await asyncio.gather(*(ask(r) for r in replicas))
+        return max((r.policy_version for r in replicas), default=0)
+
+    # ---- tasks ---------------------------------------------------------------------------------
+
+    async def list_tasks(self, split: str | None = None, limit: int = 0) -> list[msg_pb.Task]:
+        """Tasks of the configured environment (split: the config's unless given; limit 0 = all)."""
+        if limit < 0:
+            raise InvalidArgumentError(f"limit must be >= 0, got {limit}")
+        request = env_pb.ListTasksRequest(env=self.config.env, split=split or self.config.split, page_size=limit)
+        tried: list[EnvReplica] = []
+        while True:
+            replica = self.env_pool.pick(tried)
+            try:
+                tasks: list[msg_pb.Task] = []
+                async for response in replica.stub.ListTasks(request, timeout=CONNECT_TIMEOUT_S * 6):
+                    tasks.extend(response.tasks)
+                return tasks
+            except grpc.aio.AioRpcError as e:
+                err = error_from_rpc(e)
+                if not isinstance(err, (UnavailableError, grpc.aio.AioRpcError)) or len(tried) + 1 >= len(
+                    self.env_pool.active
+                ):
+                    raise err from e
+                self.env_pool.failed(replica, err)
+                tried.append(replica)
+
+    # ---- running -------------------------------------------------------------------------------
+
+    def group_id_for(self, task: msg_pb.Task) -> str:
+        """The group id of the next occurrence of `task` in this engine."""
+        key = (task.env or self.config.env, task.split or self.config.split, task.task_id)
+        n = self._occurrences.get(key, 0)
+        self._occurrences[key] = n + 1
+        return group_id(self.config.run_id, *key, occurrence=n)
+
+    async def run(
+        self, tasks: Iterable[msg_pb.Task] | AsyncIterable[msg_pb.Task], *, skip: Container[str] = ()
+    ) -> AsyncIterator[list[traj_pb.Trajectory]]:
+        """Yields each task's group once all its rollouts finished, were scored and published.
+        Rollouts whose trajectory id is in `skip` are not run (a partly skipped group yields only
+        the rollouts run now). Stale rollouts dropped by the freshness rule are neither published
+        nor yielded (see `stats.stale_dropped`)."""
+        if not self._started:
+            raise InvalidArgumentError("start the engine first: `async with RolloutEngine(...) as engine`")
+        cfg = self.config
+        groups_in_flight = 2 * max(1, -(-cfg.max_concurrency // cfg.rollouts_per_task))
+        slots = asyncio.Semaphore(groups_in_flight)
+        out: asyncio.Queue[Any] = asyncio.Queue()
+        running: set[asyncio.Task[None]] = set()
+        producer = asyncio.create_task(self._produce(tasks, skip, slots, out, running), name="rollmesh-scheduler")
+        try:
+            while True:
+                item = await out.get()
+                if item is _END:
+                    break
+                if isinstance(item, BaseException):
+                    raise item
+                slots.release()
+                if item:
+                    self.stats.groups += 1
+                    yield item
+        finally:
+            producer.cancel()
+            for t in list(running):
+                t.cancel()
+            await asyncio.gather(producer, *running, return_exceptions=True)
+
+    async def _produce(
+        self,
+        tasks: Iterable[msg_pb.Task] | AsyncIterable[msg_pb.Task],
+        skip: Container[str],
+        slots: asyncio.Semaphore,
+        out: asyncio.Queue[Any],
+        running: set[asyncio.Task[None]],
+    ) -> None:
+        cfg = self.config
+        try:
+            async for task in _aiter(tasks):
+                if not task.env or not task.split:
+                    task = _with_defaults(task, cfg.env, cfg.split)
+                if task.env != cfg.env:
+                    raise InvalidArgumentError(f"task {task.task_id!r} is of environment {task.env!r}, not {cfg.env!r}")
+                gid = self.group_id_for(task)
+                todo = []
+                for i in range(cfg.rollouts_per_task):
+                    tid = trajectory_id(cfg.run_id, gid, i)
+                    if tid in skip:
+                        self.stats.skipped += 1
+                    else:
+                        todo.append(self._rollout(task, gid, tid, i))
+                if not todo:
+                    continue
+                await slots.acquire()
+                await self.clock.wait_for_inference(cfg.max_off_policy_steps, self._served_version)
+                t = asyncio.create_task(self._group(todo, out), name=f"rollmesh-group:{gid}")
+                running.add(t)
+                t.add_done_callback(running.discard)
+            while running:
+                await asyncio.gather(*list(running), return_exceptions=True)
+            await out.put(_END)
+        except asyncio.CancelledError:
+            raise
+        except BaseException as e:
+            await out.put(e)
+
+    def _rollout(self, task: msg_pb.Task, gid: str, tid: str, index: int) -> Rollout:
+        base = self.config.sampling.seed
+        derived = _seed_of(tid)
+        seed = derived if base is None else (base + derived) & 0x7FFFFFFF
+        return Rollout(
+            task=task,
+            group_id=gid,
+            trajectory_id=tid,
+            index=index,
+            seed=seed,
+            sampling_seed=None if base is None else seed,
+        )
+
+    async def _group(self, rollouts: list[Rollout], out: asyncio.Queue[Any]) -> None:
+        try:
+            outcomes = await asyncio.gather(*(self._episode(r) for r in rollouts))
+            await out.put(await self._finalize(list(outcomes)))
+        except asyncio.CancelledError:
+            raise
+        except BaseException as e:
+            await out.put(e)
+
+    async def _episode(self, rollout: Rollout) -> EpisodeOutcome:
+        async with self._episodes:
+            self.stats.started += 1
+            return await self.runner.run(rollout)
+
+    # ---- after a group: freshness, scoring, publishing --------------------------------------
+
+    async def _finalize(self, outcomes: list[EpisodeOutcome]) -> list[traj_pb.Trajectory]:
+        cfg = self.config
+        current = await self.clock.current()
+        kept: list[EpisodeOutcome] = []
+        for o in outcomes:
+            t = o.trajectory
+            if current is not None and t.stop_reason != traj_pb.STOP_REASON_ERROR:
+                verdict = judge(t, current, cfg.max_off_policy_steps, cfg.stale_policy)
+                if verdict == "drop":
+                    self.stats.stale_dropped += 1
+                    continue
+                if verdict == "downweight":
+                    self.stats.downweighted += 1
+            kept.append(o)
+        if not kept:
+            return []
+        publishing = self.publisher is not None and cfg.publish
+        if publishing:
+            limit = self.publisher.nc.max_payload - PAYLOAD_MARGIN_BYTES  # type: ignore[union-attr]
+            for o in kept:
+                t = o.trajectory
+                if t.stop_reason != traj_pb.STOP_REASON_ERROR and t.ByteSize() > limit:
+                    _fail(
+                        o,
+                        "orchestrator",
+                        ResourceExhaustedError(
+                            f"the trajectory is {t.ByteSize()} bytes, over what fits in a NATS message "
+                            f"({self.publisher.nc.max_payload} bytes max_payload); raise max_payload or shorten "  # type: ignore[union-attr]
+                            "episodes",
+                            reason="PAYLOAD_TOO_LARGE",
+                        ),
+                    )
+        t0 = time.perf_counter()
+        if cfg.rubric:
+            await self._score_with_rubric(kept)
+        else:
+            await self._score_with_env(kept)
+        scoring_s = time.perf_counter() - t0
+        self.stats.scoring_s += scoring_s
+        trajectories = [o.trajectory for o in kept]
+        for t in trajectories:
+            t.timing.scoring_s = scoring_s
+        if publishing:
+            t0 = time.perf_counter()
+            await asyncio.gather(*(self._publish(t) for t in trajectories))
+            self.stats.publish_s += time.perf_counter() - t0
+        for t in trajectories:
+            if t.stop_reason == traj_pb.STOP_REASON_ERROR:
+                self.stats.error(error_reason(t.error))
+            else:
+                self.stats.finished += 1
+        return trajectories
+
+    async def _score_with_env(self, outcomes: list[EpisodeOutcome]) -> None:
+        """The environment's inline rewards, else its Score RPC; advantages within the group."""
+        from ..rubric.advantages import group_advantages
+
+        async def score(o: EpisodeOutcome) -> None:
+            t = o.trajectory
+            if t.stop_reason == traj_pb.STOP_REASON_ERROR or o.has_reward:
+                return
+            request = env_pb.ScoreRequest(env=t.task.env, task=t.task, messages=t.messages, state=t.state)
+            tried: list[EnvReplica] = []
+            for _ in range(cfg.max_attempts):
+                try:
+                    replica = (
+                        o.env if o.env is not None and not tried and not o.env.retired else self.env_pool.pick(tried)
+                    )
+                except UnavailableError as e:
+                    _fail(o, "environment", e)
+                    return
+                try:
+                    response = await replica.stub.Score(request, timeout=cfg.step_timeout_s)
+                except grpc.aio.AioRpcError as e:
+                    err = error_from_rpc(e)
+                    if isinstance(err, (UnavailableError, grpc.aio.AioRpcError)):
+                        self.env_pool.failed(replica, err)
+                        tried.append(replica)
+                        continue
+                    _fail(o, "environment", err)
+                    return
+                t.rewards.update(response.rewards)
+                t.reward = response.reward
+                t.metrics.update(response.metrics)
+                o.has_reward = True
+                return
+            _fail(o, "environment", UnavailableError("Score failed on every environment replica tried"))
+
+        cfg = self.config
+        await asyncio.gather(*(score(o) for o in outcomes))
+        rewards = [o.trajectory.reward if o.has_reward else None for o in outcomes]
+        advantages = group_advantages(rewards, normalize_std=cfg.normalize_advantages, leave_one_out=cfg.leave_one_out)
+        for o, a in zip(outcomes, advantages, strict=True):
+            o.trajectory.advantage = a
+
+    async def _score_with_rubric(self, outcomes: list[EpisodeOutcome]) -> None:
+        trajectories = [o.trajectory for o in outcomes]
+        last: BaseException | None = None
+        for attempt in range(self.config.max_attempts):
+            try:
+                results, advantages = await self.rubric.score_group(self.config.rubric, trajectories)
+                break
+            except (UnavailableError, grpc.aio.AioRpcError) as e:
+                last = e
+                await asyncio.sleep(0.2 * 2**attempt)
+            except RollmeshError as e:
+                last = e
+                break
+        else:
+            results = []
+        if not results:
+            for o in outcomes:
+                if o.trajectory.stop_reason != traj_pb.STOP_REASON_ERROR:
+                    _fail(o, "rubric", last or UnavailableError("the rubric service returned nothing"))
+            return
+        for o, result, advantage in zip(outcomes, results, advantages, strict=True):
+            t = o.trajectory
+            if t.stop_reason == traj_pb.STOP_REASON_ERROR:
+                t.advantage = 0.0
+                continue
+            t.rewards.clear()
+            t.rewards.update(result.rewards)
+            t.reward = result.reward
+            t.metrics.update(result.metrics)
+            if result.errors:
+                t.metrics["rubric_errors"] = float(len(result.errors))
+            t.advantage = advantage
+
+    async def _publish(self, t: traj_pb.Trajectory) -> None:
+        assert self.publisher is not None
+        last: BaseException | None = None
+        for attempt in range(PUBLISH_ATTEMPTS):
+            try:
+                fresh = await self.publisher.publish_trajectory(t)
+            except ResourceExhaustedError as e:
+                # Too large even so: record it as an error and publish the record without its bulk.
+                t.stop_reason = traj_pb.STOP_REASON_ERROR
+                t.error.CopyFrom(error_pb("orchestrator", e, retryable=False))
+                t.advantage = 0.0
+                slim = traj_pb.Trajectory()
+                slim.CopyFrom(t)
+                del slim.turns[:], slim.messages[:]
+                slim.ClearField("state")
+                with contextlib.suppress(Exception):
+                    if await self.publisher.publish_trajectory(slim):
+                        self.stats.published += 1
+                return
+            except Exception as e:  # NATS timeouts, reconnects
+                last = e
+                await asyncio.sleep(0.2 * 2**attempt)
+                continue
+            if fresh:
+                self.stats.published += 1
+            else:
+                self.stats.duplicates += 1
+            return
+        self.stats.publish_failed += 1
+        t.stop_reason = traj_pb.STOP_REASON_ERROR
+        t.error.CopyFrom(
+            error_pb(
+                "orchestrator",
+                UnavailableError(f"JetStream did not store the trajectory: {last!r}", reason="PUBLISH_FAILED"),
+            )
+        )
+        t.advantage = 0.0
+
+
+def _fail(o: EpisodeOutcome, source: str, error: BaseException) -> None:
+    t = o.trajectory
+    t.stop_reason = traj_pb.STOP_REASON_ERROR
+    t.error.CopyFrom(error_pb(source, error))
+    t.advantage = 0.0
+    o.has_reward = False
+
+
+def _with_defaults(task: msg_pb.Task, env: str, split: str) -> msg_pb.Task:
+    copy = msg_pb.Task()
+    copy.CopyFrom(task)
+    copy.env = copy.env or env
+    copy.split = copy.split or split
+    return copy
+
+
+__all__ = ["RolloutEngine", "group_id", "trajectory_id"]

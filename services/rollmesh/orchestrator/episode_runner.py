@@ -1,0 +1,430 @@
+"""One rollout: an environment's Episode stream driven by model calls, recorded as a Trajectory.
+
+The loop: start the episode on an environment replica, ask the model (first turn: the prompt and
+tools as chat messages, rendered by the inference server's chat template; later turns: exact token
+ids, see tokens.py), send its message as the action, append the environment's reply, until the
+environment says done. Every model call's tokens, logprobs and policy version are stored as the
+inference server returned them.
+
+Failures: an environment replica that dies or stalls (stream error, step timeout, draining, full)
+makes the whole episode run again on another replica, up to `max_attempts` runs; a failing
+inference replica makes the one model call go to another replica. What cannot finish becomes an
+errored trajectory (STOP_REASON_ERROR, `error` = which component, status code, reason), never a
+reward.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import grpc
+
+from .. import __version__
+from ..errors import (
+    DeadlineExceededError,
+    InternalError,
+    ResourceExhaustedError,
+    RollmeshError,
+    UnavailableError,
+)
+from ..proto.v1 import environment_pb2 as env_pb
+from ..proto.v1 import inference_pb2 as inf_pb
+from ..proto.v1 import messages_pb2 as msg_pb
+from ..proto.v1 import trajectory_pb2 as traj_pb
+from ..rpc import tracing_enabled
+from ..rpc_errors import error_from_rpc, status_for
+from .config import RolloutConfig
+from .routing import EnvReplica, InferenceReplica, ReplicaPool
+from .stats import RolloutStats
+from .tokens import TurnTemplate
+from .toolcalls import assistant_message
+
+log = logging.getLogger(__name__)
+
+# Errors after which another replica may well succeed (the failed one is benched).
+_REPLICA_FAULTS = (UnavailableError, DeadlineExceededError, ResourceExhaustedError)
+
+
+@dataclass(frozen=True)
+class Rollout:
+    """One rollout the engine wants: which task, its identity in the run, its seed."""
+
+    task: msg_pb.Task
+    group_id: str
+    trajectory_id: str
+    index: int
+    seed: int
+    sampling_seed: int | None
+
+
+@dataclass
+class EpisodeOutcome:
+    trajectory: traj_pb.Trajectory
+    has_reward: bool = False  # the environment reported rewards inline
+    env: EnvReplica | None = None  # the replica that ran it (for its Score RPC)
+    inference: InferenceReplica | None = None
+
+
+class RolloutFailure(Exception):
+    """An episode failed because of `source` ("environment", "inference", "orchestrator")."""
+
+    def __init__(self, source: str, error: BaseException, *, replica_fault: bool = False) -> None:
+        super().__init__(str(error))
+        self.source = source
+        self.error = error
+        self.replica_fault = replica_fault
+
+
+def error_pb(source: str, error: BaseException, *, retryable: bool | None = None) -> traj_pb.Error:
+    """Trajectory.Error: the gRPC code, "REASON: message", the component, whether a retry may help."""
+    if isinstance(error, RollmeshError):
+        code = status_for(error).value[0]
+        text = f"{error.reason}: {error}"
+    elif isinstance(error, grpc.aio.AioRpcError):
+        code = error.code().value[0]
+        text = f"{error.code().name}: {error.details()}"
+    elif isinstance(error, TimeoutError):
+        code = grpc.StatusCode.DEADLINE_EXCEEDED.value[0]
+        text = f"DEADLINE_EXCEEDED: {error}"
+    else:
+        code = grpc.StatusCode.INTERNAL.value[0]
+        text = f"INTERNAL: {type(error).__name__}: {error}"
+    if retryable is None:
+        retryable = isinstance(error, (*_REPLICA_FAULTS, grpc.aio.AioRpcError, TimeoutError))
+    return traj_pb.Error(code=code, message=text[:2000], source=source, retryable=retryable)
+
+
+def error_reason(error: traj_pb.Error) -> str:
+    return error.message.split(":", 1)[0] if error.message else "ERROR"
+
+
+def _replica_fault(error: BaseException) -> bool:
+    # Statuses without a domain error (CANCELLED, UNKNOWN, ...) come back as raw AioRpcErrors: a
+    # transport or server problem, worth another replica.
+    return isinstance(error, (*_REPLICA_FAULTS, grpc.aio.AioRpcError))
+
+
+class EpisodeRunner:
+    def __init__(
+        self,
+        config: RolloutConfig,
+        env_pool: ReplicaPool[EnvReplica],
+        inference_pool: ReplicaPool[InferenceReplica],
+        template: Callable[[InferenceReplica], Awaitable[TurnTemplate]],
+        stats: RolloutStats,
+    ) -> None:
+        self.config = config
+        self.env_pool = env_pool
+        self.inference_pool = inference_pool
+        self.template = template
+        self.stats = stats
+        self._tracer = None
+        if tracing_enabled():
+            from opentelemetry import trace
+
+            self._tracer = trace.get_tracer("rollmesh.orchestrator")
+
+    # ---- one rollout, with retries -----------------------------------------------------------
+
+    async def run(self, rollout: Rollout) -> EpisodeOutcome:
+        if self._tracer is None:
+            return await self._run(rollout, os.urandom(16).hex())
+        with self._tracer.start_as_current_span(
+            "rollout", attributes={"rollmesh.trajectory_id": rollout.trajectory_id, "rollmesh.env": rollout.task.env}
+        ) as span:
+            ctx = span.get_span_context()
+            return await self._run(rollout, format(ctx.trace_id, "032x") if ctx.is_valid else os.urandom(16).hex())
+
+    async def _run(self, rollout: Rollout, trace_id: str) -> EpisodeOutcome:
+        cfg = self.config
+        started_wall = time.time()
+        t0 = time.perf_counter()
+        tried: list[EnvReplica] = []
+        failure: RolloutFailure | None = None
+        outcome = EpisodeOutcome(self._new_trajectory(rollout, trace_id, started_wall))
+        for attempt in range(1, cfg.max_attempts + 1):
+            try:
+                replica = self.env_pool.pick(tried)
+            except UnavailableError as e:
+                failure = failure or RolloutFailure("environment", e)
+                break
+            if attempt > 1:
+                self.stats.retried += 1
+            outcome = EpisodeOutcome(self._new_trajectory(rollout, trace_id, started_wall), env=replica)
+            outcome.trajectory.attempts = attempt
+            replica.inflight += 1
+            try:
+                async with asyncio.timeout(cfg.episode_timeout_s):
+                    await self._episode(rollout, replica, outcome)
+                self.env_pool.succeeded(replica)
+                failure = None
+                break
+            except RolloutFailure as f:
+                failure = f
+                if f.replica_fault and f.source == "environment":
+                    self.env_pool.failed(replica, f.error)
+                    tried.append(replica)
+                    continue
+                break
+            except TimeoutError:
+                failure = RolloutFailure(
+                    "orchestrator",
+                    DeadlineExceededError(
+                        f"the episode did not finish within episode_timeout_s={cfg.episode_timeout_s:g}",
+                        reason="EPISODE_TIMEOUT",
+                    ),
+                )
+                break
+            except (grpc.aio.AioRpcError, RollmeshError) as e:  # not classified below: environment side
+                failure = RolloutFailure("environment", e, replica_fault=_replica_fault(e))
+                if failure.replica_fault:
+                    self.env_pool.failed(replica, e)
+                    tried.append(replica)
+                    continue
+                break
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # a bug here must not kill the run: the rollout is an error
+                log.exception("rollout %s failed in the orchestrator", rollout.trajectory_id)
+                failure = RolloutFailure("orchestrator", InternalError(f"{type(e).__name__}: {e}"))
+                break
+            finally:
+                replica.inflight -= 1
+        traj = outcome.trajectory
+        if failure is not None:
+            traj.stop_reason = traj_pb.STOP_REASON_ERROR
+            traj.error.CopyFrom(error_pb(failure.source, failure.error))
+            traj.advantage = 0.0
+            outcome.has_reward = False
+        traj.timing.total_s = time.perf_counter() - t0
+        return outcome
+
+    def _new_trajectory(self, rollout: Rollout, trace_id: str, started_wall: float) -> traj_pb.Trajectory:
+        traj = traj_pb.Trajectory(
+            trajectory_id=rollout.trajectory_id,
+            group_id=rollout.group_id,
+            run_id=self.config.run_id,
+            task=rollout.task,
+        )
+        traj.timing.started_at.FromNanoseconds(int(started_wall * 1e9))
+        p = traj.provenance
+        p.seed = rollout.seed
+        p.rollmesh_version = __version__
+        p.trace_id = trace_id
+        p.sampling.CopyFrom(self.config.sampling.to_pb(rollout.sampling_seed))
+        return traj
+
+    # ---- one attempt on one environment replica -------------------------------------------------
+
+    async def _episode(self, rollout: Rollout, env: EnvReplica, outcome: EpisodeOutcome) -> None:
+        cfg = self.config
+        traj = outcome.trajectory
+        timing = traj.timing
+        p = traj.provenance
+        p.env_name, p.env_version, p.env_digest, p.env_address = (
+            env.info.name,
+            env.info.version,
+            env.info.digest,
+            env.address,
+        )
+        start = env_pb.StartEpisode(
+            env=rollout.task.env or cfg.env,
+            task_id=rollout.task.task_id,
+            split=rollout.task.split,
+            seed=rollout.seed,
+            episode_id=f"{rollout.trajectory_id}.{traj.attempts}",
+        )
+        if cfg.env_options:
+            start.options.update(cfg.env_options)
+        call = env.stub.Episode(timeout=cfg.episode_timeout_s)
+        done = False
+        try:
+            response = await self._exchange(call, env_pb.EpisodeRequest(start=start), timing)
+            started = response.started
+            traj.messages.extend(started.messages)
+            tools = started.tools
+            sampling = p.sampling
+            state = _ModelState()
+            prompt: list[int] | None = None  # token ids of the next model call (None: chat on turn 1)
+            turn_index = 0
+            while True:
+                turn_index += 1
+                request = inf_pb.GenerateRequest(sampling=sampling, session_id=rollout.trajectory_id)
+                if cfg.model:
+                    request.model = cfg.model
+                if prompt is None:
+                    request.chat.messages.extend(traj.messages)
+                    request.chat.tools.extend(tools)
+                else:
+                    request.tokens.prompt_ids.extend(prompt)
+                if rollout.sampling_seed is not None:
+                    request.sampling.seed = (rollout.sampling_seed + turn_index) % (2**63)
+                generated = await self._generate(state, request, timing)
+                sample = generated.samples[0]
+                turn = traj.turns.add(
+                    prompt_ids=generated.prompt_ids,
+                    completion_ids=sample.completion_ids,
+                    completion_logprobs=sample.logprobs,
+                    completion_mask=[1] * len(sample.completion_ids),
+                    finish_reason=sample.finish_reason,
+                    policy_version=sample.policy_version,
+                )
+                if turn_index == 1:
+                    p.model = generated.model
+                    p.policy_version = sample.policy_version
+                self.stats.model_calls += 1
+                self.stats.prompt_tokens += len(generated.prompt_ids)
+                self.stats.completion_tokens += len(sample.completion_ids)
+                action = assistant_message(sample.text, list(sample.tool_calls), call_prefix=f"call_{turn_index}")
+                response = await self._exchange(
+                    call, env_pb.EpisodeRequest(action=env_pb.Action(message=action)), timing
+                )
+                step = response.step
+                traj.messages.append(action)
+                traj.messages.extend(step.messages)
+                if step.done:
+                    done = True
+                    traj.stop_reason = step.stop_reason or traj_pb.STOP_REASON_DONE
+                    if step.has_reward:
+                        traj.rewards.update(step.rewards)
+                        traj.reward = step.reward
+                        outcome.has_reward = True
+                    traj.metrics.update(step.metrics)
+                    if step.HasField("state"):
+                        traj.state.CopyFrom(step.state)
+                    break
+                template = await self.template(state.replica or self.inference_pool.pick())
+                rendered = await template.render(lambda req: self._tokenize(state, req, timing), action, step.messages)
+                prompt = template.next_prompt(turn.prompt_ids, turn.completion_ids, rendered)
+                limit = state.replica.context_length if state.replica else 0
+                if limit and len(prompt) >= limit:
+                    # The conversation outgrew the model's context: a truncated episode, not an error.
+                    traj.stop_reason = traj_pb.STOP_REASON_LENGTH
+                    traj.metrics["context_exhausted"] = 1.0
+                    break
+        except RolloutFailure:
+            call.cancel()
+            raise
+        except (grpc.aio.AioRpcError, RollmeshError) as e:
+            call.cancel()
+            raise RolloutFailure("environment", e, replica_fault=_replica_fault(e)) from e
+        except BaseException:
+            call.cancel()
+            raise
+        outcome.inference = state.replica
+        if state.replica is not None:
+            p.inference_address = state.replica.address
+        if done:
+            await self._finish(call)
+        else:
+            call.cancel()
+
+    async def _exchange(self, call: grpc.aio.StreamStreamCall, request: env_pb.EpisodeRequest, timing: traj_pb.Timing):
+        t0 = time.perf_counter()
+        try:
+            async with asyncio.timeout(self.config.step_timeout_s):
+                try:
+                    await call.write(request)
+                except asyncio.InvalidStateError:
+                    pass  # the server already ended the stream: read() raises its status
+                response = await call.read()
+        except TimeoutError:
+            raise RolloutFailure(
+                "environment",
+                DeadlineExceededError(
+                    f"no answer from the environment within step_timeout_s={self.config.step_timeout_s:g}",
+                    reason="STEP_TIMEOUT",
+                ),
+                replica_fault=True,
+            ) from None
+        except grpc.aio.AioRpcError as e:
+            err = error_from_rpc(e)
+            raise RolloutFailure("environment", err, replica_fault=_replica_fault(err)) from e
+        finally:
+            elapsed = time.perf_counter() - t0
+            timing.environment_s += elapsed
+            self.stats.environment_s += elapsed
+        if response is grpc.aio.EOF:
+            raise RolloutFailure(
+                "environment",
+                UnavailableError("the environment server closed the episode stream", reason="STREAM_CLOSED"),
+                replica_fault=True,
+            )
+        return response
+
+    @staticmethod
+    async def _finish(call: grpc.aio.StreamStreamCall) -> None:
+        """Half-close after done; the server ends the stream with OK and frees the episode."""
+        try:
+            await call.done_writing()
+            async with asyncio.timeout(5.0):
+                await call.code()
+        except (grpc.aio.AioRpcError, asyncio.InvalidStateError, TimeoutError):
+            call.cancel()
+
+    # ---- model calls: sticky, rerouted on replica failure -----------------------------------------
+
+    async def _generate(
+        self, state: _ModelState, request: inf_pb.GenerateRequest, timing: traj_pb.Timing
+    ) -> inf_pb.GenerateResponse:
+        t0 = time.perf_counter()
+        try:
+            response = await self._infer(state, "Generate", request)
+        finally:
+            elapsed = time.perf_counter() - t0
+            timing.generation_s += elapsed
+            self.stats.generation_s += elapsed
+        if not response.samples:
+            raise RolloutFailure("inference", InternalError("the inference server returned no sample"))
+        assert state.replica is not None
+        state.replica.policy_version = max(state.replica.policy_version, response.samples[0].policy_version)
+        return response
+
+    async def _tokenize(self, state: _ModelState, request: inf_pb.TokenizeRequest, timing: traj_pb.Timing) -> list[int]:
+        t0 = time.perf_counter()
+        try:
+            return list((await self._infer(state, "Tokenize", request)).token_ids)
+        finally:
+            elapsed = time.perf_counter() - t0
+            timing.generation_s += elapsed
+            self.stats.generation_s += elapsed
+
+    async def _infer(self, state: _ModelState, method: str, request: object):
+        pool = self.inference_pool
+        for _ in range(self.config.max_attempts):
+            if state.replica is None or state.replica.retired:
+                try:
+                    state.replica = pool.pick(state.failed)
+                except UnavailableError as e:
+                    raise RolloutFailure("inference", e) from e
+            replica = state.replica
+            replica.inflight += 1
+            try:
+                response = await getattr(replica.stub, method)(request, timeout=self.config.inference_timeout_s)
+                pool.succeeded(replica)
+                return response
+            except grpc.aio.AioRpcError as e:
+                err = error_from_rpc(e)
+                if not _replica_fault(err):
+                    raise RolloutFailure("inference", err) from e
+                pool.failed(replica, err)
+                state.failed.append(replica)
+                state.replica = None
+                self.stats.rerouted += 1
+                last: BaseException = err
+            finally:
+                replica.inflight -= 1
+        raise RolloutFailure("inference", last)
+
+
+@dataclass
+class _ModelState:
+    """The episode's sticky inference replica and the replicas that failed it."""
+
+    replica: InferenceReplica | None = None
+    failed: list[InferenceReplica] = field(default_factory=list)

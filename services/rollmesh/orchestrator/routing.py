@@ -1,0 +1,220 @@
+"""Replica pools: which environment or inference server gets the next episode or model call.
+
+- least-loaded choice (requests this orchestrator has in flight on each replica, relative to the
+  replica's capacity);
+- a replica that fails is benched for a back-off that grows with consecutive failures, and only
+  used again when no healthy replica is left; a success clears its record;
+- pools fed by the registry are re-synced periodically: new servers join, servers whose record
+  expired leave once their in-flight work is done;
+- inference calls are sticky per episode (the engine keeps the replica an episode started on, so the
+  server's prefix cache holds the conversation) and reroute to another replica on failure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+import grpc
+
+from ..errors import UnavailableError
+from ..proto.v1 import environment_pb2 as env_pb
+from ..proto.v1 import environment_pb2_grpc as env_grpc
+from ..proto.v1 import inference_pb2 as inf_pb
+from ..proto.v1 import inference_pb2_grpc as inf_grpc
+from ..rpc import RpcLimits, create_channel
+from ..rpc_errors import error_from_rpc
+
+log = logging.getLogger(__name__)
+
+BACKOFF_BASE_S = 0.5
+BACKOFF_MAX_S = 30.0
+
+
+@dataclass(eq=False)
+class Replica:
+    address: str
+    channel: grpc.aio.Channel
+    capacity: int = 0  # 0 = unknown
+    inflight: int = 0
+    failures: int = 0  # consecutive
+    benched_until: float = 0.0
+    retired: bool = False  # left the registry: no new work, closed when idle
+    last_error: str = ""
+
+    def load(self) -> float:
+        return self.inflight / self.capacity if self.capacity > 0 else float(self.inflight)
+
+    async def close(self) -> None:
+        await self.channel.close()
+
+
+@dataclass(eq=False)
+class EnvReplica(Replica):
+    stub: Any = None
+    info: env_pb.EnvironmentInfo = field(default_factory=env_pb.EnvironmentInfo)
+    instance_id: str = ""
+
+
+@dataclass(eq=False)
+class InferenceReplica(Replica):
+    stub: Any = None
+    model: str = ""
+    context_length: int = 0
+    policy_version: int = 0  # latest version seen in a sample or model info
+
+
+R = TypeVar("R", bound=Replica)
+
+
+class ReplicaPool(Generic[R]):
+    def __init__(self, what: str, connect: Callable[[str], Awaitable[R]]) -> None:
+        self.what = what  # e.g. "environment 'arithmetic'", for messages
+        self._connect = connect
+        self.replicas: dict[str, R] = {}
+        self._lock = asyncio.Lock()
+
+    @property
+    def active(self) -> list[R]:
+        return [r for r in self.replicas.values() if not r.retired]
+
+    def pick(self, exclude: Iterable[R] = ()) -> R:
+        """The least-loaded healthy replica not in `exclude`; a benched one when none is healthy
+        (the one whose back-off ends first); UnavailableError when nothing is left."""
+        excluded = set(map(id, exclude))
+        now = time.monotonic()
+        best: R | None = None
+        benched: R | None = None
+        for r in self.replicas.values():
+            if r.retired or id(r) in excluded:
+                continue
+            if r.benched_until > now:
+                if benched is None or r.benched_until < benched.benched_until:
+                    benched = r
+            elif best is None or r.load() < best.load():
+                best = r
+        chosen = best or benched
+        if chosen is None:
+            tried = ", ".join(f"{r.address} ({r.last_error or 'excluded'})" for r in self.replicas.values())
+            raise UnavailableError(
+                f"no {self.what} replica available" + (f"; tried {tried}" if tried else ""), reason="NO_REPLICA"
+            )
+        return chosen
+
+    def failed(self, replica: R, error: BaseException) -> None:
+        replica.failures += 1
+        replica.last_error = f"{type(error).__name__}: {error}"[:300]
+        replica.benched_until = time.monotonic() + min(BACKOFF_MAX_S, BACKOFF_BASE_S * 2 ** (replica.failures - 1))
+        log.warning("%s replica %s failed (%d in a row): %s", self.what, replica.address, replica.failures, error)
+
+    @staticmethod
+    def succeeded(replica: Replica) -> None:
+        if replica.failures:
+            replica.failures = 0
+            replica.benched_until = 0.0
+
+    async def add(self, address: str) -> R:
+        """Connects (and describes) one replica; raises when it is unreachable or unsuitable."""
+        replica = await self._connect(address)
+        async with self._lock:
+            old = self.replicas.get(address)
+            if old is not None and not old.retired:
+                await replica.close()
+                return old
+            self.replicas[address] = replica
+        if old is not None:
+            await old.close()
+        return replica
+
+    async def sync(self, addresses: Sequence[str]) -> list[tuple[str, BaseException]]:
+        """Makes the pool's replicas those at `addresses`: connects new ones, retires the others.
+        Returns the addresses that could not be added, with why."""
+        wanted = set(addresses)
+        problems: list[tuple[str, BaseException]] = []
+        for address in wanted - {a for a, r in self.replicas.items() if not r.retired}:
+            try:
+                await self.add(address)
+            except Exception as e:
+                problems.append((address, e))
+        for address, r in list(self.replicas.items()):
+            if address not in wanted and not r.retired:
+                r.retired = True
+                log.info("%s replica %s left the registry", self.what, address)
+        await self.close_idle_retired()
+        return problems
+
+    async def close_idle_retired(self) -> None:
+        for address, r in list(self.replicas.items()):
+            if r.retired and r.inflight == 0:
+                self.replicas.pop(address, None)
+                await r.close()
+
+    async def close(self) -> None:
+        replicas, self.replicas = list(self.replicas.values()), {}
+        await asyncio.gather(*(r.close() for r in replicas), return_exceptions=True)
+
+
+# ---- connecting ----------------------------------------------------------------------------------
+
+
+async def connect_env(
+    address: str, env: str, *, timeout_s: float, limits: RpcLimits, known: set[str] | None = None
+) -> EnvReplica:
+    """An environment replica for `env` at `address`, described. NotFound-like problems raise
+    LookupError (naming what the server hosts, collected in `known`); transport ones raise
+    UnavailableError."""
+    channel = create_channel(address, limits=limits)
+    stub = env_grpc.EnvironmentServiceStub(channel)
+    try:
+        described: env_pb.DescribeResponse = await stub.Describe(env_pb.DescribeRequest(), timeout=timeout_s)
+    except grpc.aio.AioRpcError as e:
+        await channel.close()
+        err = error_from_rpc(e)
+        raise UnavailableError(f"cannot reach the environment server at {address}: {err}") from e
+    except BaseException:
+        await channel.close()
+        raise
+    names = [e.name for e in described.environments]
+    if known is not None:
+        known.update(names)
+    info = next((e for e in described.environments if e.name == env), None)
+    if info is None:
+        await channel.close()
+        raise LookupError(f"the server at {address} hosts {sorted(names)}, not {env!r}")
+    return EnvReplica(
+        address=address,
+        channel=channel,
+        stub=stub,
+        info=info,
+        capacity=described.limits.max_concurrent_episodes,
+        instance_id=described.server.instance_id,
+    )
+
+
+async def connect_inference(address: str, model: str, *, timeout_s: float, limits: RpcLimits) -> InferenceReplica:
+    channel = create_channel(address, limits=limits)
+    stub = inf_grpc.InferenceServiceStub(channel)
+    try:
+        info: inf_pb.GetModelInfoResponse = await stub.GetModelInfo(inf_pb.GetModelInfoRequest(), timeout=timeout_s)
+    except grpc.aio.AioRpcError as e:
+        await channel.close()
+        err = error_from_rpc(e)
+        raise UnavailableError(f"cannot reach the inference server at {address}: {err}") from e
+    except BaseException:
+        await channel.close()
+        raise
+    if model and info.model != model:
+        await channel.close()
+        raise LookupError(f"the inference server at {address} serves {info.model!r}, not {model!r}")
+    return InferenceReplica(
+        address=address,
+        channel=channel,
+        stub=stub,
+        model=info.model,
+        context_length=info.context_length,
+        policy_version=info.policy_version,
+    )
