@@ -248,3 +248,30 @@ async def test_registry_discovery(served, nats_url: str) -> None:
 async def test_connect_needs_an_address_or_a_registry() -> None:
     with pytest.raises(InvalidArgumentError, match="address or a NATS URL"):
         await RubricClient.connect()
+
+
+async def test_graceful_stop_deregisters_and_lets_in_flight_calls_finish(nats_url: str) -> None:
+    server = await RubricServer(RubricBook([BLOCKING]), nats_url=nats_url).start()
+    client = await RubricClient.connect(server.address, timeout_s=10)
+    try:
+        in_flight = asyncio.create_task(client.score("blocking", trajectory("x")))
+        for _ in range(1000):
+            if server.servicer.active:
+                break
+            await asyncio.sleep(0.01)
+        stopping = asyncio.create_task(server.stop(grace_s=10))
+        async with await Registry.connect(nats_url) as registry:
+            for _ in range(500):  # deregistration comes first in a stop
+                live = await registry.list(bus_pb2.SERVICE_KIND_RUBRIC, "rubric")
+                if server.servicer.instance_id not in {r.instance_id for r in live}:
+                    break
+                await asyncio.sleep(0.01)
+            else:
+                pytest.fail("the stopping server stayed in the registry")
+        assert server.servicer.draining and not in_flight.done()
+        await rewards_for_tests.meet([], key="server", parties=2)
+        assert (await in_flight).rewards["wait"] == 1.0
+        await stopping
+    finally:
+        rewards_for_tests._waiting.pop("server", None)
+        await client.close()
