@@ -70,7 +70,13 @@ class ScriptedBackend:
     name = "scripted"
 
     def __init__(
-        self, replies: Sequence[str], *, model: str = "scripted", context_length: int = 8192, tokenizer: Any = None
+        self,
+        replies: Sequence[str],
+        *,
+        model: str = "scripted",
+        context_length: int = 8192,
+        tokenizer: Any = None,
+        delay_s: float = 0.0,
     ) -> None:
         if not replies:
             raise InvalidArgumentError("scripted backend: the script needs at least one reply")
@@ -82,6 +88,8 @@ class ScriptedBackend:
         self.model = model
         self.context_length = context_length
         self.policy_version = 0
+        self.delay_s = delay_s  # per call: makes episodes overlap in tests
+        self.calls = 0
         self.replies = list(replies)
         eos = tokenizer.eos_token_id
         self._reply_ids = [[*tokenizer(r, add_special_tokens=False)["input_ids"], eos] for r in self.replies]
@@ -102,6 +110,9 @@ class ScriptedBackend:
         if self._closed:
             raise UnavailableError("the scripted backend is closed")
         await self._running.wait()  # paused: hold new generations until resume
+        self.calls += 1
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s)
         s = request.sampling
         k = self.turn_of(request.prompt_ids)
         text = self.replies[min(k, len(self.replies)) - 1]

@@ -1,0 +1,48 @@
+"""Real servers on loopback for the orchestrator tests: environment servers (in this process or
+as `rollmesh env serve` subprocesses) and inference servers (scripted backend or the tiny model)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+from rollmesh.env.loader import load_environments
+from rollmesh.env.server import EnvironmentServer, EpisodeLimits
+from rollmesh.inference.backends.scripted import ScriptedBackend, load_script
+from rollmesh.inference.server import InferenceServer
+
+
+def env(name: str, **kwargs: Any):
+    """A built-in environment by entry-point name."""
+    module = {"arithmetic": "rollmesh.envs.arithmetic", "guess-number": "rollmesh.envs.guess_number"}.get(
+        name, "rollmesh.envs.wiki_search"
+    )
+    return load_environments(module, kwargs)[0]
+
+
+@contextlib.asynccontextmanager
+async def env_server(
+    *envs: Any,
+    nats_url: str | None = None,
+    limits: EpisodeLimits = EpisodeLimits(),  # noqa: B008 (frozen dataclass)
+) -> AsyncIterator[EnvironmentServer]:
+    server = EnvironmentServer(list(envs), nats_url=nats_url, limits=limits)
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop(0)
+
+
+@contextlib.asynccontextmanager
+async def scripted_inference(
+    script: str | Sequence[str], *, name: str = "scripted", nats_url: str | None = None
+) -> AsyncIterator[InferenceServer]:
+    replies = load_script(script) if isinstance(script, str) else list(script)
+    server = InferenceServer(ScriptedBackend(replies, model=name), nats_url=nats_url)
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop(0)
