@@ -3,8 +3,9 @@ as `rollmesh env serve` subprocesses) and inference servers (scripted backend or
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 from rollmesh.env.loader import load_environments
@@ -37,12 +38,19 @@ async def env_server(
 
 @contextlib.asynccontextmanager
 async def scripted_inference(
-    script: str | Sequence[str], *, name: str = "scripted", nats_url: str | None = None
+    script: str | Sequence[str], *, name: str = "scripted", nats_url: str | None = None, delay_s: float = 0.0
 ) -> AsyncIterator[InferenceServer]:
     replies = load_script(script) if isinstance(script, str) else list(script)
-    server = InferenceServer(ScriptedBackend(replies, model=name), nats_url=nats_url)
+    server = InferenceServer(ScriptedBackend(replies, model=name, delay_s=delay_s), nats_url=nats_url)
     await server.start()
     try:
         yield server
     finally:
         await server.stop(0)
+
+
+async def wait_until(predicate: Callable[[], bool], timeout_s: float = 20.0) -> None:
+    """Polls a condition on engine or server state (counters have no events to wait on)."""
+    async with asyncio.timeout(timeout_s):
+        while not predicate():  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
