@@ -262,3 +262,43 @@ async def test_published_before_yield_deduplicated_and_resumable(envs, nats_url)
             assert stored == set(ids)
     finally:
         await nc.close()
+
+
+async def test_a_named_rubric_scores_groups_on_the_rubric_service(envs, tiny_server) -> None:
+    from rollmesh.rubric.config import RewardFunctionConfig, RubricConfig, RubricServiceConfig, ServerConfig
+    from rollmesh.rubric.server import RubricServer
+
+    brevity = RubricConfig(
+        name="brevity",
+        functions=[
+            RewardFunctionConfig(
+                name="short", function="length_penalty", params={"unit": "chars", "target": 0, "scale": 1000}
+            )
+        ],
+    )
+    rubric = RubricServer.from_config(RubricServiceConfig(server=ServerConfig(port=0), rubric=[brevity]))
+    await rubric.start()
+    try:
+        cfg = RolloutConfig(
+            run_id=_run_id(),
+            env="arithmetic",
+            rollouts_per_task=4,
+            rubric="brevity",
+            sampling=SamplingConfig(max_tokens=12, seed=5),
+        )
+        async with RolloutEngine(
+            cfg,
+            env_addresses=[envs[0].address],
+            inference_addresses=[tiny_server.address],
+            rubric_address=rubric.address,
+        ) as engine:
+            (group,) = [g async for g in engine.run(await engine.list_tasks(limit=1))]
+    finally:
+        await rubric.stop(0)
+    rewards = [t.reward for t in group]
+    for t in group:
+        n = len(t.messages[-1].content)
+        assert dict(t.rewards) == {"short": pytest.approx(-min(1.0, n / 1000))}
+    assert len(set(rewards)) > 1, "seeded samples of different lengths"
+    mean = sum(rewards) / len(rewards)
+    assert [t.advantage for t in group] == pytest.approx([r - mean for r in rewards])
