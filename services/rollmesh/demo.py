@@ -1,7 +1,7 @@
-"""`rollmesh demo`: the embedded quickstart. Starts a local NATS server and an environment server
-hosting the built-in environments, finds it through the registry, checks it with the conformance
-suite, and plays episodes with scripted policies (a calculator, a binary search and a
-search-then-read agent), showing the rewards the environments return."""
+"""`rollmesh demo`: the embedded quickstart. Starts a local mesh (rollmesh.mesh: NATS and an
+environment server hosting the built-in environments), finds the server through the registry,
+checks it with the conformance suite, and plays episodes with scripted policies (a calculator, a
+binary search and a search-then-read agent), showing the rewards the environments return."""
 
 from __future__ import annotations
 
@@ -14,10 +14,9 @@ from collections.abc import Awaitable, Callable
 from rich.console import Console
 from rich.table import Table
 
-from .bench.harness import start_env_server, stop
 from .conformance import print_report, run_conformance
 from .env.client import EnvClient, EpisodeSession
-from .natsd import EmbeddedNats
+from .mesh import EnvServerConfig, Mesh, MeshConfig, NatsConfig
 from .registry import print_services
 
 ENVS = ("arithmetic", "guess-number", "wiki-search")
@@ -104,23 +103,28 @@ async def play(nats_url: str) -> Table:
 
 
 def run() -> int:
+    import tempfile
+
     console = Console()
     console.rule("[bold]rollmesh demo")
-    with EmbeddedNats() as nats:
-        console.print(f"1. embedded NATS (JetStream) at [cyan]{nats.url}[/]")
-        proc, address = start_env_server(ENVS[0], [*ENVS[1:], "--nats", nats.url])
+    with tempfile.TemporaryDirectory(prefix="rollmesh-demo-") as tmp:
+        mesh = Mesh(MeshConfig(dir=tmp, nats=NatsConfig(port=0), envs=[EnvServerConfig(target=list(ENVS))]))
         try:
-            console.print(f"2. environment server on [cyan]{address}[/] hosting {', '.join(ENVS)}; registry:")
-            asyncio.run(print_services(nats.url))
+            asyncio.run(mesh.start())
+            (server,) = mesh.services
+            console.print(f"1. embedded NATS (JetStream) at [cyan]{mesh.nats_url}[/]")
+            console.print(f"2. environment server on [cyan]{server.address}[/] hosting {', '.join(ENVS)}; registry:")
+            asyncio.run(print_services(mesh.nats_url))
             console.print("3. conformance suite against it:")
-            report = asyncio.run(run_conformance(address))
+            report = asyncio.run(run_conformance(server.address))
             print_report(report)
             console.print("4. episodes, servers found by name through the registry:")
-            console.print(asyncio.run(play(nats.url)))
+            console.print(asyncio.run(play(mesh.nats_url)))
+            code = asyncio.run(server.stop(mesh.config.grace_s))
+            console.print(f"5. server stopped (exit code {code}); registry now:")
+            asyncio.run(print_services(mesh.nats_url))
         finally:
-            stop(proc)
-        console.print(f"5. server stopped (exit code {proc.returncode}); registry now:")
-        asyncio.run(print_services(nats.url))
+            asyncio.run(mesh.stop())
     ok = report.passed
     console.rule("[green]demo finished" if ok else "[red]conformance failed")
     return 0 if ok else 1
