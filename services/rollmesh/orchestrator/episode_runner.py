@@ -19,7 +19,7 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 import grpc
@@ -359,12 +359,11 @@ class EpisodeRunner:
 
     @staticmethod
     async def _finish(call: grpc.aio.StreamStreamCall) -> None:
-        """Half-close after done; the server ends the stream with OK and frees the episode."""
+        """Half-close after done: the server ends the stream with OK and frees the episode. Its final
+        status is not awaited (nothing depends on it; one wake-up less per episode)."""
         try:
             await call.done_writing()
-            async with asyncio.timeout(5.0):
-                await call.code()
-        except (grpc.aio.AioRpcError, asyncio.InvalidStateError, TimeoutError):
+        except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
             call.cancel()
 
     # ---- model calls: sticky, rerouted on replica failure -----------------------------------------
@@ -385,10 +384,12 @@ class EpisodeRunner:
         state.replica.policy_version = max(state.replica.policy_version, response.samples[0].policy_version)
         return response
 
-    async def _tokenize(self, state: _ModelState, request: inf_pb.TokenizeRequest, timing: traj_pb.Timing) -> list[int]:
+    async def _tokenize(
+        self, state: _ModelState, request: inf_pb.TokenizeRequest, timing: traj_pb.Timing
+    ) -> Sequence[int]:
         t0 = time.perf_counter()
         try:
-            return list((await self._infer(state, "Tokenize", request)).token_ids)
+            return (await self._infer(state, "Tokenize", request)).token_ids
         finally:
             elapsed = time.perf_counter() - t0
             timing.generation_s += elapsed

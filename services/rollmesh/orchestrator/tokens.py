@@ -46,7 +46,7 @@ def chat_request(messages: Sequence[msg_pb.Message], *, add_generation_prompt: b
 
 
 def starts_with(ids: Sequence[int], prefix: Sequence[int]) -> bool:
-    return len(ids) >= len(prefix) and list(ids[: len(prefix)]) == list(prefix)
+    return len(ids) >= len(prefix) and tuple(ids[: len(prefix)]) == tuple(prefix)
 
 
 def bridge(completion_ids: Sequence[int], turn_end: Sequence[int]) -> list[int]:
@@ -100,7 +100,7 @@ class TurnTemplate:
         not a prefix of it (the template depends on what follows)."""
         if not starts_with(ids, self.stub_ids):
             return None
-        return list(ids[len(self.stub_ids) :])
+        return ids[len(self.stub_ids) :]  # a slice: already a new list
 
     async def render(
         self, tokenize: Tokenize, assistant: msg_pb.Message, new_messages: Sequence[msg_pb.Message]
