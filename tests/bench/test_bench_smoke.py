@@ -37,3 +37,15 @@ def test_env_step_bench_reports_both_paths() -> None:
     ):
         assert result[key] > 0, key
     assert result["grpc_p50_us"] <= result["grpc_p99_us"]
+
+
+def test_rollouts_bench_reports_mesh_and_inprocess() -> None:
+    code = "from rollmesh.bench.rollouts import main; main(True, episodes=16, concurrency=8)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True).stdout
+    result = json.loads(out.strip().splitlines()[-1])
+    assert result["inproc_eps"] > 0 and result["cpu_ms_per_episode"]["inproc"] > 0
+    for replicas in ("1", "2"):
+        assert result["mesh_eps"][replicas] > 0
+        assert result["ratio"][replicas] > 0
+        assert result["cpu_ms_per_episode"][replicas] > 0
+        assert result["errors"][replicas] == 0
