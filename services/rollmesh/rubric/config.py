@@ -37,6 +37,8 @@ from ..proto.v1 import rubric_pb2 as rubric_pb
 NAME_RE = re.compile(r"^[A-Za-z0-9_\-=/.]{1,128}$")
 # Keys RewardResult.metrics uses for the rubric's own bookkeeping (see scoring.py).
 RESERVED_PREFIX = "rubric/"
+# An app is one NATS subject token (rollmesh.monitor.<app>).
+APP_RE = re.compile(r"^[A-Za-z0-9_\-=]+$")
 
 
 class RewardFunctionConfig(Section):
@@ -136,11 +138,121 @@ class ServerConfig(Section):
 
 
 class MonitorConfig(Section):
-    """Live scoring of production traces from NATS; filled by the live scoring module."""
+    """Live scoring of production traces: a durable JetStream pull consumer on the MONITOR stream,
+    shared by every replica (each trace goes to one of them), scores on rollmesh.scores.<app>.
+
+        [monitor]
+        default = "helpfulness"                 # rubric of apps not listed below (none: dead letter)
+        apps = { shop = "shop-quality" }        # app -> rubric
+    """
+
+    enabled: bool = True  # when the service has a NATS URL
+    apps: dict[str, str] = Field(default_factory=dict)
+    default: str | None = None
+    # Replicas with the same durable share the work; a different name scores every trace again.
+    durable: str = "rubric-live"
+    filter_subjects: list[str] = Field(default_factory=lambda: ["rollmesh.monitor.>"])
+    # "new": traces published from the consumer's creation on; "all": also what MONITOR retains.
+    deliver: str = "new"
+    fetch_batch: int = 256
+    max_in_flight: int = 512
+    # A trace not acknowledged within ack_wait_s is delivered again (to any replica).
+    ack_wait_s: float = 60.0
+    # Deliveries before a trace is dead-lettered instead of scored once more.
+    max_deliveries: int = 5
+    retry_delay_s: float = 2.0
+    publish_timeout_s: float = 10.0
+
+    @field_validator("apps")
+    @classmethod
+    def _apps(cls, v: dict[str, str]) -> dict[str, str]:
+        for app in v:
+            if not APP_RE.match(app):
+                raise ValueError(f"app {app!r} must be a NATS subject token: letters, digits, '-', '_' or '='")
+        return v
+
+    @field_validator("durable")
+    @classmethod
+    def _durable(cls, v: str) -> str:
+        if not APP_RE.match(v):
+            raise ValueError(f"durable {v!r} must be letters, digits, '-', '_' or '='")
+        return v
+
+    @field_validator("filter_subjects")
+    @classmethod
+    def _filters(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError("give at least one subject, e.g. 'rollmesh.monitor.>'")
+        for s in v:
+            if not s.startswith("rollmesh.monitor."):
+                raise ValueError(f"filter subject {s!r} must be under rollmesh.monitor. (the MONITOR stream)")
+        return v
+
+    @field_validator("deliver")
+    @classmethod
+    def _deliver(cls, v: str) -> str:
+        if v not in ("new", "all"):
+            raise ValueError("deliver must be 'new' or 'all'")
+        return v
+
+    @field_validator("fetch_batch", "max_in_flight", "max_deliveries")
+    @classmethod
+    def _positive_count(cls, v: int) -> int:
+        if v < 1:
+            raise ValueError("must be >= 1")
+        return v
+
+    @field_validator("ack_wait_s", "publish_timeout_s")
+    @classmethod
+    def _positive_s(cls, v: float) -> float:
+        if not v > 0:
+            raise ValueError("must be > 0")
+        return v
+
+    @field_validator("retry_delay_s")
+    @classmethod
+    def _non_negative_s(cls, v: float) -> float:
+        if not v >= 0:
+            raise ValueError("must be >= 0")
+        return v
 
 
 class DashboardConfig(Section):
-    """The live scoring dashboard; filled by the live scoring module."""
+    """The live scoring dashboard (HTTP): per-app reward chart, per-function distributions, latest
+    traces; also /metrics (Prometheus) and /healthz."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = 8071
+    # "bus": every replica's scores (from rollmesh.scores.>); "local": what this replica scored.
+    source: str = "bus"
+    history_s: float = 3600.0  # window of the reward chart
+    bucket_s: float = 10.0  # one chart point per bucket
+    recent_traces: int = 100  # rows of the latest-traces table, per app
+    histogram_window: int = 2000  # latest values per function the distributions are drawn from
+    max_apps: int = 200
+    refresh_s: float = 2.0  # how often the page polls
+
+    @field_validator("source")
+    @classmethod
+    def _source(cls, v: str) -> str:
+        if v not in ("bus", "local"):
+            raise ValueError("source must be 'bus' or 'local'")
+        return v
+
+    @field_validator("history_s", "bucket_s", "refresh_s")
+    @classmethod
+    def _positive_s(cls, v: float) -> float:
+        if not v > 0:
+            raise ValueError("must be > 0")
+        return v
+
+    @field_validator("recent_traces", "histogram_window", "max_apps")
+    @classmethod
+    def _positive_count(cls, v: int) -> int:
+        if v < 1:
+            raise ValueError("must be >= 1")
+        return v
 
 
 class RubricServiceConfig(Section):
