@@ -115,3 +115,31 @@ async def test_a_trajectory_over_max_payload_is_an_unpublished_error(nats_url: s
         assert len(errored) == 2 and all(not t.turns and not t.state.fields for t in errored)
     finally:
         await nc.close()
+
+
+async def test_pools_follow_the_registry(nats_url: str) -> None:
+    from .mesh_helpers import wait_until
+
+    model = f"scripted-{uuid.uuid4().hex[:6]}"
+    name = f"guess-{uuid.uuid4().hex[:6]}"  # an environment name no other test registers
+
+    def guess():
+        e = env("guess-number")
+        e.name = name
+        return e
+
+    async with (
+        env_server(guess(), nats_url=nats_url) as first,
+        scripted_inference(["7"], name=model, nats_url=nats_url),
+    ):
+        cfg = _cfg(name, model=model, split="train", discovery_interval_s=0.1)
+        async with RolloutEngine(cfg, nats_url=nats_url) as engine:
+            assert [r.address for r in engine.env_pool.active] == [first.address]
+            assert engine.env_info.name == name and engine.model == model
+            async with env_server(guess(), nats_url=nats_url) as second:
+                await wait_until(lambda: len(engine.env_pool.active) == 2, 10)
+                await first.stop(0)  # deregisters
+                await wait_until(lambda: [r.address for r in engine.env_pool.active] == [second.address], 10)
+                groups = [g async for g in engine.run(await engine.list_tasks(limit=2))]
+    assert all(t.provenance.env_address == second.address for g in groups for t in g)
+    assert engine.stats.finished == 2

@@ -186,6 +186,18 @@ class RolloutEngine:
         self._nc = None
         self._started = False
 
+    # ---- what is being rolled out --------------------------------------------------------------
+
+    @property
+    def env_info(self) -> env_pb.EnvironmentInfo:
+        """The environment as its (first live) server describes it: version, digest, kind, tools."""
+        return self.env_pool.pick().info
+
+    @property
+    def model(self) -> str:
+        """The model the inference servers serve."""
+        return self.inference_pool.pick().model
+
     # ---- discovery -----------------------------------------------------------------------------
 
     async def _connect_env(self, address: str) -> EnvReplica:
@@ -293,15 +305,18 @@ class RolloutEngine:
         while True:
             await asyncio.sleep(self.config.discovery_interval_s)
             try:
+                problems = []
                 if not self.env_addresses:
                     records = await self._registry_addresses(bus_pb.SERVICE_KIND_ENVIRONMENT, self.config.env)
-                    await self.env_pool.sync([r.address for r in records])
+                    problems += await self.env_pool.sync([r.address for r in records])
                 if not self.inference_addresses:
                     from ..inference.server import registry_name
 
                     name = registry_name(self.config.model) if self.config.model else None
                     records = await self._registry_addresses(bus_pb.SERVICE_KIND_INFERENCE, name)
-                    await self.inference_pool.sync([r.address for r in records])
+                    problems += await self.inference_pool.sync([r.address for r in records])
+                for address, error in problems:
+                    log.warning("registered server %s not added to the pool: %s", address, error)
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # NATS reconnecting: keep the pools as they are

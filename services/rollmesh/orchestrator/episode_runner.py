@@ -241,7 +241,8 @@ class EpisodeRunner:
         )
         if cfg.env_options:
             start.options.update(cfg.env_options)
-        call = env.stub.Episode(timeout=cfg.episode_timeout_s)
+        # The stream's deadline is a backstop; the episode timeout around the attempt fires first.
+        call = env.stub.Episode(timeout=cfg.episode_timeout_s + 5.0)
         done = False
         try:
             response = await self._exchange(call, env_pb.EpisodeRequest(start=start), timing)
