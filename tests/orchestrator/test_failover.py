@@ -173,3 +173,27 @@ async def test_model_calls_reroute_when_an_inference_replica_goes_away() -> None
     assert all(t.stop_reason == traj_pb.STOP_REASON_MAX_TURNS for t in trajectories), [t.error for t in trajectories]
     assert engine.stats.rerouted >= 1
     assert any(t.provenance.inference_address == second.address for t in trajectories)
+
+
+async def test_a_replica_at_capacity_is_waited_for_not_failed() -> None:
+    from rollmesh.env.server import EpisodeLimits
+
+    async with (
+        env_server(StallingEnv(), limits=EpisodeLimits(max_concurrent_episodes=2)) as envs,
+        scripted_inference(["hi"], delay_s=0.01) as inference,
+    ):
+        cfg = RolloutConfig(run_id=_run_id(), env="echo", split="train", rollouts_per_task=4, max_concurrency=16)
+        async with RolloutEngine(cfg, env_addresses=[envs.address], inference_addresses=[inference.address]) as engine:
+            peak = 0
+
+            async def watch() -> None:
+                nonlocal peak
+                while True:
+                    peak = max(peak, envs.servicer.active)
+                    await asyncio.sleep(0.002)
+
+            watcher = asyncio.create_task(watch())
+            trajectories = [t async for g in engine.run(await engine.list_tasks()) for t in g]
+            watcher.cancel()
+    assert len(trajectories) == 16 and engine.stats.errored == 0 and engine.stats.retried == 0
+    assert peak == 2

@@ -149,7 +149,7 @@ class EpisodeRunner:
         outcome = EpisodeOutcome(self._new_trajectory(rollout, trace_id, started_wall))
         for attempt in range(1, cfg.max_attempts + 1):
             try:
-                replica = self.env_pool.pick(tried)
+                replica = await self.env_pool.acquire(tried)
             except UnavailableError as e:
                 failure = failure or RolloutFailure("environment", e)
                 break
@@ -157,7 +157,6 @@ class EpisodeRunner:
                 self.stats.retried += 1
             outcome = EpisodeOutcome(self._new_trajectory(rollout, trace_id, started_wall), env=replica)
             outcome.trajectory.attempts = attempt
-            replica.inflight += 1
             try:
                 async with asyncio.timeout(cfg.episode_timeout_s):
                     await self._episode(rollout, replica, outcome)
@@ -194,7 +193,7 @@ class EpisodeRunner:
                 failure = RolloutFailure("orchestrator", InternalError(f"{type(e).__name__}: {e}"))
                 break
             finally:
-                replica.inflight -= 1
+                self.env_pool.release(replica)
         traj = outcome.trajectory
         if failure is not None:
             traj.stop_reason = traj_pb.STOP_REASON_ERROR

@@ -77,6 +77,7 @@ class ReplicaPool(Generic[R]):
         self._connect = connect
         self.replicas: dict[str, R] = {}
         self._lock = asyncio.Lock()
+        self._room = asyncio.Event()  # set when a replica frees a slot
 
     @property
     def active(self) -> list[R]:
@@ -104,6 +105,22 @@ class ReplicaPool(Generic[R]):
                 f"no {self.what} replica available" + (f"; tried {tried}" if tried else ""), reason="NO_REPLICA"
             )
         return chosen
+
+    async def acquire(self, exclude: Iterable[R] = ()) -> R:
+        """Like pick(), then takes a slot on the replica; waits while every candidate is at the
+        capacity it advertised (more episodes would only be refused with EPISODE_LIMIT)."""
+        exclude = list(exclude)
+        while True:
+            replica = self.pick(exclude)
+            if replica.capacity <= 0 or replica.inflight < replica.capacity:
+                replica.inflight += 1
+                return replica
+            self._room.clear()
+            await self._room.wait()
+
+    def release(self, replica: R) -> None:
+        replica.inflight -= 1
+        self._room.set()
 
     def failed(self, replica: R, error: BaseException) -> None:
         replica.failures += 1
