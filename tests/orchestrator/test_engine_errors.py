@@ -143,3 +143,35 @@ async def test_pools_follow_the_registry(nats_url: str) -> None:
                 groups = [g async for g in engine.run(await engine.list_tasks(limit=2))]
     assert all(t.provenance.env_address == second.address for g in groups for t in g)
     assert engine.stats.finished == 2
+
+
+async def test_rubric_service_unknown_rubric_and_outage() -> None:
+    from rollmesh.rubric.config import RewardFunctionConfig, RubricConfig, RubricServiceConfig, ServerConfig
+    from rollmesh.rubric.server import RubricServer
+
+    exact = RubricConfig(name="exact", functions=[RewardFunctionConfig(name="match", function="exact_match")])
+    rubric = RubricServer.from_config(RubricServiceConfig(server=ServerConfig(port=0), rubric=[exact]))
+    await rubric.start()
+    try:
+        async with env_server(env("arithmetic")) as envs, scripted_inference(["7"]) as inference:
+            kwargs = {
+                "env_addresses": [envs.address],
+                "inference_addresses": [inference.address],
+                "rubric_address": rubric.address,
+            }
+            with pytest.raises(NotFoundError, match=r"no rubric 'exakt' on the rubric server .*\(known: exact\)"):
+                await RolloutEngine(_cfg("arithmetic", rubric="exakt"), **kwargs).start()
+            async with RolloutEngine(_cfg("arithmetic", rubric="exact", rollouts_per_task=2), **kwargs) as engine:
+                tasks = await engine.list_tasks(limit=4)
+                scored = [t async for g in engine.run(tasks[:2]) for t in g]
+                assert all(set(t.rewards) == {"match"} for t in scored)
+                assert {t.reward for t in scored} <= {0.0, 1.0}
+                await rubric.stop(0)
+                failed = [t async for g in engine.run(tasks[2:]) for t in g]
+    finally:
+        await rubric.stop(0)
+    assert len(failed) == 4
+    for t in failed:
+        assert t.stop_reason == traj_pb.STOP_REASON_ERROR and t.error.source == "rubric"
+        assert t.turns and t.advantage == 0.0  # the rollout itself ran; only its scoring failed
+    assert engine.stats.errors_by_reason == {"UNAVAILABLE": 4}

@@ -135,3 +135,32 @@ def test_config_from_toml_with_overrides(tmp_path) -> None:
         load_config(RolloutConfig, path, ["rollouts_per_tsk=2"])
     with pytest.raises(InvalidArgumentError, match="run_id"):
         load_config(RolloutConfig, None, ["run_id=a.b", "env=x"])
+
+
+async def test_render_falls_back_to_the_real_assistant_message_then_fails_clearly() -> None:
+    from rollmesh.errors import FailedPreconditionError
+    from rollmesh.proto.v1 import messages_pb2 as msg_pb
+
+    # A toy "template": one token per message (100 + content length) and a closing 2, 9 for the
+    # generation prompt. Like templates that rewrite earlier assistant turns, an assistant "."
+    # renders as 66 once something follows it, so the cached stub is no prefix and the real
+    # assistant message is rendered instead; `broken` makes even that inconsistent.
+    broken = False
+
+    async def tokenize(req):
+        msgs = list(req.chat.messages)
+        ids = []
+        for i, m in enumerate(msgs):
+            rewritten = m.role == "assistant" and m.content == "." and i < len(msgs) - 1
+            ids += [66 if rewritten else 100 + len(m.content), 2]
+        if broken and len(msgs) > 2:
+            ids[0] = 55
+        return ids + ([9] if req.chat.add_generation_prompt else [])
+
+    template = TurnTemplate(stub_ids=(101, 2, 101, 2), turn_end=(2,))
+    reply = [msg_pb.Message(role="user", content="Higher.")]
+    assistant = msg_pb.Message(role="assistant", content="50")
+    assert await template.render(tokenize, assistant, reply) == [107, 2, 9]
+    broken = True
+    with pytest.raises(FailedPreconditionError, match="prefix-stable"):
+        await template.render(tokenize, assistant, reply)

@@ -49,7 +49,7 @@ from ..registry import Registry
 from ..rpc import RpcLimits
 from ..rpc_errors import error_from_rpc
 from .config import RolloutConfig
-from .episode_runner import EpisodeOutcome, EpisodeRunner, Rollout, error_pb, error_reason
+from .episode_runner import EpisodeOutcome, EpisodeRunner, Rollout, error_pb, error_reason, replica_fault
 from .freshness import PolicyClock, judge
 from .routing import (
     EnvReplica,
@@ -290,6 +290,18 @@ class RolloutEngine:
                 f"rubric {self.config.rubric!r} is set but no rubric server address or NATS URL is given"
             )
         self.rubric = await RubricClient.connect(self.rubric_address, nats_url=self.nats_url)
+        try:
+            names = [r.name for r in await self.rubric.list_rubrics()]
+        except RollmeshError as e:
+            raise UnavailableError(f"cannot reach the rubric server at {self.rubric.address}: {e}") from e
+        except grpc.aio.AioRpcError as e:
+            raise UnavailableError(f"cannot reach the rubric server at {self.rubric.address}: {e.details()}") from e
+        if self.config.rubric not in names:
+            raise NotFoundError(
+                f"no rubric {self.config.rubric!r} on the rubric server at {self.rubric.address} "
+                f"(known: {', '.join(sorted(names)) or 'none'})",
+                reason="UNKNOWN_RUBRIC",
+            )
 
     def _check_rewards(self) -> None:
         if self.config.rubric:
@@ -368,9 +380,7 @@ class RolloutEngine:
                 return tasks
             except grpc.aio.AioRpcError as e:
                 err = error_from_rpc(e)
-                if not isinstance(err, (UnavailableError, grpc.aio.AioRpcError)) or len(tried) + 1 >= len(
-                    self.env_pool.active
-                ):
+                if not replica_fault(err) or len(tried) + 1 >= len(self.env_pool.active):
                     raise err from e
                 self.env_pool.failed(replica, err)
                 tried.append(replica)
@@ -558,7 +568,7 @@ class RolloutEngine:
                     response = await replica.stub.Score(request, timeout=cfg.step_timeout_s)
                 except grpc.aio.AioRpcError as e:
                     err = error_from_rpc(e)
-                    if isinstance(err, (UnavailableError, grpc.aio.AioRpcError)):
+                    if replica_fault(err):
                         self.env_pool.failed(replica, err)
                         tried.append(replica)
                         continue
@@ -581,18 +591,17 @@ class RolloutEngine:
     async def _score_with_rubric(self, outcomes: list[EpisodeOutcome]) -> None:
         trajectories = [o.trajectory for o in outcomes]
         last: BaseException | None = None
+        results: list[Any] = []
+        advantages: list[float] = []
         for attempt in range(self.config.max_attempts):
             try:
                 results, advantages = await self.rubric.score_group(self.config.rubric, trajectories)
                 break
-            except (UnavailableError, grpc.aio.AioRpcError) as e:
+            except (RollmeshError, grpc.aio.AioRpcError) as e:
                 last = e
+                if not replica_fault(e):
+                    break
                 await asyncio.sleep(0.2 * 2**attempt)
-            except RollmeshError as e:
-                last = e
-                break
-        else:
-            results = []
         if not results:
             for o in outcomes:
                 if o.trajectory.stop_reason != traj_pb.STOP_REASON_ERROR:

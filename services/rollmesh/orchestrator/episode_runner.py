@@ -95,7 +95,7 @@ def error_pb(source: str, error: BaseException, *, retryable: bool | None = None
         code = grpc.StatusCode.INTERNAL.value[0]
         text = f"INTERNAL: {type(error).__name__}: {error}"
     if retryable is None:
-        retryable = isinstance(error, (*_REPLICA_FAULTS, grpc.aio.AioRpcError, TimeoutError))
+        retryable = replica_fault(error) or isinstance(error, TimeoutError)
     return traj_pb.Error(code=code, message=text[:2000], source=source, retryable=retryable)
 
 
@@ -103,10 +103,16 @@ def error_reason(error: traj_pb.Error) -> str:
     return error.message.split(":", 1)[0] if error.message else "ERROR"
 
 
-def _replica_fault(error: BaseException) -> bool:
-    # Statuses without a domain error (CANCELLED, UNKNOWN, ...) come back as raw AioRpcErrors: a
-    # transport or server problem, worth another replica.
-    return isinstance(error, (*_REPLICA_FAULTS, grpc.aio.AioRpcError))
+# Statuses without a domain error come back as raw AioRpcErrors; these ones are transport or
+# server trouble, worth another replica (UNIMPLEMENTED, PERMISSION_DENIED, ... are not).
+_TRANSIENT_CODES = frozenset({grpc.StatusCode.CANCELLED, grpc.StatusCode.UNKNOWN, grpc.StatusCode.ABORTED})
+
+
+def replica_fault(error: BaseException) -> bool:
+    """True when another replica may well succeed where this error happened."""
+    if isinstance(error, grpc.aio.AioRpcError):
+        return error.code() in _TRANSIENT_CODES
+    return isinstance(error, _REPLICA_FAULTS)
 
 
 class EpisodeRunner:
@@ -180,7 +186,7 @@ class EpisodeRunner:
                 )
                 break
             except (grpc.aio.AioRpcError, RollmeshError) as e:  # not classified below: environment side
-                failure = RolloutFailure("environment", e, replica_fault=_replica_fault(e))
+                failure = RolloutFailure("environment", e, replica_fault=replica_fault(e))
                 if failure.replica_fault:
                     self.env_pool.failed(replica, e)
                     tried.append(replica)
@@ -312,7 +318,7 @@ class EpisodeRunner:
             raise
         except (grpc.aio.AioRpcError, RollmeshError) as e:
             call.cancel()
-            raise RolloutFailure("environment", e, replica_fault=_replica_fault(e)) from e
+            raise RolloutFailure("environment", e, replica_fault=replica_fault(e)) from e
         except BaseException:
             call.cancel()
             raise
@@ -344,7 +350,7 @@ class EpisodeRunner:
             ) from None
         except grpc.aio.AioRpcError as e:
             err = error_from_rpc(e)
-            raise RolloutFailure("environment", err, replica_fault=_replica_fault(err)) from e
+            raise RolloutFailure("environment", err, replica_fault=replica_fault(err)) from e
         finally:
             elapsed = time.perf_counter() - t0
             timing.environment_s += elapsed
@@ -411,7 +417,7 @@ class EpisodeRunner:
                 return response
             except grpc.aio.AioRpcError as e:
                 err = error_from_rpc(e)
-                if not _replica_fault(err):
+                if not replica_fault(err):
                     raise RolloutFailure("inference", err) from e
                 pool.failed(replica, err)
                 state.failed.append(replica)

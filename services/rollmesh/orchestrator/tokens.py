@@ -19,7 +19,10 @@ prime-rl #1334). Instead:
 The template's turn-closing tokens and the stub rendering are learned once per model (`TurnTemplate.
 learn`). Templates whose rendering of earlier messages depends on later ones fail the prefix check
 and fall back to rendering with the real assistant message; when even that is not a prefix, the
-episode fails with a clear error instead of training on inconsistent tokens.
+episode fails with a clear error instead of training on inconsistent tokens. Assumed (true of the
+common templates): a message renders the same after the stub assistant message as after the real
+one; a template that renders a tool result differently depending on the calls before it would
+need the fallback path always.
 """
 
 from __future__ import annotations
