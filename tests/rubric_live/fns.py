@@ -1,0 +1,11 @@
+"""Reward functions loaded by import path ("rubric_live.fns:NAME") in the live scoring tests."""
+
+from __future__ import annotations
+
+import asyncio
+
+
+async def slow_one(completion: list[dict], delay_s: float = 0.3) -> float:
+    """1 after a pause: keeps traces in flight long enough to kill the replica holding them."""
+    await asyncio.sleep(delay_s)
+    return 1.0
