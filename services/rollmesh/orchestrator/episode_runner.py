@@ -19,6 +19,7 @@ import asyncio
 import logging
 import os
 import time
+from array import array
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -45,6 +46,8 @@ from .tokens import TurnTemplate
 from .toolcalls import assistant_message
 
 log = logging.getLogger(__name__)
+
+PROMPT_CACHE_SIZE = 1024  # distinct opening prompts kept as token ids
 
 # Errors after which another replica may well succeed (the failed one is benched).
 _REPLICA_FAULTS = (UnavailableError, DeadlineExceededError, ResourceExhaustedError)
@@ -129,6 +132,7 @@ class EpisodeRunner:
         self.inference_pool = inference_pool
         self.template = template
         self.stats = stats
+        self._prompts: dict[bytes, asyncio.Future[array[int]]] = {}
         self._tracer = None
         if tracing_enabled():
             from opentelemetry import trace
@@ -256,7 +260,7 @@ class EpisodeRunner:
             tools = started.tools
             sampling = p.sampling
             state = _ModelState()
-            prompt: list[int] | None = None  # token ids of the next model call (None: chat on turn 1)
+            prompt: Sequence[int] | None = None  # token ids of the next model call
             turn_index = 0
             while True:
                 turn_index += 1
@@ -264,10 +268,8 @@ class EpisodeRunner:
                 if cfg.model:
                     request.model = cfg.model
                 if prompt is None:
-                    request.chat.messages.extend(traj.messages)
-                    request.chat.tools.extend(tools)
-                else:
-                    request.tokens.prompt_ids.extend(prompt)
+                    prompt = await self._first_prompt(state, traj.messages, tools, timing)
+                request.tokens.prompt_ids.extend(prompt)
                 if rollout.sampling_seed is not None:
                     request.sampling.seed = (rollout.sampling_seed + turn_index) % (2**63)
                 generated = await self._generate(state, request, timing)
@@ -389,6 +391,45 @@ class EpisodeRunner:
         assert state.replica is not None
         state.replica.policy_version = max(state.replica.policy_version, response.samples[0].policy_version)
         return response
+
+    async def _first_prompt(
+        self, state: _ModelState, messages: Sequence[msg_pb.Message], tools: Sequence[msg_pb.ToolSpec], timing
+    ) -> Sequence[int]:
+        """Token ids of the opening prompt, rendered by the inference server's chat template once per
+        distinct (messages, tools): the rollouts of a group, and a task seen again, share the
+        rendering instead of each Generate rendering it anew."""
+        req = inf_pb.TokenizeRequest()
+        req.chat.messages.extend(messages)
+        req.chat.tools.extend(tools)
+        req.chat.add_generation_prompt = True
+        key = req.SerializeToString(deterministic=True)
+        while True:
+            future = self._prompts.get(key)
+            if future is None:
+                future = asyncio.get_running_loop().create_future()
+                self._prompts[key] = future
+                if len(self._prompts) > PROMPT_CACHE_SIZE:
+                    del self._prompts[next(iter(self._prompts))]  # the oldest
+                try:
+                    ids = array("i", await self._tokenize(state, req, timing))
+                except asyncio.CancelledError:
+                    self._prompts.pop(key, None)
+                    future.cancel()  # the waiters render it themselves
+                    raise
+                except BaseException as e:
+                    self._prompts.pop(key, None)  # not kept: a later rollout asks again
+                    future.set_exception(e)
+                    future.exception()  # retrieved: the waiters re-raise it, asyncio need not warn
+                    raise
+                future.set_result(ids)
+                return ids
+            try:
+                return await asyncio.shield(future)
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if future.cancelled() and task is not None and not task.cancelling():
+                    continue  # the rollout rendering it was cancelled, not this one
+                raise
 
     async def _tokenize(
         self, state: _ModelState, request: inf_pb.TokenizeRequest, timing: traj_pb.Timing
