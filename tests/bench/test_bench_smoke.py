@@ -49,3 +49,18 @@ def test_rollouts_bench_reports_mesh_and_inprocess() -> None:
         assert result["ratio"][replicas] > 0
         assert result["cpu_ms_per_episode"][replicas] > 0
         assert result["errors"][replicas] == 0
+
+
+def test_rubric_bench_reports_live_and_inprocess() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "rollmesh.cli", "bench", "rubric", "--json", "--traces", "200"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    ).stdout
+    result = json.loads(out.strip().splitlines()[-1])
+    assert result["traces"] == 200 and result["service"] == "subprocess"
+    for key in ("traces_per_s", "p50_ms", "p99_ms", "paced_p50_ms", "inproc_traces_per_s", "ratio"):
+        assert result[key] > 0, key
+    assert result["p50_ms"] <= result["p99_ms"]
