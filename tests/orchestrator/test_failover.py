@@ -138,7 +138,7 @@ async def test_stalled_replica_times_out_and_the_episode_reruns_elsewhere() -> N
         scripted_inference(["hi"]) as inference,
     ):
         cfg = RolloutConfig(
-            run_id=_run_id(), env="echo", split="train", rollouts_per_task=2, step_timeout_s=0.5, max_concurrency=8
+            run_id=_run_id(), env="echo", split="train", rollouts_per_task=2, step_timeout_s=2.0, max_concurrency=8
         )
         async with RolloutEngine(
             cfg, env_addresses=[stalling.address, healthy.address], inference_addresses=[inference.address]

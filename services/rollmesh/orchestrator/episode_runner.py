@@ -401,7 +401,8 @@ class EpisodeRunner:
         req = inf_pb.TokenizeRequest()
         req.chat.messages.extend(messages)
         req.chat.tools.extend(tools)
-        req.chat.add_generation_prompt = True
+        # as Generate does: an opening that ends with an assistant message is continued
+        req.chat.add_generation_prompt = not (messages and messages[-1].role == "assistant")
         key = req.SerializeToString(deterministic=True)
         while True:
             future = self._prompts.get(key)
