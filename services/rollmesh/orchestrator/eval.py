@@ -183,25 +183,31 @@ def _settings(opts: EvalOptions, stored: dict[str, Any] | None) -> dict[str, Any
     return base
 
 
-def _rollout_config(s: dict[str, Any], opts: EvalOptions, run_id: str, model_name: str) -> Any:
+def _rollout_config(s: dict[str, Any], opts: EvalOptions, run_id: str) -> Any:
+    """The engine's RolloutConfig (its model name is set once the model is resolved)."""
+    from pydantic import ValidationError
+
     from .config import RolloutConfig, SamplingConfig
 
     sp = s["sampling"]
-    return RolloutConfig(
-        run_id=run_id,
-        env=s["env"],
-        split=s["split"],
-        model=model_name,
-        rollouts_per_task=s["rollouts_per_task"],
-        sampling=SamplingConfig(
-            temperature=sp["temperature"], top_p=sp["top_p"], max_tokens=sp["max_tokens"], seed=sp["seed"]
-        ),
-        max_concurrency=opts.concurrency,
-        step_timeout_s=opts.step_timeout_s,
-        episode_timeout_s=opts.episode_timeout_s,
-        rubric=s["rubric"],
-        publish=opts.publish,
-    )
+    try:
+        return RolloutConfig(
+            run_id=run_id,
+            env=s["env"],
+            split=s["split"],
+            rollouts_per_task=s["rollouts_per_task"],
+            sampling=SamplingConfig(
+                temperature=sp["temperature"], top_p=sp["top_p"], max_tokens=sp["max_tokens"], seed=sp["seed"]
+            ),
+            max_concurrency=opts.concurrency,
+            step_timeout_s=opts.step_timeout_s,
+            episode_timeout_s=opts.episode_timeout_s,
+            rubric=s["rubric"],
+            publish=opts.publish,
+        )
+    except ValidationError as e:
+        problems = "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors())
+        raise CannotStart(f"invalid options: {problems}") from e
 
 
 class _Run:
@@ -222,7 +228,7 @@ class _Run:
             # nats-py reports each failed connect attempt; the one error below says it all.
             with _quiet("rollmesh.bus"):
                 try:
-                    self._nc = await bus.connect(self.nats_url, name="rollmesh-eval")
+                    self._nc = await bus.connect(self.nats_url, name="rollmesh-eval", connect_timeout_s=2.0)
                 except RollmeshError as e:
                     raise CannotStart(f"{e}; it is needed {why}") from e
             self.stack.push_async_callback(self._nc.close)
@@ -321,8 +327,11 @@ async def run_eval(opts: EvalOptions, console: Console | None = None) -> EvalOut
 
     try:
         bus.token("run id", meta["run_id"])
+        config = _rollout_config(settings, opts, meta["run_id"])
     except InvalidArgumentError as e:
         return EvalOutcome(EXIT_CANNOT_START, message=f"{e} (set --run-id)")
+    except CannotStart as e:
+        return EvalOutcome(EXIT_CANNOT_START, message=str(e))
     if resuming:
         dropped = results.repair()
         if dropped:
@@ -357,7 +366,7 @@ async def run_eval(opts: EvalOptions, console: Console | None = None) -> EvalOut
                 publisher = await run.publisher() if opts.publish else None
                 addresses, model_name = await run.model(settings["model"], results.path)
                 needs_nats = bool(needs_registry) or not addresses
-                config = _rollout_config(settings, opts, meta["run_id"], model_name)
+                config.model = model_name
                 from .engine import RolloutEngine
 
                 engine = await stack.enter_async_context(

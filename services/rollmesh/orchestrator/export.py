@@ -322,7 +322,7 @@ async def read_bus(nats_url: str, run_id: str, *, idle_timeout_s: float = 5.0) -
     from .. import bus
 
     subject = bus.rollouts_subject(run_id)
-    nc = await bus.connect(nats_url, name=f"rollmesh-export-{run_id}")
+    nc = await bus.connect(nats_url, name=f"rollmesh-export-{run_id}", connect_timeout_s=2.0)
     try:
         js = nc.jetstream()
         try:
