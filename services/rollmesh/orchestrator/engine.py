@@ -49,8 +49,9 @@ from ..registry import Registry
 from ..rpc import RpcLimits
 from ..rpc_errors import error_from_rpc
 from .config import RolloutConfig
-from .episode_runner import EpisodeOutcome, EpisodeRunner, Rollout, error_pb, error_reason, replica_fault
+from .episode_runner import EpisodeOutcome, EpisodeRunner, Rollout, error_reason, replica_fault
 from .freshness import PolicyClock, judge
+from .publishing import publish
 from .routing import (
     EnvReplica,
     InferenceReplica,
@@ -58,13 +59,13 @@ from .routing import (
     connect_env,
     connect_inference,
 )
+from .scoring import fail, score_with_env, score_with_rubric
 from .stats import RolloutStats
 from .tokens import TurnTemplate
 
 log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT_S = 10.0
-PUBLISH_ATTEMPTS = 3
 # Room left in a NATS message for what scoring adds to a trajectory after the size check.
 PAYLOAD_MARGIN_BYTES = 16 * 1024
 _END = object()
@@ -509,35 +510,34 @@ class RolloutEngine:
             kept.append(o)
         if not kept:
             return []
-        publishing = self.publisher is not None and cfg.publish
-        if publishing:
-            limit = self.publisher.nc.max_payload - PAYLOAD_MARGIN_BYTES  # type: ignore[union-attr]
+        publisher = self.publisher if cfg.publish else None
+        if publisher is not None:
+            max_payload = publisher.nc.max_payload
             for o in kept:
                 t = o.trajectory
-                if t.stop_reason != traj_pb.STOP_REASON_ERROR and t.ByteSize() > limit:
-                    _fail(
+                if t.stop_reason != traj_pb.STOP_REASON_ERROR and t.ByteSize() > max_payload - PAYLOAD_MARGIN_BYTES:
+                    fail(
                         o,
                         "orchestrator",
                         ResourceExhaustedError(
                             f"the trajectory is {t.ByteSize()} bytes, over what fits in a NATS message "
-                            f"({self.publisher.nc.max_payload} bytes max_payload); raise max_payload or shorten "  # type: ignore[union-attr]
-                            "episodes",
+                            f"({max_payload} bytes max_payload); raise max_payload or shorten episodes",
                             reason="PAYLOAD_TOO_LARGE",
                         ),
                     )
         t0 = time.perf_counter()
         if cfg.rubric:
-            await self._score_with_rubric(kept)
+            await score_with_rubric(kept, self.rubric, cfg)
         else:
-            await self._score_with_env(kept)
+            await score_with_env(kept, self.env_pool, cfg)
         scoring_s = time.perf_counter() - t0
         self.stats.scoring_s += scoring_s
         trajectories = [o.trajectory for o in kept]
         for t in trajectories:
             t.timing.scoring_s = scoring_s
-        if publishing:
+        if publisher is not None:
             t0 = time.perf_counter()
-            await asyncio.gather(*(self._publish(t) for t in trajectories))
+            await asyncio.gather(*(publish(publisher, t, self.stats) for t in trajectories))
             self.stats.publish_s += time.perf_counter() - t0
         for t in trajectories:
             if t.stop_reason == traj_pb.STOP_REASON_ERROR:
@@ -545,126 +545,6 @@ class RolloutEngine:
             else:
                 self.stats.finished += 1
         return trajectories
-
-    async def _score_with_env(self, outcomes: list[EpisodeOutcome]) -> None:
-        """The environment's inline rewards, else its Score RPC; advantages within the group."""
-        from ..rubric.advantages import group_advantages
-
-        async def score(o: EpisodeOutcome) -> None:
-            t = o.trajectory
-            if t.stop_reason == traj_pb.STOP_REASON_ERROR or o.has_reward:
-                return
-            request = env_pb.ScoreRequest(env=t.task.env, task=t.task, messages=t.messages, state=t.state)
-            tried: list[EnvReplica] = []
-            for _ in range(cfg.max_attempts):
-                try:
-                    replica = (
-                        o.env if o.env is not None and not tried and not o.env.retired else self.env_pool.pick(tried)
-                    )
-                except UnavailableError as e:
-                    _fail(o, "environment", e)
-                    return
-                try:
-                    response = await replica.stub.Score(request, timeout=cfg.step_timeout_s)
-                except grpc.aio.AioRpcError as e:
-                    err = error_from_rpc(e)
-                    if replica_fault(err):
-                        self.env_pool.failed(replica, err)
-                        tried.append(replica)
-                        continue
-                    _fail(o, "environment", err)
-                    return
-                t.rewards.update(response.rewards)
-                t.reward = response.reward
-                t.metrics.update(response.metrics)
-                o.has_reward = True
-                return
-            _fail(o, "environment", UnavailableError("Score failed on every environment replica tried"))
-
-        cfg = self.config
-        await asyncio.gather(*(score(o) for o in outcomes))
-        rewards = [o.trajectory.reward if o.has_reward else None for o in outcomes]
-        advantages = group_advantages(rewards, normalize_std=cfg.normalize_advantages, leave_one_out=cfg.leave_one_out)
-        for o, a in zip(outcomes, advantages, strict=True):
-            o.trajectory.advantage = a
-
-    async def _score_with_rubric(self, outcomes: list[EpisodeOutcome]) -> None:
-        trajectories = [o.trajectory for o in outcomes]
-        last: BaseException | None = None
-        results: list[Any] = []
-        advantages: list[float] = []
-        for attempt in range(self.config.max_attempts):
-            try:
-                results, advantages = await self.rubric.score_group(self.config.rubric, trajectories)
-                break
-            except (RollmeshError, grpc.aio.AioRpcError) as e:
-                last = e
-                if not replica_fault(e):
-                    break
-                await asyncio.sleep(0.2 * 2**attempt)
-        if not results:
-            for o in outcomes:
-                if o.trajectory.stop_reason != traj_pb.STOP_REASON_ERROR:
-                    _fail(o, "rubric", last or UnavailableError("the rubric service returned nothing"))
-            return
-        for o, result, advantage in zip(outcomes, results, advantages, strict=True):
-            t = o.trajectory
-            if t.stop_reason == traj_pb.STOP_REASON_ERROR:
-                t.advantage = 0.0
-                continue
-            t.rewards.clear()
-            t.rewards.update(result.rewards)
-            t.reward = result.reward
-            t.metrics.update(result.metrics)
-            if result.errors:
-                t.metrics["rubric_errors"] = float(len(result.errors))
-            t.advantage = advantage
-
-    async def _publish(self, t: traj_pb.Trajectory) -> None:
-        assert self.publisher is not None
-        last: BaseException | None = None
-        for attempt in range(PUBLISH_ATTEMPTS):
-            try:
-                fresh = await self.publisher.publish_trajectory(t)
-            except ResourceExhaustedError as e:
-                # Too large even so: record it as an error and publish the record without its bulk.
-                t.stop_reason = traj_pb.STOP_REASON_ERROR
-                t.error.CopyFrom(error_pb("orchestrator", e, retryable=False))
-                t.advantage = 0.0
-                slim = traj_pb.Trajectory()
-                slim.CopyFrom(t)
-                del slim.turns[:], slim.messages[:]
-                slim.ClearField("state")
-                with contextlib.suppress(Exception):
-                    if await self.publisher.publish_trajectory(slim):
-                        self.stats.published += 1
-                return
-            except Exception as e:  # NATS timeouts, reconnects
-                last = e
-                await asyncio.sleep(0.2 * 2**attempt)
-                continue
-            if fresh:
-                self.stats.published += 1
-            else:
-                self.stats.duplicates += 1
-            return
-        self.stats.publish_failed += 1
-        t.stop_reason = traj_pb.STOP_REASON_ERROR
-        t.error.CopyFrom(
-            error_pb(
-                "orchestrator",
-                UnavailableError(f"JetStream did not store the trajectory: {last!r}", reason="PUBLISH_FAILED"),
-            )
-        )
-        t.advantage = 0.0
-
-
-def _fail(o: EpisodeOutcome, source: str, error: BaseException) -> None:
-    t = o.trajectory
-    t.stop_reason = traj_pb.STOP_REASON_ERROR
-    t.error.CopyFrom(error_pb(source, error))
-    t.advantage = 0.0
-    o.has_reward = False
 
 
 def _with_defaults(task: msg_pb.Task, env: str, split: str) -> msg_pb.Task:
