@@ -4,7 +4,10 @@ from a real inference server's generations."""
 from __future__ import annotations
 
 import os
+import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -20,3 +23,20 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from rollmesh.inference.tiny import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("tiny-model"))
+
+
+@pytest.fixture
+async def served(tiny_model_dir: Path, nats_url: str) -> AsyncIterator[tuple[str, Any, Any]]:
+    """An inference server registered under a name of its own (other tests' servers stay out)."""
+    from rollmesh.inference.backends.hf import HFBackend
+    from rollmesh.inference.client import InferenceClient
+    from rollmesh.inference.server import InferenceServer
+
+    name = f"tiny-push-{uuid.uuid4().hex[:6]}"
+    backend = await HFBackend.create(str(tiny_model_dir), dtype="float32", name=name)
+    server = InferenceServer(backend, nats_url=nats_url)
+    await server.start()
+    client = await InferenceClient.connect(server.address, timeout_s=60)
+    yield name, backend, client
+    await client.close()
+    await server.stop(0)

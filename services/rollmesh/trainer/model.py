@@ -39,15 +39,17 @@ def setup_distributed() -> tuple[int, int]:
     if not on_gpu():
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
     if not dist.is_initialized():
-        if "RANK" not in os.environ:
-            from ..natsd import free_port
-
-            os.environ.update(
-                RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port())
-            )
+        backend = "nccl" if on_gpu() else "gloo"
         if on_gpu():
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        dist.init_process_group("nccl" if on_gpu() else "gloo")
+        if "RANK" in os.environ:  # torchrun / the deepspeed launcher
+            dist.init_process_group(backend)
+        else:  # a world of one; RANK, MASTER_PORT etc. stay unset: child processes inherit the environment
+            from ..natsd import free_port
+
+            os.environ.setdefault("LOCAL_RANK", "0")  # DeepSpeed insists on it
+
+            dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
     return dist.get_rank(), dist.get_world_size()
 
 
