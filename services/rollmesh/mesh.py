@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import re
 import signal
@@ -339,16 +340,16 @@ def inference_command(spec: InferenceConfig, *, host: str, nats_url: str | None,
 
 def cli_has(*path: str) -> bool:
     """Whether `rollmesh <path...>` exists (the rubric service's command may not be installed)."""
-    import click
     import typer.main
 
     from .cli import app
 
     command: Any = typer.main.get_command(app)
     for name in path:
-        if not isinstance(command, click.Group) or name not in command.commands:
+        subcommands = getattr(command, "commands", None) or {}
+        if name not in subcommands:
             return False
-        command = command.commands[name]
+        command = subcommands[name]
     return True
 
 
@@ -470,7 +471,12 @@ class Mesh:
         if cfg.url:
             from . import bus
 
-            nc = await bus.connect(cfg.url, name="rollmesh-mesh")  # a clear NATS_DOWN error
+            level = logging.getLogger("rollmesh.bus").level
+            logging.getLogger("rollmesh.bus").setLevel(logging.ERROR)  # one clear error, not one per attempt
+            try:
+                nc = await bus.connect(cfg.url, name="rollmesh-mesh", connect_timeout_s=2.0)  # NATS_DOWN
+            finally:
+                logging.getLogger("rollmesh.bus").setLevel(level)
             await nc.close()
             self.nats_url = cfg.url
             return
@@ -495,6 +501,7 @@ class Mesh:
     def _write_state(self) -> None:
         state = {
             "nats_url": self.nats_url,
+            "nats_pid": self._nats.proc.pid if self._nats is not None and self._nats.proc else None,
             "pid": os.getpid(),
             "services": [
                 {"name": s.name, "kind": s.kind, "address": s.address, "pid": s.pid, "log": str(s.log_path)}
