@@ -255,9 +255,14 @@ async def test_published_before_yield_deduplicated_and_resumable(envs, nats_url)
             assert await _rollout_count(js, run_id) == 6
             async with RolloutEngine(cfg, publisher=publisher, **kwargs) as resumed:
                 assert [g async for g in resumed.run(tasks, skip=set(ids[:5]))] != []
-            assert resumed.stats.skipped == 5 and resumed.stats.started == 1
+                # a later pass of training names its epoch: new ids, nothing taken for a duplicate
+                epoch = [t async for g in resumed.run(tasks[:1], epoch=2) for t in g]
+            assert resumed.stats.skipped == 5 and resumed.stats.started == 3
+            assert {t.group_id for t in epoch} == {f"{run_id}/arithmetic/test/{tasks[0].task_id}@2"}
+            assert resumed.stats.published == 2 and not set(ids) & {t.trajectory_id for t in epoch}
+            ids += [t.trajectory_id for t in epoch]
             sub = await js.pull_subscribe(bus.rollouts_subject(run_id, "arithmetic"), durable=None)
-            msgs = await sub.fetch(10, timeout=2)
+            msgs = await sub.fetch(20, timeout=2)
             stored = {traj_pb.Trajectory.FromString(m.data).trajectory_id for m in msgs}
             assert stored == set(ids)
     finally:

@@ -388,20 +388,28 @@ class RolloutEngine:
 
     # ---- running -------------------------------------------------------------------------------
 
-    def group_id_for(self, task: msg_pb.Task) -> str:
-        """The group id of the next occurrence of `task` in this engine."""
+    def group_id_for(self, task: msg_pb.Task, epoch: int | None = None) -> str:
+        """The group id of `task`: its `epoch` when given, else its next occurrence in this engine."""
         key = (task.env or self.config.env, task.split or self.config.split, task.task_id)
+        if epoch is not None:
+            return group_id(self.config.run_id, *key, occurrence=epoch)
         n = self._occurrences.get(key, 0)
         self._occurrences[key] = n + 1
         return group_id(self.config.run_id, *key, occurrence=n)
 
     async def run(
-        self, tasks: Iterable[msg_pb.Task] | AsyncIterable[msg_pb.Task], *, skip: Container[str] = ()
+        self,
+        tasks: Iterable[msg_pb.Task] | AsyncIterable[msg_pb.Task],
+        *,
+        skip: Container[str] = (),
+        epoch: int | None = None,
     ) -> AsyncIterator[list[traj_pb.Trajectory]]:
         """Yields each task's group once all its rollouts finished, were scored and published.
         Rollouts whose trajectory id is in `skip` are not run (a partly skipped group yields only
         the rollouts run now). Stale rollouts dropped by the freshness rule are neither published
-        nor yielded (see `stats.stale_dropped`)."""
+        nor yielded (see `stats.stale_dropped`). `epoch` (training: the pass over the data, or the
+        step) goes into the group ids, so a restarted trainer's new rollouts of a task are not taken
+        for duplicates of an earlier pass; without it, recurrences are counted per engine."""
         if not self._started:
             raise InvalidArgumentError("start the engine first: `async with RolloutEngine(...) as engine`")
         cfg = self.config
@@ -409,7 +417,9 @@ class RolloutEngine:
         slots = asyncio.Semaphore(groups_in_flight)
         out: asyncio.Queue[Any] = asyncio.Queue()
         running: set[asyncio.Task[None]] = set()
-        producer = asyncio.create_task(self._produce(tasks, skip, slots, out, running), name="rollmesh-scheduler")
+        producer = asyncio.create_task(
+            self._produce(tasks, skip, epoch, slots, out, running), name="rollmesh-scheduler"
+        )
         try:
             while True:
                 item = await out.get()
@@ -431,6 +441,7 @@ class RolloutEngine:
         self,
         tasks: Iterable[msg_pb.Task] | AsyncIterable[msg_pb.Task],
         skip: Container[str],
+        epoch: int | None,
         slots: asyncio.Semaphore,
         out: asyncio.Queue[Any],
         running: set[asyncio.Task[None]],
@@ -442,7 +453,7 @@ class RolloutEngine:
                     task = _with_defaults(task, cfg.env, cfg.split)
                 if task.env != cfg.env:
                     raise InvalidArgumentError(f"task {task.task_id!r} is of environment {task.env!r}, not {cfg.env!r}")
-                gid = self.group_id_for(task)
+                gid = self.group_id_for(task, epoch)
                 todo = []
                 for i in range(cfg.rollouts_per_task):
                     tid = trajectory_id(cfg.run_id, gid, i)
