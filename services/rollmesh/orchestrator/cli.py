@@ -181,11 +181,17 @@ def up_command(
 
 def bench_rollouts(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    episodes: Annotated[int, typer.Option(help="Episodes per measurement.")] = 1024,
+    concurrency: Annotated[int, typer.Option(help="Episodes in flight.")] = 256,
+    replicas: Annotated[
+        list[int] | None, typer.Option("--replicas", help="Environment replicas to measure (repeatable). [1, 2]")
+    ] = None,
+    publish: Annotated[bool, typer.Option(help="Publish trajectories to JetStream.")] = True,
 ) -> None:
-    """Rollouts/s of the rollout engine over real servers, against a reference run."""
+    """Episodes/s through the mesh (rollout engine, environment replicas, JetStream) vs in-process episodes."""
     from ..bench.rollouts import main as bench_main
 
-    bench_main(as_json=as_json)
+    bench_main(as_json, episodes=episodes, concurrency=concurrency, replicas=replicas or [1, 2], publish=publish)
 
 
 def register(app: typer.Typer, bench_app: typer.Typer) -> None:
