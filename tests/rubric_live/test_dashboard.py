@@ -178,3 +178,21 @@ async def test_page_renders_live_scores_in_chromium(scored) -> None:
         "Thanks for asking: 7" in m for m in dom.messages
     )  # trace 5: a wrong answer
     assert "NO_MESSAGES" in dom.dead
+
+
+async def test_messages_can_be_kept_off_the_dashboard(nats_url: str) -> None:
+    app = uid("private")
+    cfg = service_config({app: "rules"})
+    cfg.dashboard.show_messages = False
+    service = await RubricService(cfg, nats_url=nats_url).start()
+    try:
+        await publish(nats_url, traces(app, 1))
+        for _ in range(200):
+            if service.live.stats.scored:
+                break
+            await asyncio.sleep(0.05)
+        async with aiohttp.ClientSession() as http:
+            row = await get(http, f"{service.dashboard.url}/api/apps/{app}/traces/{app}-0")
+        assert row["messages"] == [] and row["has_messages"] is False and row["reward"] == 1.5
+    finally:
+        await service.stop(1)

@@ -208,6 +208,28 @@ async def test_an_unacknowledged_score_publish_is_retried_not_lost() -> None:
             await service.stop(1)
 
 
+async def test_a_score_too_large_to_publish_is_dead_lettered(nats_url: str) -> None:
+    app = uid("large")
+    cfg = service_config({app: "rules"})
+    cfg.rubric[0].functions[1].function = "rubric_live.fns:long_failure"
+    cfg.rubric[0].functions[1].params = {}
+    letters = await Collector(bus_pb2.DeadLetter).start(nats_url, bus.deadletter_subject(bus.monitor_subject(app)))
+    service = await RubricService(cfg, nats_url=nats_url).start()
+    try:
+        (t,) = traces(app, 1)
+        max_payload = letters.nc.max_payload
+        # the trace fits; its score echoes the labels and adds a (truncated) 1000-character error
+        t.labels["pad"] = "p" * (max_payload - t.ByteSize() - 600)
+        assert t.ByteSize() < max_payload - 500
+        await publish(nats_url, [t])
+        (letter,) = await letters.wait_for(1)
+        assert letter.reason.startswith(tr.SCORE_TOO_LARGE) and "max_payload" in letter.reason
+        await settled(nats_url, cfg.monitor.durable)
+    finally:
+        await service.stop(1)
+        await letters.close()
+
+
 def replica_toml(app: str, durable: str, delay_s: float) -> str:
     return f"""
 [server]

@@ -127,3 +127,17 @@ def test_dead_letters_and_app_bound() -> None:
 def test_histogram(values, edges0, counts) -> None:
     h = histogram(values)
     assert h["counts"] == counts and (h["edges"][0] if h["edges"] else None) == edges0
+
+
+def test_large_traces_are_kept_as_a_compact_copy() -> None:
+    from rollmesh.rubric.scoreboard import MESSAGES_BUDGET, keep_messages
+
+    small = convert.messages_to_pb([{"role": "user", "content": "hi"}])
+    assert keep_messages(small, 100) is small  # no copy
+    big = convert.messages_to_pb([{"role": "user", "content": "u" * 100_000}] * 150)
+    kept = keep_messages(big, 15_000_000)
+    assert isinstance(kept, list) and len(kept) == 40  # the last ones
+    assert sum(len(m["content"]) for m in kept) < MESSAGES_BUDGET + 40 * 40
+    board = Scoreboard()
+    board.add_score(score("a", "t1", 1.0, 1000.0), kept)
+    assert board.trace("a", "t1")["messages"][0]["content"].endswith("more characters)")

@@ -232,6 +232,8 @@ class DashboardConfig(Section):
     histogram_window: int = 2000  # latest values per function the distributions are drawn from
     max_apps: int = 200
     refresh_s: float = 2.0  # how often the page polls
+    # Keep the latest traces' messages for the page (they are production data: off to show scores only).
+    show_messages: bool = True
 
     @field_validator("source")
     @classmethod

@@ -26,13 +26,23 @@ from dataclasses import dataclass
 import nats.js.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
+from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from .. import bus
+from ..errors import ResourceExhaustedError
 from .config import MonitorConfig
 from .metrics import LiveMetrics
 from .pull import PullConsumer
-from .traces import INTERNAL, MONITOR_PREFIX, TOO_MANY_DELIVERIES, ScoredTrace, TraceRejected, TraceScorer
+from .traces import (
+    INTERNAL,
+    MONITOR_PREFIX,
+    SCORE_TOO_LARGE,
+    TOO_MANY_DELIVERIES,
+    ScoredTrace,
+    TraceRejected,
+    TraceScorer,
+)
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +82,7 @@ class LiveScorer:
         self.stats = LiveStats()
         self.nc: NATS | None = None
         self.publisher: bus.Publisher | None = None
+        self.js: JetStreamContext | None = None
         self.puller: PullConsumer | None = None
         # In flight: id -> (message, time of the last sign of life sent for it).
         self._inflight: dict[int, tuple[Msg, float]] = {}
@@ -91,7 +102,7 @@ class LiveScorer:
 
     async def start(self) -> LiveScorer:
         self.nc = await bus.connect(self.nats_url, name=self.service)
-        js = self.nc.jetstream()
+        js = self.js = self.nc.jetstream()
         await bus.ensure_streams(js)
         self.publisher = bus.Publisher(self.nc, js)
         await self._ensure_consumer(js)
@@ -131,7 +142,7 @@ class LiveScorer:
             max_ack_pending=max(1000, 32 * self.cfg.max_in_flight),
         )
 
-    async def _ensure_consumer(self, js: nats.js.JetStreamContext) -> None:
+    async def _ensure_consumer(self, js: JetStreamContext) -> None:
         config = self.consumer_config()
         try:
             await js.add_consumer(STREAM, config)
@@ -217,13 +228,19 @@ class LiveScorer:
                 self.puller.wake()
 
     async def _publish(self, scored: ScoredTrace) -> None:
-        assert self.publisher is not None
+        assert self.publisher is not None and self.js is not None
         score = scored.score
-        stored = await asyncio.wait_for(
-            self.publisher.publish_now(bus.scores_subject(score.app), score, msg_id=score.trace_id),
-            timeout=self.cfg.publish_timeout_s,
+        subject = bus.scores_subject(score.app)
+        data = score.SerializeToString()
+        try:
+            self.publisher.check_size(subject, data)
+        except ResourceExhaustedError as e:  # the trace's labels are too large to echo back
+            raise TraceRejected(SCORE_TOO_LARGE, str(e), app=score.app, trace_id=score.trace_id) from e
+        # Many of these are in flight at once (one per trace being handled): their acks overlap.
+        ack = await self.js.publish(
+            subject, data, headers={bus.MSG_ID: score.trace_id}, timeout=self.cfg.publish_timeout_s
         )
-        if not stored:
+        if ack.duplicate:
             self.stats.duplicates += 1
 
     async def _reject(self, msg: Msg, rejected: TraceRejected, delivered: int) -> None:

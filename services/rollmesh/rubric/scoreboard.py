@@ -22,6 +22,13 @@ from ..proto.v1 import messages_pb2 as msg_pb
 RUBRIC_METRIC = "rubric/"
 MAX_CONTENT_CHARS = 4000
 MAX_MESSAGES = 100
+# A trace up to this size is kept as received (no copy); a larger one as a compact copy of its last
+# COMPACT_MESSAGES messages within about MESSAGES_BUDGET characters, so memory stays bounded per row.
+KEEP_AS_IS_BYTES = 32 * 1024
+MESSAGES_BUDGET = 16_000
+COMPACT_MESSAGES = 40
+
+Kept = Sequence[msg_pb.Message] | list[dict[str, Any]]
 HISTOGRAM_BINS = 10
 
 
@@ -48,7 +55,7 @@ class TraceRow:
     # The score as received; turned into JSON only when a page asks (most rows are never shown).
     score: bus_pb.MonitorScore
     scored_at: float
-    messages: Sequence[msg_pb.Message] | None = None
+    messages: Kept | None = None
 
     @property
     def trace_id(self) -> str:
@@ -69,16 +76,25 @@ class TraceRow:
             "has_messages": self.messages is not None,
         }
         if with_messages:
-            out["messages"] = [_message(m) for m in (self.messages or ())[:MAX_MESSAGES]]
+            out["messages"] = [m if isinstance(m, dict) else _message(m) for m in (self.messages or ())]
         return out
 
 
-def _message(m: msg_pb.Message) -> dict[str, Any]:
+def _message(m: msg_pb.Message, limit: int = MAX_CONTENT_CHARS) -> dict[str, Any]:
     d = dict(convert.message_from_pb(m))
     content = d.get("content") or ""
-    if len(content) > MAX_CONTENT_CHARS:
-        d["content"] = content[:MAX_CONTENT_CHARS] + f"… ({len(content) - MAX_CONTENT_CHARS} more characters)"
+    if len(content) > limit:
+        d["content"] = content[:limit] + f"… ({len(content) - limit} more characters)"
     return d
+
+
+def keep_messages(messages: Sequence[msg_pb.Message], size_bytes: int) -> Kept:
+    """What a row keeps of a trace's messages (`size_bytes`: the serialized trace's size)."""
+    if size_bytes <= KEEP_AS_IS_BYTES and len(messages) <= MAX_MESSAGES:
+        return messages
+    tail = list(messages)[-COMPACT_MESSAGES:]
+    limit = MESSAGES_BUDGET // max(1, len(tail))
+    return [_message(m, limit) for m in tail]
 
 
 @dataclass
@@ -138,7 +154,7 @@ class Scoreboard:
         self.max_apps = max_apps
         self._apps: OrderedDict[str, AppBoard] = OrderedDict()
         # Messages of traces this process scored, for scores that come back over the bus.
-        self._messages: OrderedDict[str, Sequence[msg_pb.Message]] = OrderedDict()
+        self._messages: OrderedDict[str, Kept] = OrderedDict()
         self._remembered = remembered_messages
 
     def _board(self, app: str) -> AppBoard:
@@ -150,12 +166,12 @@ class Scoreboard:
         self._apps.move_to_end(app)
         return board
 
-    def remember_messages(self, trace_id: str, messages: Sequence[msg_pb.Message]) -> None:
+    def remember_messages(self, trace_id: str, messages: Kept) -> None:
         self._messages[trace_id] = messages
         while len(self._messages) > self._remembered:
             self._messages.popitem(last=False)
 
-    def add_score(self, score: bus_pb.MonitorScore, messages: Sequence[msg_pb.Message] | None = None) -> None:
+    def add_score(self, score: bus_pb.MonitorScore, messages: Kept | None = None) -> None:
         board = self._board(score.app)
         at = score.scored_at.ToNanoseconds() / 1e9 if score.HasField("scored_at") else time.time()
         if messages is None:

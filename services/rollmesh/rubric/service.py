@@ -29,7 +29,7 @@ from .config import RubricServiceConfig
 from .dashboard import Dashboard
 from .live import LiveScorer
 from .metrics import LiveMetrics
-from .scoreboard import Scoreboard
+from .scoreboard import Kept, Scoreboard, keep_messages
 from .scoring import RubricBook
 from .server import RubricLimits, RubricServer
 from .traces import MONITOR_PREFIX, ScoredTrace, TraceRejected, TraceScorer, reason_code
@@ -136,13 +136,19 @@ class RubricService:
         )
         self._started = False
 
+    def _messages(self, scored: ScoredTrace) -> Kept | None:
+        if not self.cfg.dashboard.show_messages:
+            return None
+        return keep_messages(scored.trace.messages, scored.size_bytes)
+
     def _before_publish(self, scored: ScoredTrace) -> None:
-        if self.feed is not None:  # the score comes back over the bus; keep its messages for it
-            self.board.remember_messages(scored.trace.trace_id, scored.trace.messages)
+        if self.feed is not None and (messages := self._messages(scored)) is not None:
+            # the score comes back over the bus: keep its messages for it
+            self.board.remember_messages(scored.trace.trace_id, messages)
 
     def _on_scored(self, scored: ScoredTrace) -> None:
         if self.feed is None:
-            self.board.add_score(scored.score, scored.trace.messages)
+            self.board.add_score(scored.score, self._messages(scored))
 
     def _on_dead_letter(self, rejected: TraceRejected) -> None:
         if self.feed is None:

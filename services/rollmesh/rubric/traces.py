@@ -40,6 +40,7 @@ NO_ASSISTANT_MESSAGE = "NO_ASSISTANT_MESSAGE"
 NO_RUBRIC = "NO_RUBRIC"
 SCORING_FAILED = "SCORING_FAILED"
 TOO_MANY_DELIVERIES = "TOO_MANY_DELIVERIES"
+SCORE_TOO_LARGE = "SCORE_TOO_LARGE"
 INTERNAL = "INTERNAL"
 REASON_CODES = (
     UNPARSEABLE,
@@ -51,6 +52,7 @@ REASON_CODES = (
     NO_RUBRIC,
     SCORING_FAILED,
     TOO_MANY_DELIVERIES,
+    SCORE_TOO_LARGE,
     INTERNAL,
 )
 
@@ -153,6 +155,9 @@ def all_failed(result: rubric_pb.RewardResult, rubric: CompiledRubric) -> bool:
     return len(result.errors) >= len(rubric.functions)
 
 
+MAX_ERROR_CHARS = 1000
+
+
 def make_score(
     trace: bus_pb.MonitorTrace,
     rubric: str,
@@ -170,7 +175,7 @@ def make_score(
         rewards=result.rewards,
         reward=result.reward,
         metrics=result.metrics,
-        errors=result.errors,
+        errors={k: v if len(v) <= MAX_ERROR_CHARS else v[:MAX_ERROR_CHARS] + "…" for k, v in result.errors.items()},
         labels=trace.labels,
         latency_s=max(0.0, scored_at - start) if start is not None else 0.0,
     )
@@ -185,6 +190,7 @@ class ScoredTrace:
     # Functions of the rubric that are LLM judges (their errors are counted apart).
     judges: frozenset[str]
     scoring_s: float
+    size_bytes: int  # of the serialized trace
 
 
 class TraceScorer:
@@ -234,7 +240,7 @@ class TraceScorer:
                 trace_id=trace.trace_id,
             )
         score = make_score(trace, rubric.name, result, scored_at=time.time(), arrived_at=arrived_at)
-        return ScoredTrace(trace, score, self._judges.get(rubric.name, frozenset()), scoring_s)
+        return ScoredTrace(trace, score, self._judges.get(rubric.name, frozenset()), scoring_s, len(data))
 
 
 def make_trace(
