@@ -108,7 +108,13 @@ def env_list() -> None:
 @inference_app.command("serve")
 def inference_serve(
     model: Annotated[str, typer.Option(help="A Hugging Face directory, a .gguf file, or 'smollm2'.")],
-    backend: Annotated[str, typer.Option(help="vllm | hf | auto (vllm with a GPU, else hf).")] = "auto",
+    backend: Annotated[
+        str,
+        typer.Option(
+            help="vllm | hf | auto (vllm with a GPU, else hf) | scripted (instant scripted replies, for "
+            "benchmarks; --model wiki-search|guess-number|arithmetic|echo|FILE.json)."
+        ),
+    ] = "auto",
     host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="gRPC port; 0 picks a free one.")] = 50061,
     openai_port: Annotated[int | None, typer.Option(help="Also serve the OpenAI-compatible HTTP API here.")] = None,

@@ -86,24 +86,24 @@ class RolloutFailure(Exception):
 def error_pb(source: str, error: BaseException, *, retryable: bool | None = None) -> traj_pb.Error:
     """Trajectory.Error: the gRPC code, "REASON: message", the component, whether a retry may help."""
     if isinstance(error, RollmeshError):
-        code = status_for(error).value[0]
-        text = f"{error.reason}: {error}"
+        code, reason = status_for(error).value[0], error.reason
+        text = f"{reason}: {error}"
     elif isinstance(error, grpc.aio.AioRpcError):
-        code = error.code().value[0]
-        text = f"{error.code().name}: {error.details()}"
+        code, reason = error.code().value[0], error.code().name
+        text = f"{reason}: {error.details()}"
     elif isinstance(error, TimeoutError):
-        code = grpc.StatusCode.DEADLINE_EXCEEDED.value[0]
-        text = f"DEADLINE_EXCEEDED: {error}"
+        code, reason = grpc.StatusCode.DEADLINE_EXCEEDED.value[0], "DEADLINE_EXCEEDED"
+        text = f"{reason}: {error}"
     else:
-        code = grpc.StatusCode.INTERNAL.value[0]
-        text = f"INTERNAL: {type(error).__name__}: {error}"
+        code, reason = grpc.StatusCode.INTERNAL.value[0], "INTERNAL"
+        text = f"{reason}: {type(error).__name__}: {error}"
     if retryable is None:
         retryable = replica_fault(error) or isinstance(error, TimeoutError)
-    return traj_pb.Error(code=code, message=text[:2000], source=source, retryable=retryable)
+    return traj_pb.Error(code=code, message=text[:2000], source=source, retryable=retryable, reason=reason)
 
 
 def error_reason(error: traj_pb.Error) -> str:
-    return error.message.split(":", 1)[0] if error.message else "ERROR"
+    return error.reason or (error.message.split(":", 1)[0] if error.message else "ERROR")
 
 
 # Statuses without a domain error come back as raw AioRpcErrors; these ones are transport or

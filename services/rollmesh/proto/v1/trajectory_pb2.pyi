@@ -45,16 +45,18 @@ class Turn(_message.Message):
     def __init__(self, prompt_ids: _Optional[_Iterable[int]] = ..., completion_ids: _Optional[_Iterable[int]] = ..., completion_logprobs: _Optional[_Iterable[float]] = ..., completion_mask: _Optional[_Iterable[int]] = ..., finish_reason: _Optional[str] = ..., policy_version: _Optional[int] = ...) -> None: ...
 
 class Error(_message.Message):
-    __slots__ = ("code", "message", "source", "retryable")
+    __slots__ = ("code", "message", "source", "retryable", "reason")
     CODE_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     RETRYABLE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
     code: int
     message: str
     source: str
     retryable: bool
-    def __init__(self, code: _Optional[int] = ..., message: _Optional[str] = ..., source: _Optional[str] = ..., retryable: _Optional[bool] = ...) -> None: ...
+    reason: str
+    def __init__(self, code: _Optional[int] = ..., message: _Optional[str] = ..., source: _Optional[str] = ..., retryable: _Optional[bool] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class Timing(_message.Message):
     __slots__ = ("started_at", "total_s", "generation_s", "environment_s", "scoring_s")

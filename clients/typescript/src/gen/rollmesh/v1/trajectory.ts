@@ -99,6 +99,8 @@ export interface Error {
   /** Which component failed: "environment", "inference", "rubric", "orchestrator". */
   source: string;
   retryable: boolean;
+  /** Machine-readable cause (google.rpc.ErrorInfo reason style), e.g. "IDLE_TIMEOUT". */
+  reason: string;
 }
 
 /** Wall-clock timings of one rollout, in seconds. */
@@ -408,7 +410,7 @@ export const Turn: MessageFns<Turn> = {
 };
 
 function createBaseError(): Error {
-  return { code: 0, message: "", source: "", retryable: false };
+  return { code: 0, message: "", source: "", retryable: false, reason: "" };
 }
 
 export const Error: MessageFns<Error> = {
@@ -424,6 +426,9 @@ export const Error: MessageFns<Error> = {
     }
     if (message.retryable !== false) {
       writer.uint32(32).bool(message.retryable);
+    }
+    if (message.reason !== "") {
+      writer.uint32(42).string(message.reason);
     }
     return writer;
   },
@@ -473,6 +478,14 @@ export const Error: MessageFns<Error> = {
             message.retryable = reader.bool();
             continue;
           }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.reason = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -491,6 +504,7 @@ export const Error: MessageFns<Error> = {
       message: isSet(object.message) ? globalThis.String(object.message) : "",
       source: isSet(object.source) ? globalThis.String(object.source) : "",
       retryable: isSet(object.retryable) ? globalThis.Boolean(object.retryable) : false,
+      reason: isSet(object.reason) ? globalThis.String(object.reason) : "",
     };
   },
 
@@ -508,6 +522,9 @@ export const Error: MessageFns<Error> = {
     if (message.retryable !== false) {
       obj.retryable = message.retryable;
     }
+    if (message.reason !== "") {
+      obj.reason = message.reason;
+    }
     return obj;
   },
 
@@ -520,6 +537,7 @@ export const Error: MessageFns<Error> = {
     message.message = object.message ?? "";
     message.source = object.source ?? "";
     message.retryable = object.retryable ?? false;
+    message.reason = object.reason ?? "";
     return message;
   },
 };
