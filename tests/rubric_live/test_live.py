@@ -12,7 +12,7 @@ from pathlib import Path
 
 import aiohttp
 from rollmesh import bus
-from rollmesh.natsd import EmbeddedNats
+from rollmesh.natsd import EmbeddedNats, free_port
 from rollmesh.proto.v1 import bus_pb2
 from rollmesh.rubric import traces as tr
 from rollmesh.rubric.live import STREAM
@@ -228,6 +228,24 @@ async def test_a_score_too_large_to_publish_is_dead_lettered(nats_url: str) -> N
     finally:
         await service.stop(1)
         await letters.close()
+
+
+async def test_scoring_resumes_after_the_nats_server_restarts(tmp_path: Path) -> None:
+    port = free_port()
+    server = await EmbeddedNats(port=port, store_dir=tmp_path / "js").__aenter__()
+    app = uid("restart")
+    service = await RubricService(service_config({app: "rules"}), nats_url=server.url).start()
+    try:
+        await publish(server.url, traces(app, 5))
+        await wait_until(lambda: service.live.stats.scored == 5, what="scores before the restart")
+        await server.__aexit__(None, None, None)
+        server = await EmbeddedNats(port=port, store_dir=tmp_path / "js").__aenter__()
+        await publish(server.url, traces(app, 5, start=5))  # the durable and its position survived
+        await wait_until(lambda: service.live.stats.scored == 10, timeout_s=30, what="scores after the restart")
+        assert service.health()["ok"] and service.live.stats.dead_lettered == 0
+    finally:
+        await service.stop(1)
+        await server.__aexit__(None, None, None)
 
 
 def replica_toml(app: str, durable: str, delay_s: float) -> str:

@@ -58,6 +58,7 @@ class PullConsumer:
         self._last_heard = time.monotonic()
         self._stopped = False
         self._pause_until = 0.0
+        self._reconnects = nc.stats["reconnects"]
         self.on_late = on_late
 
     async def start(self) -> None:
@@ -112,7 +113,11 @@ class PullConsumer:
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=self.expires_s)
-            # A lost expiry notice (reconnect, server restart) must not stall the pull forever.
+            # Requests do not survive a reconnect to a restarted server: ask again.
+            if (reconnects := self.nc.stats["reconnects"]) != self._reconnects:
+                self._reconnects = reconnects
+                self.outstanding = 0
+            # A lost expiry notice must not stall the pull forever either.
             if self.outstanding and time.monotonic() - self._last_heard > 2 * self.expires_s:
                 log.info("no news from %s for %.0f s: requesting again", self.next_subject, 2 * self.expires_s)
                 self.outstanding = 0
