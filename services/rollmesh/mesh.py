@@ -585,9 +585,13 @@ async def serve_mesh(config: MeshConfig, console: Any) -> int:
             console.print(f"[red]error: the mesh did not start: {error}[/]", highlight=False)
             return 1
         console.print(_services_table(mesh))
+        where = (
+            "clients find it with no setting"
+            if mesh.nats_url == f"nats://127.0.0.1:{DEFAULT_NATS_PORT}"
+            else f"export ROLLMESH_NATS_URL={mesh.nats_url}"
+        )
         console.print(
-            f"ready. export ROLLMESH_NATS_URL={mesh.nats_url}  then e.g. `rollmesh eval --env NAME --model NAME`; "
-            "ctrl-C stops the mesh",
+            f"ready. {where}; then e.g. `rollmesh eval --env NAME --model NAME`; ctrl-C stops the mesh",
             highlight=False,
         )
         code = 0
