@@ -111,6 +111,15 @@ async def test_sft_on_exported_rows_lowers_the_loss_and_ends_with_the_data(tiny_
     assert (tmp_path / "ck" / "step-00000003").is_dir()  # the last, partial interval is checkpointed too
 
 
+def test_example_config_is_valid_and_holds_the_defaults() -> None:
+    from pathlib import Path
+
+    example = Path(__file__).parents[2] / "deploy" / "trainer.example.toml"
+    cfg = load_trainer_config(example)
+    defaults = TrainerConfig(run_id=cfg.run_id, model=cfg.model, checkpoint={"dir": cfg.checkpoint.dir})
+    assert cfg == defaults
+
+
 def test_config_file_overrides_and_errors(tmp_path) -> None:
     path = tmp_path / "run.toml"
     path.write_text('[trainer]\nrun_id = "r"\nmodel = "m"\n[trainer.loss]\nclip_high = 0.3\n')
@@ -123,3 +132,21 @@ def test_config_file_overrides_and_errors(tmp_path) -> None:
         load_trainer_config(path, ["lossy=1"])
     with pytest.raises(InvalidArgumentError, match="run_id"):
         load_trainer_config(None, ['run_id="a.b"', 'model="m"'])
+
+
+async def test_a_checkpoint_of_another_run_is_refused(tiny_model_dir, tmp_path) -> None:
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text(json.dumps({"id": "a", "prompt_ids": [1, 5, 6], "completion_ids": [60, 2]}) + "\n")
+    common = {
+        "model": str(tiny_model_dir),
+        "source": "files",
+        "files": [str(rows)],
+        "loss": {"kind": "sft"},
+        "batch": {"rollouts_per_step": 1},
+        "checkpoint": {"dir": str(tmp_path / "ck"), "export_hf": False},
+        "push": {"enabled": False, "discover": False},
+    }
+    assert (await (await Trainer.create(TrainerConfig(run_id="one", **common))).run()).steps == 1
+    other = await Trainer.create(TrainerConfig(run_id="two", **common))
+    with pytest.raises(InvalidArgumentError, match="belongs to run_id 'one'"):
+        await other.run()

@@ -28,6 +28,7 @@ import torch
 import torch.distributed as dist
 
 from .. import bus
+from ..errors import InvalidArgumentError
 from ..proto.v1 import trajectory_pb2 as traj_pb
 from ..telemetry import get_logger
 from .batching import InvalidTrajectory, Sample, StepPlan, plan_step, trajectory_samples
@@ -169,8 +170,15 @@ class Trainer:
         if ckpt is None:
             self._truncate_metrics(0)
             return None
-        await asyncio.to_thread(self._command, "load", str(ckpt.path))
         state = ckpt.state
+        for key, want in (("run_id", self.cfg.run_id), ("source", self.cfg.source)):
+            if state.get(key, want) != want:
+                raise InvalidArgumentError(
+                    f"checkpoint {ckpt.path} belongs to {key} {state[key]!r}, not {want!r}: its stream position "
+                    "means nothing here; use another checkpoint.dir (or checkpoint.resume = false)",
+                    reason="CHECKPOINT_MISMATCH",
+                )
+        await asyncio.to_thread(self._command, "load", str(ckpt.path))
         self.step = int(state["step"])
         self.version = int(state["policy_version"])
         self.cursor = int(state["cursor"])
