@@ -234,6 +234,7 @@ async def test_resume_after_interrupt_and_kill(mesh: Mesh, slow_guesser: str, tm
     assert [json.loads(line)["trajectory_id"] for line in whole] == ids[: len(whole)]
     summary = json.loads(stdout)
     assert summary["counts"]["trajectories"] == 20 and summary["counts"]["missing"] == 0
+    assert summary["run"]["sessions"] == 3 and summary["run"]["wall_s"] > 0
     assert summary["reward"]["mean"] is not None and summary["counts"]["errored"] == 0
     meta = json.loads((out / "run.json").read_text())
     assert [s["status"] for s in meta["sessions"]] == ["interrupted", "running", "finished"]  # the kill left "running"

@@ -500,6 +500,9 @@ def write_summary(results: ResultsDir, meta: dict[str, Any], pass_threshold: flo
         "temperature": settings.get("sampling", {}).get("temperature"),
         "max_tokens": settings.get("sampling", {}).get("max_tokens"),
         "rubric": settings.get("rubric") or "(environment)",
+        "sessions": len(meta.get("sessions", [])),
+        # Wall time of every session, the one ending now included.
+        "wall_s": round(sum((x.get("ended_at") or time.time()) - x["started_at"] for x in meta.get("sessions", [])), 3),
         "rollmesh_version": meta.get("rollmesh_version", __version__),
     }
     summary = summarize(trajectories, pass_threshold=pass_threshold, expected=expected, run=run_info)
