@@ -274,6 +274,29 @@ params = {{ delay_s = {delay_s} }}
 """
 
 
+async def test_a_stopping_replica_hands_its_unfinished_traces_back_at_once(nats_url: str, tmp_path: Path) -> None:
+    from rollmesh.config import load_config
+    from rollmesh.rubric.config import RubricServiceConfig
+
+    app, durable = uid("handback"), uid("durable")
+    for name, delay in (("slow", 60.0), ("fast", 0.01)):
+        (tmp_path / f"{name}.toml").write_text(replica_toml(app, durable, delay_s=delay).replace("2.0", "30.0"))
+    slow = await RubricService(load_config(RubricServiceConfig, tmp_path / "slow.toml"), nats_url=nats_url).start()
+    fast = None
+    try:
+        await publish(nats_url, traces(app, 10))
+        await wait_until(lambda: slow.live.in_flight == 10, what="the slow replica to hold the traces")
+        started = time.monotonic()
+        await slow.stop(0.2)
+        fast = await RubricService(load_config(RubricServiceConfig, tmp_path / "fast.toml"), nats_url=nats_url).start()
+        await wait_until(lambda: fast.live.stats.scored == 10, what="the handed-back traces")
+        assert time.monotonic() - started < 10  # not the ack_wait of 30 s
+        assert fast.live.stats.redelivered == 10 and slow.live.stats.scored == 0
+    finally:
+        if fast is not None:
+            await fast.stop(1)
+
+
 async def test_traces_of_a_replica_killed_before_acking_are_scored_by_another(nats_url: str, tmp_path: Path) -> None:
     app, durable = uid("killed"), uid("durable")
     config = tmp_path / "replica.toml"

@@ -88,6 +88,7 @@ class LiveScorer:
         self._inflight: dict[int, tuple[Msg, float]] = {}
         self._next_id = 0
         self._tasks: set[asyncio.Task[None]] = set()
+        self._naks: set[asyncio.Task[None]] = set()
         self._idle = asyncio.Event()
         self._idle.set()
         self._progress: asyncio.Task[None] | None = None
@@ -176,8 +177,8 @@ class LiveScorer:
     def _hand_back(self, msg: Msg) -> None:
         """A message delivered after stop(): straight back to the stream for another replica."""
         task = asyncio.create_task(self._nak(msg, 0.0))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._naks.add(task)
+        task.add_done_callback(self._naks.discard)
 
     async def _handle(self, key: int, msg: Msg) -> None:
         app = msg.subject.removeprefix(MONITOR_PREFIX)
@@ -282,15 +283,18 @@ class LiveScorer:
     # ---- life cycle ------------------------------------------------------------------------------
 
     async def stop(self, grace_s: float = 10.0) -> None:
-        """Stops pulling, lets traces in flight finish for `grace_s` (the rest are redelivered after
-        ack_wait_s), then closes the connection."""
+        """Stops pulling, lets traces in flight finish for `grace_s`, hands the rest (and anything
+        delivered meanwhile) back to the stream for another replica, then closes the connection."""
         if self.puller is not None:
             await self.puller.stop()
         if self._inflight:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._idle.wait(), timeout=grace_s)
         if self._inflight:
-            log.warning("%d traces still being scored at shutdown: they will be redelivered", len(self._inflight))
+            # Handed back now rather than after ack_wait_s (a score published meanwhile is deduplicated).
+            log.warning("%d traces still being scored at shutdown: handing them back", len(self._inflight))
+            for msg, _ in list(self._inflight.values()):
+                self._hand_back(msg)
         if self._progress is not None:
             self._progress.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -300,9 +304,9 @@ class LiveScorer:
             task.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self.puller is not None:
-            await self.puller.close()
-            self.puller = None
+        if self._naks:
+            await asyncio.gather(*self._naks, return_exceptions=True)
+        self.puller = None
         if self.nc is not None:
             with contextlib.suppress(Exception):
                 await self.nc.drain()

@@ -29,7 +29,7 @@ PENDING_MESSAGES = "Nats-Pending-Messages"
 class PullConsumer:
     """`on_message(msg)` is called for every delivered message (synchronously: start work, return);
     `room()` says how many more messages the caller can take now. Call `wake()` when room frees up.
-    After `stop()`, messages of requests still outstanding go to `on_late` (e.g. to hand them back)."""
+    Messages that arrive once stopping has begun go to `on_late` (e.g. to hand them back)."""
 
     def __init__(
         self,
@@ -124,7 +124,9 @@ class PullConsumer:
                 self._last_heard = time.monotonic()
 
     async def stop(self) -> None:
-        """No more pull requests; messages still delivered for outstanding ones go to `on_late`."""
+        """No more pull requests, and no more interest in the inbox, so that the server drops the
+        requests still waiting (their messages go to other replicas); what had already arrived goes
+        to `on_late`."""
         self._stopped = True
         self._wake.set()
         if self._task is not None:
@@ -132,10 +134,9 @@ class PullConsumer:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-
-    async def close(self) -> None:
-        await self.stop()
         if self._sub is not None:
-            with contextlib.suppress(Exception):
-                await self._sub.unsubscribe()
-            self._sub = None
+            sub, self._sub = self._sub, None
+            try:
+                await sub.drain()
+            except Exception as e:  # the connection is gone: the server forgets the requests anyway
+                log.debug("could not drain %s: %r", self._inbox, e)
