@@ -42,7 +42,7 @@ def eval_command(
     ] = None,
     rubric: Annotated[str | None, typer.Option(help="Score with this rubric of the rubric service.")] = None,
     rubric_address: Annotated[str | None, typer.Option(help="host:port of the rubric service.")] = None,
-    concurrency: Annotated[int, typer.Option(help="Episodes in flight.")] = 32,
+    concurrency: Annotated[int | None, typer.Option(help="Episodes in flight. [32]")] = None,
     temperature: Annotated[float | None, typer.Option(help="Sampling temperature. [1.0]")] = None,
     top_p: Annotated[float | None, typer.Option(help="Nucleus sampling. [1.0]")] = None,
     max_tokens: Annotated[int | None, typer.Option(help="Tokens per model call. [256]")] = None,

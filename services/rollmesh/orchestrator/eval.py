@@ -78,7 +78,7 @@ class EvalOptions:
     env_addresses: list[str] = field(default_factory=list)
     rubric: str | None = None
     rubric_address: str | None = None
-    concurrency: int = 32
+    concurrency: int | None = None  # episodes in flight (a resume keeps the run's)
     temperature: float | None = None
     top_p: float | None = None
     max_tokens: int | None = None
@@ -96,6 +96,7 @@ class EvalOptions:
 
 DEFAULTS: dict[str, Any] = {
     "num_tasks": 100,
+    "concurrency": 32,
     "rollouts_per_task": 4,
     "split": "test",
     "rubric": "",
@@ -148,6 +149,7 @@ def _settings(opts: EvalOptions, stored: dict[str, Any] | None) -> dict[str, Any
             "rubric": opts.rubric,
             "num_tasks": opts.num_tasks,
             "model": opts.model,
+            "concurrency": opts.concurrency,
         }.items()
         if v is not None
     }
@@ -199,7 +201,7 @@ def _rollout_config(s: dict[str, Any], opts: EvalOptions, run_id: str) -> Any:
             sampling=SamplingConfig(
                 temperature=sp["temperature"], top_p=sp["top_p"], max_tokens=sp["max_tokens"], seed=sp["seed"]
             ),
-            max_concurrency=opts.concurrency,
+            max_concurrency=s.get("concurrency") or DEFAULTS["concurrency"],
             step_timeout_s=opts.step_timeout_s,
             episode_timeout_s=opts.episode_timeout_s,
             rubric=s["rubric"],
