@@ -262,6 +262,8 @@ def test_bad_input_is_a_clear_error(mesh: Mesh, tmp_path: Path) -> None:
         assert r.returncode == 2, (args, r.stderr)
         assert message in " ".join(r.stderr.split()), (args, r.stderr)
         assert not out.exists()  # nothing ran: no results directory left behind
+        if "nope" in args:
+            assert "start it with `rollmesh up`" in " ".join(r.stderr.split())
     # The bus is down: said before anything starts.
     down = ["--nats", "nats://127.0.0.1:1", "--out", str(tmp_path / "y")]
     r = run([sys.executable, "-m", "rollmesh.cli", "eval", "--env", "guess-number", "--model", TINY, "-n", "1", *down],

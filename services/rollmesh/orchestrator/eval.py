@@ -61,6 +61,15 @@ LOCAL_ALIASES = ("tiny", "smollm2")
 IDENTITY = ("env", "split", "rollouts_per_task", "rubric", "sampling")
 
 
+# What to do about a start error, by its reason.
+HINTS = {
+    "UNKNOWN_ENVIRONMENT": "; start it with `rollmesh up` or `rollmesh env serve NAME --nats URL`, "
+    "or pass --env-address HOST:PORT",
+    "UNKNOWN_MODEL": "; serve it with `rollmesh up` or `rollmesh inference serve --model PATH --nats URL`, "
+    "or pass a host:port or a local path as --model",
+}
+
+
 class CannotStart(Exception):
     """The evaluation did not start: nothing ran (exit 2)."""
 
@@ -396,7 +405,7 @@ async def run_eval(opts: EvalOptions, console: Console | None = None) -> EvalOut
                         f"environment {settings['env']!r} has no tasks in split {settings['split']!r}"
                     )
             except (RollmeshError, LookupError, OSError, TimeoutError) as e:
-                raise CannotStart(str(e)) from e
+                raise CannotStart(str(e) + HINTS.get(getattr(e, "reason", ""), "")) from e
             meta["task_ids"] = sorted({*meta.get("task_ids", []), *(t.task_id for t in tasks)})
             results.begin_session(meta, opts.argv)
             started = True
