@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import subprocess
 import sys
@@ -92,6 +93,48 @@ async def test_serve_scores_live_and_exits_cleanly_on_sigterm(nats_url: str, tmp
         assert result.reward == 1.0  # the gRPC API of the same process
         async with aiohttp.ClientSession() as http, http.get(f"{dashboard}/healthz") as r:
             assert r.status == 200 and (await r.json())["live_scoring"]["scored"] == 1
+
+        # the same from the shell: `rubric scores` tails what `rubric publish` sends
+        tail = await asyncio.create_subprocess_exec(
+            *ROLLMESH,
+            "rubric",
+            "scores",
+            "--app",
+            app,
+            "--all",
+            "-n",
+            "2",
+            "--json",
+            "--timeout",
+            "30",
+            "--nats",
+            nats_url,
+            stdout=asyncio.subprocess.PIPE,
+        )
+        sent = await asyncio.create_subprocess_exec(
+            *ROLLMESH,
+            "rubric",
+            "publish",
+            "--app",
+            app,
+            "-m",
+            "user:What is 2+2?",
+            "-m",
+            "assistant:It is 4",
+            "--answer",
+            "4",
+            "--label",
+            "user=u1",
+            "--nats",
+            nats_url,
+            stdout=asyncio.subprocess.PIPE,
+        )
+        published_id = (await sent.communicate())[0].decode().strip()
+        assert sent.returncode == 0 and len(published_id) == 32
+        lines = (await asyncio.wait_for(tail.communicate(), timeout=40))[0].decode().strip().splitlines()
+        assert tail.returncode == 0 and json.loads(lines[0])["trace_id"] == trace_id  # --all: from the start
+        tailed = json.loads(lines[1])
+        assert tailed["trace_id"] == published_id and tailed["reward"] == 1.0 and tailed["labels"] == {"user": "u1"}
 
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(proc.wait(), timeout=30) == 0

@@ -100,6 +100,101 @@ def ls(config: ConfigOpt, set_: SetOpt = None) -> None:
     console.print("live scoring: " + ("; ".join(routes) if routes else "off (no [monitor] apps or default)"))
 
 
+NatsOpt = Annotated[str, typer.Option("--nats", envvar="ROLLMESH_NATS_URL", help="NATS URL.")]
+
+
+@rubric_app.command("publish")
+def publish(
+    app: Annotated[str, typer.Option(help="The app: traces go to rollmesh.monitor.<app>.")],
+    message: Annotated[
+        list[str] | None, typer.Option("--message", "-m", help="role:content, in order (repeatable).")
+    ] = None,
+    messages_file: Annotated[
+        str | None, typer.Option("--messages-file", help="A JSON file with a list of chat messages.")
+    ] = None,
+    answer: Annotated[str, typer.Option(help="Reference answer, when known.")] = "",
+    label: Annotated[list[str] | None, typer.Option("--label", help="key=value (repeatable).")] = None,
+    trace_id: Annotated[str | None, typer.Option(help="Default: a fresh id.")] = None,
+    nats: NatsOpt = "nats://127.0.0.1:4222",
+) -> None:
+    """Publish one production trace for live scoring (prints its trace id)."""
+    import json
+    from pathlib import Path
+
+    from ..errors import RollmeshError
+    from .publish import publish_trace
+
+    chat: list[dict[str, str]] = []
+    if messages_file:
+        try:
+            chat = json.loads(Path(messages_file).read_text())
+        except (OSError, ValueError) as e:
+            _fail(f"cannot read messages from {messages_file}: {e}")
+        if not isinstance(chat, list) or not all(isinstance(m, dict) for m in chat):
+            _fail(f"{messages_file} must hold a JSON list of messages like {{'role': 'user', 'content': '...'}}")
+    for item in message or []:
+        role, sep, content = item.partition(":")
+        if not sep or not role.strip():
+            _fail(f"--message {item!r} must look like role:content (e.g. 'assistant:Hello!')")
+        chat.append({"role": role.strip(), "content": content.strip()})
+    if not chat:
+        _fail("give the conversation: --message role:content (repeatable) or --messages-file")
+    labels = {}
+    for item in label or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            _fail(f"--label {item!r} must look like key=value")
+        labels[key] = value
+    try:
+        typer.echo(publish_trace(nats, app, chat, answer=answer, labels=labels, trace_id=trace_id))
+    except RollmeshError as e:
+        _fail(str(e))
+
+
+@rubric_app.command("scores")
+def scores(
+    app: Annotated[str, typer.Option(help="An app, or '*' for all.")] = "*",
+    count: Annotated[int | None, typer.Option("-n", help="Stop after this many scores.")] = None,
+    from_start: Annotated[bool, typer.Option("--all", help="From what SCORES retains, not only new ones.")] = False,
+    timeout: Annotated[float | None, typer.Option(help="Give up after this many seconds without a score.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
+    nats: NatsOpt = "nats://127.0.0.1:4222",
+) -> None:
+    """Print live scores (rollmesh.scores.<app>) as the rubric service publishes them."""
+    import asyncio
+    import json
+
+    from google.protobuf.json_format import MessageToDict
+
+    from ..errors import RollmeshError
+    from .publish import ScoreReader
+
+    async def tail() -> int:
+        seen = 0
+        async with ScoreReader(nats, app, deliver="all" if from_start else "new") as reader:
+            while count is None or seen < count:
+                try:
+                    score = await reader.next(timeout)
+                except TimeoutError:
+                    return 1
+                seen += 1
+                if as_json:
+                    typer.echo(json.dumps(MessageToDict(score, preserving_proto_field_name=True)))
+                else:
+                    values = " ".join(f"{k}={v:.3g}" for k, v in sorted(score.rewards.items()))
+                    errors = f"  errors: {', '.join(sorted(score.errors))}" if score.errors else ""
+                    typer.echo(f"{score.app}\t{score.trace_id}\treward {score.reward:.4g}\t{values}{errors}")
+        return 0
+
+    try:
+        code = asyncio.run(tail())
+    except RollmeshError as e:
+        _fail(str(e))
+    except KeyboardInterrupt:
+        code = 0
+    raise typer.Exit(code)
+
+
 def register(app: typer.Typer, bench_app: typer.Typer) -> None:
     """Adds this subsystem's commands to the top-level app and its benchmark to `rollmesh bench`."""
     app.add_typer(rubric_app, name="rubric")
