@@ -120,7 +120,7 @@ class TorchStep:
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return float(out.loss)
+        return out.loss.detach().item()
 
 
 class TrlStep:
