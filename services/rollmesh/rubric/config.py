@@ -155,7 +155,7 @@ class MonitorConfig(Section):
     # "new": traces published from the consumer's creation on; "all": also what MONITOR retains.
     deliver: str = "new"
     fetch_batch: int = 256
-    max_in_flight: int = 512
+    max_in_flight: int = 128  # traces scored at once (LLM judges are bounded by their own max_concurrent)
     # A trace not acknowledged within ack_wait_s is delivered again (to any replica).
     ack_wait_s: float = 60.0
     # Deliveries before a trace is dead-lettered instead of scored once more.
