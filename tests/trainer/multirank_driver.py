@@ -24,6 +24,18 @@ def digest(trainer: Trainer) -> str:
     return h.hexdigest()
 
 
+def export_digest(trainer: Trainer, path: Path) -> str:
+    """The same digest over the checkpoint's Hugging Face export (written from gathered weights)."""
+    from safetensors.torch import load_file
+
+    tensors = load_file(path)
+    h = hashlib.sha256()
+    for name, _ in trainer.engine.module.named_parameters():
+        h.update(name.encode())
+        h.update(tensors[name].to(torch.float32).numpy().tobytes())
+    return h.hexdigest()
+
+
 def main(config: str, out: str) -> None:
     trainer = Trainer(load_trainer_config(config))
     before = digest(trainer)
@@ -32,12 +44,13 @@ def main(config: str, out: str) -> None:
 
         summary = asyncio.run(trainer.run())
         steps = summary.steps
+        exported = export_digest(trainer, Path(summary.checkpoint) / "hf" / "model.safetensors")
     else:
         trainer.follow()
-        steps = -1
+        steps, exported = -1, ""
     after = digest(trainer)
     Path(out, f"rank{trainer.rank}.json").write_text(
-        json.dumps({"world": trainer.world_size, "before": before, "after": after, "steps": steps})
+        json.dumps({"world": trainer.world_size, "before": before, "after": after, "steps": steps, "hf": exported})
     )
     dist.barrier()
 

@@ -81,6 +81,7 @@ discover = false
     assert r0["steps"] == 3  # 10 rows, 4 per step: 4 + 4 + 2
     assert r0["before"] == r1["before"] and r0["after"] == r1["after"]  # same weights on both ranks
     assert r0["after"] != r0["before"]  # and they trained
+    assert r0["hf"] == r0["after"]  # the Hugging Face export holds the whole trained weights
     records = [json.loads(line) for line in (tmp_path / "ck" / "metrics.jsonl").read_text().splitlines()]
     assert sorted(t for r in records for t in r["trajectory_ids"]) == sorted(f"row{i}" for i in range(10))
     shards = sorted(p.name for p in (tmp_path / "ck" / "step-00000003" / "ds").iterdir())

@@ -16,6 +16,7 @@ rows), read in order, with the line number as the cursor; the same exactly-once 
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -99,6 +100,10 @@ class RolloutConsumer:
         try:
             msgs = await self._sub.fetch(n, timeout=timeout_s)
         except (TimeoutError, nats.errors.TimeoutError):
+            return []
+        except nats.errors.Error as e:  # NATS reconnecting: the client retries; so do we, after a pause
+            log.warning("fetching rollouts failed: %r; retrying", e)
+            await asyncio.sleep(timeout_s)
             return []
         out = []
         for m in msgs:

@@ -120,8 +120,12 @@ class WeightsPusher:
 
     async def announce(self, version: int, checkpoint: str = "") -> None:
         """Records `version` as the run's current policy in the KV bucket rollmesh-policy."""
-        if self._policy is not None:
+        if self._policy is None:
+            return
+        try:
             await self._policy.put(self.run_id, version, checkpoint=checkpoint)
+        except Exception as e:  # NATS reconnecting: the next step announces a newer version anyway
+            log.warning("could not announce policy version %d: %r", version, e)
 
     async def current_version(self) -> int:
         return await self._policy.version(self.run_id) if self._policy is not None else 0
