@@ -20,7 +20,7 @@ def traj(
     index: int,
     reward: float = 0.0,
     *,
-    error: tuple[str, int, str] | None = None,
+    error: tuple[str, int, str] | tuple[str, int, str, str] | None = None,
     rewards: dict[str, float] | None = None,
     completion_tokens: int = 3,
     total_s: float = 1.0,
@@ -34,9 +34,10 @@ def traj(
     t.timing.generation_s = total_s / 2
     t.turns.add(prompt_ids=[1, 2, 3, 4], completion_ids=list(range(completion_tokens)))
     if error:
-        source, code, message = error
+        source, code, message, *reason = error
         t.stop_reason = traj_pb.STOP_REASON_ERROR
         t.error.source, t.error.code, t.error.message = source, code, message
+        t.error.reason = reason[0] if reason else ""
         return t
     t.stop_reason = traj_pb.STOP_REASON_DONE
     t.reward = reward
@@ -82,7 +83,7 @@ def test_ks_percentiles_histogram() -> None:
 
 
 def test_summary_keeps_errors_out_of_rewards() -> None:
-    unavailable = ("environment", code_pb2.UNAVAILABLE, "replica gone")
+    unavailable = ("environment", code_pb2.UNAVAILABLE, "replica gone", "REPLICA_GONE")
     trajs = [
         # task a: 2 of 3 finished rollouts pass, one rollout errored (not a zero)
         traj("a", 0, 1.0, rewards={"correct": 1.0, "format": 0.5}),
@@ -113,9 +114,11 @@ def test_summary_keeps_errors_out_of_rewards() -> None:
     assert s["pass_at_k"]["4"] == pytest.approx(0.0) and s["pass_at_k_tasks"]["4"] == 1  # only b has 4
     assert s["errors"]["by_source"] == {"environment": 2, "rubric": 1}
     assert s["errors"]["by_code"] == {"UNAVAILABLE": 2, "NOT_FOUND": 1}
+    assert s["errors"]["by_reason"] == {"REPLICA_GONE": 2, "NOT_FOUND": 1}  # the code when no reason is set
     assert s["errors"]["examples"][0] == {
         "source": "environment",
         "code": "UNAVAILABLE",
+        "reason": "REPLICA_GONE",
         "message": "replica gone",
         "count": 2,
     }

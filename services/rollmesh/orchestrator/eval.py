@@ -544,6 +544,8 @@ def summary_table(summary: dict[str, Any]) -> Table:
     table.add_row("errors", str(counts["errored"]))
     for source, n in summary["errors"]["by_source"].items():
         table.add_row(f"  {source}", str(n))
+    for reason, n in summary["errors"]["by_reason"].items():
+        table.add_row(f"  {reason}", str(n))
     table.add_row("completion tokens", str(summary["tokens"]["completion"]))
     total = summary["timing_s"].get("total", {})
     if total:

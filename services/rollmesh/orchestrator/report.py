@@ -74,8 +74,8 @@ def _sections(summary: dict[str, Any]) -> list[tuple[str, list[str], list[list[s
         rows += [[name, _fmt(v), "metric"] for name, v in summary["metrics"].items()]
         sections.append(("Reward functions and metrics (means over finished rollouts)", ["name", "mean", "kind"], rows))
     if errors["total"]:
-        rows = [[e["source"], e["code"], str(e["count"]), e["message"]] for e in errors["examples"]]
-        sections.append((f"Errors ({errors['total']})", ["source", "code", "count", "message"], rows))
+        rows = [[e["source"], e["reason"], str(e["count"]), e["message"]] for e in errors["examples"]]
+        sections.append((f"Errors ({errors['total']})", ["source", "reason", "count", "message"], rows))
     stop_rows = [[reason, str(n)] for reason, n in counts["stop_reasons"].items()]
     sections.append(("Stop reasons", ["reason", "rollouts"], stop_rows))
     token_rows = [

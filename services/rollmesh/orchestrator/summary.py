@@ -145,13 +145,16 @@ def summarize(
 
     sources: Counter[str] = Counter()
     codes: Counter[str] = Counter()
-    examples: Counter[tuple[str, str, str]] = Counter()
+    reasons: Counter[str] = Counter()
+    examples: Counter[tuple[str, str, str, str]] = Counter()
     for t in errored:
         source = t.error.source or "unknown"
         code = code_name(t.error.code)
+        reason = t.error.reason or code
         sources[source] += 1
         codes[code] += 1
-        examples[(source, code, t.error.message[:300])] += 1
+        reasons[reason] += 1
+        examples[(source, code, reason, t.error.message[:300])] += 1
 
     turns = [len(t.turns) for t in trajs]
     completion = [sum(len(turn.completion_ids) for turn in t.turns) for t in trajs]
@@ -187,9 +190,11 @@ def summarize(
             "total": len(errored),
             "by_source": dict(sources.most_common()),
             "by_code": dict(codes.most_common()),
+            # The machine-readable cause (Error.reason), else the code.
+            "by_reason": dict(reasons.most_common()),
             "examples": [
-                {"source": s, "code": c, "message": m, "count": n}
-                for (s, c, m), n in examples.most_common(MAX_ERROR_EXAMPLES)
+                {"source": s, "code": c, "reason": r, "message": m, "count": n}
+                for (s, c, r, m), n in examples.most_common(MAX_ERROR_EXAMPLES)
             ],
         },
         "tokens": {
