@@ -271,6 +271,32 @@ def demo() -> None:
     raise typer.Exit(run())
 
 
+@app.command()
+def train(
+    config: Annotated[
+        str | None, typer.Argument(help="Run TOML (deploy/train.quickstart.toml); default: the built-in quickstart.")
+    ] = None,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="Override a key: steps=50, trainer.lr=1e-5 (JSON values parsed).")
+    ] = None,
+) -> None:
+    """RL end to end: the embedded mesh, the orchestrator and the DeepSpeed trainer, with live progress,
+    metrics.jsonl and a reward-curve PNG in the run directory."""
+    from rich.console import Console
+
+    from .errors import RollmeshError
+    from .orchestrator.train import QUICKSTART, load_train_config
+    from .orchestrator.train import train as run_train
+    from .telemetry import setup_logging
+
+    setup_logging("rollmesh-train")
+    try:
+        cfg = load_train_config(config or QUICKSTART, set_ or [])
+    except RollmeshError as e:
+        _fail(str(e))
+    raise typer.Exit(asyncio.run(run_train(cfg, Console())))
+
+
 def _register_subsystems() -> None:
     """Each subsystem owns its commands in its own cli module (imports there stay lazy too)."""
     from .orchestrator.cli import register as orchestrator_commands

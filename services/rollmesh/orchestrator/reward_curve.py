@@ -1,0 +1,62 @@
+"""The reward curve of a training run, from the trainer's per-step metrics records."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+
+def _rewards(records: Sequence[dict[str, Any]]) -> tuple[list[int], list[float]]:
+    pairs = [(r["step"], r["reward_mean"]) for r in records if r.get("reward_mean") is not None]
+    return [s for s, _ in pairs], [v for _, v in pairs]
+
+
+def reward_summary(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Mean reward of the first and last windows of steps (a fifth of the run, at least one step)."""
+    _, rewards = _rewards(records)
+    if not rewards:
+        return {}
+    window = max(1, len(rewards) // 5)
+    return {
+        "window": window,
+        "reward_first": sum(rewards[:window]) / window,
+        "reward_last": sum(rewards[-window:]) / window,
+        "reward_max": max(rewards),
+    }
+
+
+def moving_average(values: Sequence[float], k: int) -> list[float]:
+    out, total = [], 0.0
+    for i, v in enumerate(values):
+        total += v
+        if i >= k:
+            total -= values[i - k]
+        out.append(total / min(i + 1, k))
+    return out
+
+
+def plot_reward_curve(records: Sequence[dict[str, Any]], out: Path, *, title: str = "reward") -> Path:
+    import logging
+
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display
+    logging.getLogger("matplotlib").setLevel(logging.WARNING)
+    import matplotlib.pyplot as plt
+
+    steps, rewards = _rewards(records)
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
+    ax.plot(steps, rewards, "o", ms=3, alpha=0.45, label="batch mean reward")
+    if rewards:
+        ax.plot(steps, moving_average(rewards, max(1, len(rewards) // 10)), lw=2, label="moving average")
+    ax.set_xlabel("trainer step")
+    ax.set_ylabel("reward")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out)
+    plt.close(fig)
+    return out
