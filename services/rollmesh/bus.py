@@ -105,12 +105,15 @@ async def connect(nats_url: str, *, name: str = "rollmesh", connect_timeout_s: f
     """A NATS connection that fails fast at start (a bus that is down is a clear error) and
     reconnects forever once it has connected."""
 
+    connected = False
+
     async def _error(e: Exception) -> None:
-        log.warning("nats: %s", e)
+        if connected:  # before the first connect, the one error raised below says it all
+            log.warning("nats: %s", e)
 
     try:
         # nats-py retries the first connect too when reconnects are unlimited: bound the wait.
-        return await asyncio.wait_for(
+        nc = await asyncio.wait_for(
             nats.connect(
                 nats_url,
                 name=name,
@@ -127,6 +130,8 @@ async def connect(nats_url: str, *, name: str = "rollmesh", connect_timeout_s: f
             f"cannot reach NATS at {nats_url}: {e!r}; is nats-server running? (`rollmesh nats` starts one)",
             reason="NATS_DOWN",
         ) from e
+    connected = True
+    return nc
 
 
 async def ensure_streams(js: JetStreamContext, specs: tuple[StreamSpec, ...] = STREAMS) -> None:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import logging
 import os
 import re
 import signal
@@ -471,12 +470,7 @@ class Mesh:
         if cfg.url:
             from . import bus
 
-            level = logging.getLogger("rollmesh.bus").level
-            logging.getLogger("rollmesh.bus").setLevel(logging.ERROR)  # one clear error, not one per attempt
-            try:
-                nc = await bus.connect(cfg.url, name="rollmesh-mesh", connect_timeout_s=2.0)  # NATS_DOWN
-            finally:
-                logging.getLogger("rollmesh.bus").setLevel(level)
+            nc = await bus.connect(cfg.url, name="rollmesh-mesh", connect_timeout_s=2.0)  # NATS_DOWN
             await nc.close()
             self.nats_url = cfg.url
             return

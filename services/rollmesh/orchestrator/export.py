@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -375,16 +374,12 @@ def load_run(run: str, *, nats_url: str | None) -> tuple[str, list[traj_pb.Traje
     from .. import bus
 
     bus.token("run id", run)  # a RUN that is neither a directory nor a run id gets a clear message
-    level = logging.getLogger("rollmesh.bus").level
-    logging.getLogger("rollmesh.bus").setLevel(logging.ERROR)  # one clear error, not one per attempt
     try:
         return f"{nats_url} {bus.rollouts_subject(run)}", asyncio.run(read_bus(nats_url, run))
     except UnavailableError as e:
         raise UnavailableError(
             f"run {run!r}: no results directory ({run} or {results_root() / run}), and {e}", reason=e.reason
         ) from e
-    finally:
-        logging.getLogger("rollmesh.bus").setLevel(level)
 
 
 def export(
