@@ -84,14 +84,19 @@ async def test_bad_rollouts_are_skipped_counted_and_dead_lettered(nats_url, tiny
 
 
 async def test_sft_on_exported_rows_lowers_the_loss_and_ends_with_the_data(tiny_model_dir, tmp_path) -> None:
+    from google.protobuf import json_format
+
     rows = tmp_path / "sft.jsonl"
     target = [60, 61, 62, 63, 2]
-    rows.write_text(
-        "".join(
-            json.dumps({"id": f"r{i}", "prompt_ids": [1, 5, 40, 6], "completion_ids": target, "reward": 1.0}) + "\n"
-            for i in range(12)
-        )
-    )
+    lines = [
+        json.dumps({"id": f"r{i}", "prompt_ids": [1, 5, 40, 6], "completion_ids": target, "reward": 1.0})
+        for i in range(8)
+    ]
+    for i in range(8, 12):  # `rollmesh eval`'s trajectories.jsonl: Trajectory protos in JSON
+        t = traj_pb.Trajectory(trajectory_id=f"r{i}")
+        t.turns.append(traj_pb.Turn(prompt_ids=[1, 5, 40, 6], completion_ids=target))
+        lines.append(json.dumps(json_format.MessageToDict(t, preserving_proto_field_name=True)))
+    rows.write_text("".join(line + "\n" for line in lines))
     cfg = TrainerConfig(
         run_id="sft",
         model=str(tiny_model_dir),
@@ -107,6 +112,7 @@ async def test_sft_on_exported_rows_lowers_the_loss_and_ends_with_the_data(tiny_
     summary = await trainer.run()
     records = [json.loads(line) for line in cfg.metrics_file.read_text().splitlines()]
     assert summary.steps == 3 and [r["step"] for r in records] == [1, 2, 3]
+    assert [t for r in records for t in r["trajectory_ids"]] == [f"r{i}" for i in range(12)]
     assert records[-1]["loss"] < records[0]["loss"] - 0.5  # NLL of the target completion drops
     assert (tmp_path / "ck" / "step-00000003").is_dir()  # the last, partial interval is checkpointed too
 
