@@ -103,7 +103,9 @@ model = "{name}"
     assert [r["step"] for r in killed] == [1, 2, 3]
     assert backend.policy_version == 3
 
-    # What a crash mid-checkpoint leaves behind: never picked up.
+    # What a crash mid-write leaves behind: never picked up.
+    with metrics.open("a") as f:
+        f.write('{"step": 4, "trajectory_i')
     (ckpt / "step-00000004").mkdir()
     (ckpt / "step-00000004" / "trainer_state.json").write_text(json.dumps({"step": 4, "cursor": 10**9}))
     (ckpt / ".tmp-step-00000005").mkdir()

@@ -194,9 +194,13 @@ class Trainer:
         path = self.cfg.metrics_file
         if not path.is_file():
             return
-        kept = [
-            line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= upto_step
-        ]
+        kept = []
+        for line in path.read_text().splitlines():
+            try:
+                if json.loads(line)["step"] <= upto_step:
+                    kept.append(line)
+            except (ValueError, KeyError, TypeError):  # a line torn by a kill: its step was never committed
+                continue
         tmp = path.with_suffix(".tmp")
         tmp.write_text("".join(line + "\n" for line in kept))
         os.replace(tmp, path)
