@@ -29,10 +29,11 @@ STEPS = 6
 PER_STEP = 2
 
 
-def _trainer(config: Path, log: Path) -> subprocess.Popen:
+def _trainer(config: Path, log: Path, command: str = "run") -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
+    args = ["--max-steps", str(STEPS)] if command == "run" else []
     return subprocess.Popen(
-        [sys.executable, "-m", "rollmesh.cli", "trainer", "run", "--config", str(config), "--max-steps", str(STEPS)],
+        [sys.executable, "-m", "rollmesh.cli", "trainer", command, "--config", str(config), *args],
         stdout=subprocess.DEVNULL,
         stderr=log.open("w"),
         env=env,
@@ -149,3 +150,39 @@ model = "{name}"
     assert policy is not None and policy.version == 8 and policy.checkpoint.endswith("step-00000006")
     assert [r["policy_version"] for r in history] == [1, 2, 5, 6, 7, 8]
     assert backend.policy_version == 8
+
+
+async def test_sigterm_checkpoints_the_uncommitted_steps_and_exits(nats_url, tiny_model_dir, tmp_path) -> None:
+    from rollmesh.proto.v1 import trajectory_pb2 as traj_pb
+
+    run_id = f"term-{uuid.uuid4().hex[:8]}"
+    trajectories = []
+    for i in range(2):
+        t = traj_pb.Trajectory(trajectory_id=f"{run_id}-{i}", run_id=run_id, advantage=1.0)
+        t.task.env = "env"
+        t.turns.append(traj_pb.Turn(prompt_ids=[1, 5, 6], completion_ids=[60 + i, 2], completion_logprobs=[-5, -5]))
+        trajectories.append(t)
+    await publish(nats_url, trajectories)
+    ckpt = tmp_path / "ck"
+    config = tmp_path / "trainer.toml"
+    config.write_text(
+        f'run_id = "{run_id}"\nmodel = "{tiny_model_dir}"\nnats_url = "{nats_url}"\n'
+        f'[batch]\nrollouts_per_step = 1\n[checkpoint]\ndir = "{ckpt}"\nevery_n_steps = 100\n'
+        "[push]\nenabled = false\ndiscover = false\n"
+    )
+    log = tmp_path / "serve.log"
+    proc = _trainer(config, log, "serve")
+    try:
+        await _wait_for_step(proc, ckpt / "metrics.jsonl", 2, log)  # then it waits for more rollouts
+        assert not (ckpt / "step-00000002").exists()
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(proc.wait, 60) == 0, _tail(log)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    state = json.loads((ckpt / "step-00000002" / "trainer_state.json").read_text())
+    assert [s["trajectory_ids"] for s in state["steps"]] == [
+        [trajectories[0].trajectory_id],
+        [trajectories[1].trajectory_id],
+    ]
+    assert "trainer stopped at step 2" in _tail(log)
