@@ -129,6 +129,8 @@ async def run_e2e(nats_url: str, traces: list[bus_pb.MonitorTrace], *, rate: flo
         publish_s = time.perf_counter() - t0
     try:
         await asyncio.wait_for(done.wait(), timeout=60 + len(traces) / 200)
+    except TimeoutError:
+        raise RuntimeError(f"only {len(received)} of {len(traces)} scores arrived; is the rubric service up?") from None
     finally:
         await nc.close()
     latencies = sorted(received[t] - published[t] for t in published)
