@@ -8,7 +8,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.rollmesh-setup
 
-.PHONY: setup demo test lint protos bench clean
+.PHONY: setup train demo test lint protos bench clean
 
 setup: $(STAMP)
 
@@ -29,7 +29,12 @@ $(STAMP): pyproject.toml tools/package.json clients/typescript/package.json clie
 	bash scripts/apt-install.sh chromium
 	touch $(STAMP)
 
-# The main job: the embedded quickstart.
+# The main job: the RL quickstart (embedded NATS, an environment server, an inference server with
+# the tiny local model, the orchestrator and the DeepSpeed trainer); outputs in runs/quickstart/.
+train: setup
+	$(VENV)/bin/rollmesh train
+
+# A tour of the environment protocol: built-in environments, conformance checks, scripted episodes.
 demo: setup
 	$(VENV)/bin/rollmesh demo
 
@@ -51,6 +56,9 @@ protos: setup
 bench: setup
 	$(VENV)/bin/rollmesh bench env-step
 	$(VENV)/bin/rollmesh bench inference
+	$(VENV)/bin/rollmesh bench rubric
+	$(VENV)/bin/rollmesh bench rollouts
+	$(VENV)/bin/rollmesh bench trainer
 
 clean:
 	rm -rf $(VENV) tools/node_modules .pytest_cache
