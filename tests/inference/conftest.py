@@ -12,25 +12,6 @@ import pytest
 
 
 @pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A Hugging Face directory with the tiny deterministic Llama-style model (seed 0)."""
-    pytest.importorskip("torch")
-    pytest.importorskip("transformers")
-    from rollmesh.inference.tiny import build_tiny_model
-
-    return build_tiny_model(tmp_path_factory.mktemp("tiny-model"))
-
-
-@pytest.fixture(scope="session")
-def tiny_model_dir_seed1(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The same architecture with other weights (seed 1): a checkpoint to load into a server."""
-    pytest.importorskip("torch")
-    from rollmesh.inference.tiny import build_tiny_model
-
-    return build_tiny_model(tmp_path_factory.mktemp("tiny-model-seed1"), seed=1)
-
-
-@pytest.fixture(scope="session")
 async def hf_backend(tiny_model_dir: Path) -> AsyncIterator[Any]:
     """One hf backend on the tiny model, float32, shared by tests that do not change it."""
     from rollmesh.inference.backends.hf import HFBackend

@@ -1,12 +1,11 @@
-"""Fixtures of the rubric tests: trajectories built in code, and the inference tests' tiny model
-(imported, not copied: one definition of how it is built)."""
+"""Helpers of the rubric tests: trajectories built in code (the tiny model fixture is in
+tests/conftest.py)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import Any
 
-from inference.conftest import tiny_model_dir  # noqa: F401  (the fixture, shared with tests/inference)
 from rollmesh import convert
 from rollmesh.proto.v1 import messages_pb2 as msg_pb
 from rollmesh.proto.v1 import trajectory_pb2 as traj_pb

@@ -15,16 +15,6 @@ import pytest
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
 
-@pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny deterministic Llama-style model (seed 0), as tests/inference builds it."""
-    pytest.importorskip("torch")
-    pytest.importorskip("transformers")
-    from rollmesh.inference.tiny import build_tiny_model
-
-    return build_tiny_model(tmp_path_factory.mktemp("tiny-model"))
-
-
 @pytest.fixture
 async def served(tiny_model_dir: Path, nats_url: str) -> AsyncIterator[tuple[str, Any, Any]]:
     """An inference server registered under a name of its own (other tests' servers stay out)."""
