@@ -10,6 +10,7 @@ import json
 import re
 import signal
 import subprocess
+import time
 from collections import deque
 from collections.abc import Iterator
 from pathlib import Path
@@ -177,6 +178,12 @@ async def test_limits_from_the_command_line() -> None:
                 with pytest.raises(ResourceExhaustedError):
                     async with client.episode("maze", "train-002"):
                         pass
+            # The server frees a slot when it sees the stream end, a moment after the client closes it.
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                if not (await client.describe()).active_episodes:
+                    break
+                await asyncio.sleep(0.05)
             async with client.episode("maze", "train-000") as ep:
                 await ep.step({"role": "assistant", "content": "", "tool_calls": [move(0, "down")]})
                 await asyncio.sleep(1.0)  # idle past the server's timeout

@@ -2,7 +2,9 @@
 its own tests pass, and its example Wordle server passes `rollmesh conformance`, plays full
 episodes with the Python EnvClient, registers in the NATS registry and exits 0 on SIGTERM. Traces
 published by its NATS helper decode as rollmesh.v1.MonitorTrace in Python. Real processes only:
-node, a gRPC server on 127.0.0.1, the session's nats-server."""
+node, a gRPC server on 127.0.0.1, a nats-server of this module's own (the TypeScript tests make
+streams of their own on rollmesh.monitor subjects, which must not overlap the rest of the suite's
+MONITOR stream)."""
 
 from __future__ import annotations
 
@@ -20,8 +22,10 @@ from pathlib import Path
 
 import nats
 import pytest
+from rollmesh import bus
 from rollmesh.conformance import CHECKS, Status, run_conformance
 from rollmesh.env.client import EnvClient
+from rollmesh.natsd import EmbeddedNats
 from rollmesh.proto.v1 import bus_pb2
 
 TS = Path(__file__).resolve().parents[1] / "clients" / "typescript"
@@ -47,6 +51,12 @@ def run(*cmd: str | Path, timeout: float, env: dict[str, str] | None = None) -> 
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, f"{cmd} exited with {proc.returncode}:\n{output[-6000:]}"
     return output
+
+
+@pytest.fixture(scope="module")
+def nats_url() -> Iterator[str]:
+    with EmbeddedNats() as server:
+        yield server.url
 
 
 @pytest.fixture(scope="module")
@@ -243,17 +253,16 @@ async def test_traces_from_typescript_decode_as_monitor_trace_in_python(built: P
         check_trace(msg.data, app, "trace-plain")
         assert msg.headers and msg.headers.get("Nats-Msg-Id") == "trace-plain"
 
-        # a stream on the subject: a JetStream publish, stored
+        # rollmesh's MONITOR stream captures the subject: a JetStream publish, stored, deduplicated
         app = f"ts-{uuid.uuid4().hex[:8]}"
         js = nc.jetstream()
-        stream = f"TS_MONITOR_{app.upper().replace('-', '_')}"
-        await js.add_stream(name=stream, subjects=[f"rollmesh.monitor.{app}"])
-        try:
-            result = await asyncio.to_thread(publish_from_typescript, nats_url, app, "trace-js")
-            assert (result["jetstream"], result["stream"], result["seq"]) == (True, stream, 1)
-            stored = await js.get_msg(stream, seq=1)
-            check_trace(stored.data, app, "trace-js")
-        finally:
-            await js.delete_stream(stream)
+        await bus.ensure_streams(js)
+        result = await asyncio.to_thread(publish_from_typescript, nats_url, app, "trace-js")
+        assert (result["jetstream"], result["stream"]) == (True, "MONITOR")
+        stored = await js.get_last_msg("MONITOR", bus.monitor_subject(app))
+        check_trace(stored.data, app, "trace-js")
+        await asyncio.to_thread(publish_from_typescript, nats_url, app, "trace-js")  # the same trace again
+        info = await js.stream_info("MONITOR", subjects_filter=bus.monitor_subject(app))
+        assert info.state.subjects == {bus.monitor_subject(app): 1}
     finally:
         await nc.close()

@@ -176,7 +176,8 @@ async def test_the_example_config_compiles() -> None:
     from rollmesh.rubric.config import RubricServiceConfig
     from rollmesh.rubric.service import RubricService
 
-    service = RubricService(load_config(RubricServiceConfig, EXAMPLE))  # compiles every rubric and route
+    # compiles every rubric and route (ports of its own: the example's may be taken on this machine)
+    service = RubricService(load_config(RubricServiceConfig, EXAMPLE, ["server.port=0", "dashboard.port=0"]))
     try:
         assert service.book.names == ["shop-quality", "support"] and service.scorer.apps["shop"] == "shop-quality"
     finally:

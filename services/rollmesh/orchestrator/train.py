@@ -77,10 +77,20 @@ def load_train_config(path: str | Path | None, overrides: Sequence[str] = ()) ->
             'name an environment: rollout.env = "arithmetic" (and [[mesh.envs]] target = ... to serve it here)',
             reason="BAD_CONFIG",
         )
-    if not cfg.mesh.envs:
-        cfg.mesh.envs = [EnvServerConfig(target=cfg.rollout["env"])]
-    if cfg.mesh.inference is None:
-        cfg.mesh.inference = InferenceConfig(model="tiny")
+    if cfg.mesh.nats.url:
+        # A running mesh (`rollmesh up`, a cluster): servers come from its registry; start only what
+        # the file names.
+        if cfg.mesh.inference is None and not cfg.trainer.get("model"):
+            raise InvalidArgumentError(
+                "with mesh.nats.url and no [mesh.inference], set trainer.model to the Hugging Face directory "
+                "of the model the inference servers serve",
+                reason="BAD_CONFIG",
+            )
+    else:
+        if not cfg.mesh.envs:
+            cfg.mesh.envs = [EnvServerConfig(target=cfg.rollout["env"])]
+        if cfg.mesh.inference is None:
+            cfg.mesh.inference = InferenceConfig(model="tiny")
     if not cfg.mesh.dir or cfg.mesh.dir == MeshConfig().dir:
         cfg.mesh.dir = str(run_dir(cfg) / "mesh")
     return cfg
@@ -91,7 +101,9 @@ def run_dir(cfg: TrainRunConfig) -> Path:
 
 
 def rollout_config(cfg: TrainRunConfig) -> RolloutConfig:
-    data = {"env": cfg.mesh.envs[0].targets[0], "split": "train", **cfg.rollout, "run_id": cfg.run_id}
+    data = {"split": "train", **cfg.rollout, "run_id": cfg.run_id}
+    if cfg.mesh.envs:
+        data.setdefault("env", cfg.mesh.envs[0].targets[0])
     try:
         return RolloutConfig.model_validate(data)
     except Exception as e:
@@ -194,8 +206,9 @@ class TrainRun:
         self.console.print(f"[bold]rollmesh train[/] run [cyan]{cfg.run_id}[/] in {self.dir}")
         self.mesh = Mesh(cfg.mesh)
         await self.mesh.start()
-        assert cfg.mesh.inference is not None
-        model_path = await asyncio.to_thread(resolve_model_path, cfg.mesh.inference.model, cfg.mesh.inference.backend)
+        model_path = cfg.trainer.get("model") or await asyncio.to_thread(
+            resolve_model_path, cfg.mesh.inference.model, cfg.mesh.inference.backend
+        )
         trainer_toml = self.dir / "trainer.toml"
         from ..mesh import _to_toml
 
