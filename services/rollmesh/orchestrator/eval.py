@@ -39,12 +39,13 @@ from rich.console import Console
 from rich.table import Table
 
 from .. import __version__
+from ..durable import write_atomic
 from ..errors import FailedPreconditionError, InvalidArgumentError, RollmeshError
 from ..proto.v1 import trajectory_pb2 as traj_pb
 from ..telemetry import get_logger
 from . import report as report_mod
 from .export import results_root
-from .results import HISTOGRAM_SVG, REPORT_HTML, REPORT_MD, SUMMARY, ResultsDir, write_atomic
+from .results import HISTOGRAM_SVG, REPORT_HTML, REPORT_MD, SUMMARY, ResultsDir
 from .summary import DEFAULT_PASS_THRESHOLD, summarize
 
 log = get_logger(__name__)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -24,6 +23,7 @@ from typing import Any
 
 from google.protobuf import json_format
 
+from ..durable import write_atomic
 from ..errors import DataLossError, FailedPreconditionError
 from ..proto.v1 import trajectory_pb2 as traj_pb
 
@@ -43,29 +43,6 @@ def trajectory_to_json(t: traj_pb.Trajectory) -> dict[str, Any]:
 
 def trajectory_from_json(d: dict[str, Any]) -> traj_pb.Trajectory:
     return json_format.ParseDict(d, traj_pb.Trajectory(), ignore_unknown_fields=True)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write to a temporary file, fsync, rename: readers see the old or the new file, never half."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
 
 
 def read_trajectories(path: Path) -> Iterator[traj_pb.Trajectory]:
@@ -196,4 +173,4 @@ class ResultsDir:
         self.write_meta(meta)
 
 
-__all__ = ["ResultsDir", "read_trajectories", "trajectory_from_json", "trajectory_to_json", "write_atomic"]
+__all__ = ["ResultsDir", "read_trajectories", "trajectory_from_json", "trajectory_to_json"]

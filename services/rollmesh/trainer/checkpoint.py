@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..durable import fsync_dir
 from ..telemetry import get_logger
 
 log = get_logger(__name__)
@@ -56,15 +57,7 @@ def _fsync_tree(root: Path) -> None:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-        _fsync_dir(Path(dirpath))
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        fsync_dir(Path(dirpath))
 
 
 def read_checkpoint(path: Path) -> Checkpoint | None:
@@ -137,7 +130,7 @@ class CheckpointStore:
         if final.exists():  # an incomplete leftover of the same step
             shutil.rmtree(final)
         os.replace(staging, final)
-        _fsync_dir(self.dir)
+        fsync_dir(self.dir)
         checkpoint = Checkpoint(path=final, step=step, state=state)
         self.prune()
         return checkpoint
