@@ -10,14 +10,22 @@ from typing import Annotated
 import typer
 
 app = typer.Typer(
-    help="rollmesh: environments, inference, rubrics and training over gRPC + NATS.", no_args_is_help=True
+    rich_markup_mode=None,
+    help="rollmesh: environments, inference, rubrics and training over gRPC + NATS.",
+    no_args_is_help=True,
 )
-env_app = typer.Typer(help="Serve and inspect environments.", no_args_is_help=True)
+env_app = typer.Typer(rich_markup_mode=None, help="Serve and inspect environments.", no_args_is_help=True)
 bench_app = typer.Typer(
-    help="Benchmarks: each prints a ratio against a reference run side by side.", no_args_is_help=True
+    rich_markup_mode=None,
+    help="Benchmarks: each prints a ratio against a reference run side by side.",
+    no_args_is_help=True,
 )
-inference_app = typer.Typer(help="Serve models: token-exact generation and weight updates.", no_args_is_help=True)
-model_app = typer.Typer(help="Local models: build the tiny test model, import GGUF files.", no_args_is_help=True)
+inference_app = typer.Typer(
+    rich_markup_mode=None, help="Serve models: token-exact generation and weight updates.", no_args_is_help=True
+)
+model_app = typer.Typer(
+    rich_markup_mode=None, help="Local models: build the tiny test model, import GGUF files.", no_args_is_help=True
+)
 app.add_typer(env_app, name="env")
 app.add_typer(inference_app, name="inference")
 app.add_typer(model_app, name="model")
@@ -274,7 +282,11 @@ def demo() -> None:
 @app.command()
 def train(
     config: Annotated[
-        str | None, typer.Argument(help="Run TOML (deploy/train.quickstart.toml); default: the built-in quickstart.")
+        str | None,
+        typer.Argument(
+            help="Run TOML (e.g. deploy/train.smollm2-arithmetic.toml); default: the built-in quickstart, "
+            "services/rollmesh/configs/train-quickstart.toml."
+        ),
     ] = None,
     set_: Annotated[
         list[str] | None, typer.Option("--set", help="Override a key: steps=50, trainer.lr=1e-5 (JSON values parsed).")

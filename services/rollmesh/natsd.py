@@ -164,7 +164,13 @@ class EmbeddedNats:
 
 
 def run_foreground(*, host: str = "127.0.0.1", port: int = 4222, store_dir: str | Path | None = None) -> int:
-    """Run nats-server until it exits or Ctrl-C (for `rollmesh nats`); returns its exit code."""
+    """Run nats-server until it exits, Ctrl-C or SIGTERM (for `rollmesh nats`); returns its exit code."""
+    import signal
+
+    def _interrupt(*_: object) -> None:
+        raise KeyboardInterrupt  # SIGTERM too stops the server, instead of orphaning it
+
+    signal.signal(signal.SIGTERM, _interrupt)
     server = EmbeddedNats(host=host, port=port, store_dir=store_dir).start()
     print(f"nats-server listening on {server.url} (JetStream store: {server.store_dir})", flush=True)
     try:

@@ -297,7 +297,8 @@ def judge(p: Params, res: Resources) -> ScoreFn:
     if (seed := p.get("seed", None, kind=int)) is not None:
         sampling["seed"] = seed
     parser = judge_mod.make_parser(
-        p.get("parse", "number", kind=str),
+        # The default prompt asks for yes or no; a prompt of one's own defaults to a number.
+        p.get("parse", "yes_no" if template == judge_mod.DEFAULT_PROMPT else "number", kind=str),
         lo=p.number("min", None),
         hi=p.number("max", None),
         where=p.where,

@@ -7,7 +7,9 @@ from typing import Annotated
 import typer
 
 rubric_app = typer.Typer(
-    help="The rubric service: reward functions, LLM judges, live scoring of production traces.", no_args_is_help=True
+    rich_markup_mode=None,
+    help="The rubric service: reward functions, LLM judges, live scoring of production traces.",
+    no_args_is_help=True,
 )
 
 ConfigOpt = Annotated[str, typer.Option("--config", "-c", help="The service's TOML file ([[rubric]], [monitor], ...).")]
@@ -97,7 +99,7 @@ def ls(config: ConfigOpt, set_: SetOpt = None) -> None:
     routes = [f"{app} -> {rubric}" for app, rubric in sorted(cfg.monitor.apps.items())]
     if cfg.monitor.default:
         routes.append(f"(any other app) -> {cfg.monitor.default}")
-    console.print("live scoring: " + ("; ".join(routes) if routes else "off (no [monitor] apps or default)"))
+    console.print("live scoring: " + ("; ".join(routes) if routes else "off (no \\[monitor] apps or default)"))
 
 
 NatsOpt = Annotated[str, typer.Option("--nats", envvar="ROLLMESH_NATS_URL", help="NATS URL.")]

@@ -8,7 +8,8 @@ Params of the `judge` function (all optional except a target: `model` or `addres
     address        host:port of an inference server
     temperature    default 0.0; max_tokens default 8; seed (optional)
     parse          "number" (first number in the reply), "yes_no" (yes = 1, no = 0), or a regular
-                   expression whose first group is the number; default "number"
+                   expression whose first group is the number; default "yes_no" with the
+                   default prompt, else "number"
     min, max       range of the parsed number, mapped to [0, 1]; a value outside it is unparseable
     retries        attempts after the first, on UNAVAILABLE / DEADLINE_EXCEEDED / RESOURCE_EXHAUSTED
                    (and on unparseable output when temperature > 0: greedy output would not change);

@@ -42,6 +42,7 @@ def _serve(config: str, overrides: list[str], max_steps: int | None) -> None:
 def register(app: typer.Typer, bench_app: typer.Typer) -> None:
     """Adds this subsystem's commands to the top-level app and its benchmark to `rollmesh bench`."""
     trainer_app = typer.Typer(
+        rich_markup_mode=None,
         help="The DeepSpeed trainer: GRPO-family RL on the run's rollouts, SFT on exported trajectories.",
         no_args_is_help=True,
     )
