@@ -29,6 +29,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
+from .children import die_with_parent
 from .config import Section
 from .errors import FailedPreconditionError, InvalidArgumentError, UnavailableError
 from .telemetry import get_logger
@@ -181,22 +182,6 @@ def resolve_model_path(spec: str, backend: str = "auto") -> str:
 
 # ---- one service subprocess ------------------------------------------------------------------
 
-_LIBC: Any = None
-if sys.platform == "linux":
-    with contextlib.suppress(OSError):
-        import ctypes
-
-        _LIBC = ctypes.CDLL(None, use_errno=True)
-_PR_SET_PDEATHSIG = 1
-
-
-def _child_setup(parent_pid: int) -> None:
-    """In the child before exec: SIGTERM when the parent dies (no orphan if the mesh is killed)."""
-    if _LIBC is not None:
-        _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-        if os.getppid() != parent_pid:  # the parent died before prctl took effect
-            os._exit(1)
-
 
 def rollmesh_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "rollmesh.cli", *args]
@@ -217,10 +202,6 @@ class ServiceProcess:
 
     def start(self) -> ServiceProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        # The death signal is tied to the thread that forks: only arm it from the main thread,
-        # whose end is the process's end.
-        pid = os.getpid()
-        setup = (lambda: _child_setup(pid)) if threading.current_thread() is threading.main_thread() else None
         env = {**os.environ, "GRPC_VERBOSITY": "ERROR", **(self.env or {})}
         with self.log_path.open("ab") as logf:
             logf.write(f"\n==== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(self.argv)}\n".encode())
@@ -231,7 +212,7 @@ class ServiceProcess:
                 stdout=logf,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
-                preexec_fn=setup,
+                preexec_fn=die_with_parent(),
                 env=env,
             )
         self._log_start = self.log_path.stat().st_size
@@ -488,7 +469,7 @@ class Mesh:
             port = cfg.port or free_port(cfg.host)
         store = Path(cfg.store_dir) if cfg.store_dir else self.dir / "nats"
         server = EmbeddedNats(host=cfg.host, port=port, store_dir=store)
-        await asyncio.to_thread(server.start)
+        server.start()  # from this (main) thread, so that nats-server dies with the mesh
         self._nats = server
         self.nats_url = server.url
 

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from types import TracebackType
 
+from rollmesh.children import die_with_parent
 from rollmesh.telemetry import get_logger
 
 log = get_logger(__name__)
@@ -89,7 +90,9 @@ class EmbeddedNats:
         # stderr to a file, not a pipe: a chatty server must never block on a full pipe.
         self._stderr_path = Path(self._tmp_dir) / "nats-server.log"
         with open(self._stderr_path, "wb") as err:
-            self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
+            self.proc = subprocess.Popen(
+                cmd, stdout=subprocess.DEVNULL, stderr=err, start_new_session=True, preexec_fn=die_with_parent()
+            )
         deadline = time.monotonic() + timeout_s
         while True:
             if (rc := self.proc.poll()) is not None:
