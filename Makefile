@@ -25,6 +25,9 @@ $(STAMP): pyproject.toml tools/package.json clients/typescript/package.json clie
 	npm install --prefix tools --no-audit --no-fund --loglevel=error
 	bash clients/typescript/setup.sh
 	bash clients/go/setup.sh
+	# DeepSpeed compiles its CPU ops on first use (minutes): build them here, not in the first run
+	DS_ACCELERATOR=cpu $(PY) -c "from deepspeed.ops.op_builder.cpu import FusedAdamBuilder, ShareMemCommBuilder; \
+		FusedAdamBuilder().load(); ShareMemCommBuilder().load()"
 	# headless Chromium: the dashboard is tested in a real browser
 	bash scripts/apt-install.sh chromium
 	touch $(STAMP)
