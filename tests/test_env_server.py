@@ -431,7 +431,9 @@ async def test_score_unimplemented_is_not_logged_as_a_failure(served, caplog) ->
     caplog.set_level(logging.ERROR)
     with pytest.raises(grpc.aio.AioRpcError):
         await client.score("tracked", task, task.prompt)
-    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+    # rollmesh's own loggers only: asyncio may report garbage of earlier tests at any moment.
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR and r.name.startswith("rollmesh")]
+    assert errors == []
 
 
 # ---- limits --------------------------------------------------------------------------------------
