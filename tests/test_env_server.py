@@ -469,6 +469,7 @@ async def test_idle_timeout() -> None:
         async with client.episode("tracked", "t") as ep:
             await ep.step("one")
             await _eventually(lambda: srv.servicer.active == 0, "the idle episode to be closed")
+            await _eventually(lambda: ep._call.done(), "the client to receive the server's status")
             with pytest.raises(DeadlineExceededError, match=r"no message from the client for 0\.3 s"):
                 await ep.step("two")
         await _eventually(lambda: env.cleanups == 1, "cleanup of the episode")

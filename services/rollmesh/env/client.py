@@ -190,7 +190,10 @@ class EpisodeSession:
         """One request, its one response; errors as domain errors."""
         try:
             async with asyncio.timeout(self._step_timeout_s):
-                await _write(self._call, request)
+                # A stream the server already ended (idle timeout, shutdown) reports the server's
+                # status; writing into it could turn that into a local INTERNAL error instead.
+                if not self._call.done():
+                    await _write(self._call, request)
                 response = await self._call.read()
         except TimeoutError:
             self._call.cancel()
