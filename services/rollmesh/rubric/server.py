@@ -175,16 +175,20 @@ class RubricServer:
         self.hosting = Hosting(self.rpc, nats_url=nats_url, advertise_host=advertise_host, on_drain=self._drain)
 
     @classmethod
-    def from_config(cls, cfg: RubricServiceConfig, *, nats_url: str | None = None) -> RubricServer:
+    def from_config(
+        cls, cfg: RubricServiceConfig, *, nats_url: str | None = None, book: RubricBook | None = None
+    ) -> RubricServer:
+        """A server of the config's rubrics; with `book`, one shared with the caller (who closes it)."""
         s = cfg.server
         return cls(
-            RubricBook.from_config(cfg, nats_url=nats_url),
+            book or RubricBook.from_config(cfg, nats_url=nats_url),
             host=s.host,
             port=s.port,
             limits=RubricLimits.of(s),
             rpc_limits=RpcLimits(max_message_bytes=int(s.max_message_mb * 1024 * 1024)),
             nats_url=nats_url,
             advertise_host=s.advertise_host,
+            close_book=book is None,
         )
 
     def _drain(self) -> None:

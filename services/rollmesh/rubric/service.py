@@ -24,14 +24,13 @@ from nats.aio.subscription import Subscription
 
 from .. import bus
 from ..proto.v1 import bus_pb2 as bus_pb
-from ..rpc import RpcLimits
 from .config import RubricServiceConfig
 from .dashboard import Dashboard
 from .live import LiveScorer
 from .metrics import LiveMetrics
 from .scoreboard import Kept, Scoreboard, keep_messages
 from .scoring import RubricBook
-from .server import RubricLimits, RubricServer
+from .server import RubricServer
 from .traces import MONITOR_PREFIX, ScoredTrace, TraceRejected, TraceScorer, reason_code
 
 log = logging.getLogger(__name__)
@@ -91,20 +90,11 @@ class RubricService:
     def __init__(self, cfg: RubricServiceConfig, *, nats_url: str | None = None) -> None:
         self.cfg = cfg
         self.nats_url = nats_url
-        s, m, d = cfg.server, cfg.monitor, cfg.dashboard
+        m, d = cfg.monitor, cfg.dashboard
         self.book = RubricBook.from_config(cfg, nats_url=nats_url)
         # Validates the [monitor] rubric names even when live scoring is off (a typo fails at start).
         self.scorer = TraceScorer(self.book, m.apps, m.default)
-        self.server = RubricServer(
-            self.book,
-            host=s.host,
-            port=s.port,
-            limits=RubricLimits.of(s),
-            rpc_limits=RpcLimits(max_message_bytes=int(s.max_message_mb * 1024 * 1024)),
-            nats_url=nats_url,
-            advertise_host=s.advertise_host,
-            close_book=False,
-        )
+        self.server = RubricServer.from_config(cfg, nats_url=nats_url, book=self.book)
         self.metrics = LiveMetrics(max_apps=d.max_apps)
         self.board = Scoreboard(
             history_s=d.history_s,
