@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import uuid
+from collections.abc import Awaitable, Callable
 
 import grpc
 import pytest
@@ -173,6 +174,48 @@ async def test_model_calls_reroute_when_an_inference_replica_goes_away() -> None
     assert all(t.stop_reason == traj_pb.STOP_REASON_MAX_TURNS for t in trajectories), [t.error for t in trajectories]
     assert engine.stats.rerouted >= 1
     assert any(t.provenance.inference_address == second.address for t in trajectories)
+
+
+class EchoWithHook(StallingEnv):
+    """Echo that runs `hook` once, while it answers the first model reply."""
+
+    def __init__(self, hook: Callable[[], Awaitable[None]]) -> None:
+        super().__init__()
+        self.hook: Callable[[], Awaitable[None]] | None = hook
+
+    async def env_response(self, messages, state):
+        if self.hook is not None:
+            hook, self.hook = self.hook, None
+            await hook()
+        return await super().env_response(messages, state)
+
+
+async def test_an_inference_replica_lost_before_turn_two_is_rerouted_not_blamed_on_the_environment() -> None:
+    """The second turn's prompt needs the model's turn template, learned by Tokenize calls; the replica
+    that served turn one is gone by then. Those calls must reroute like Generate does."""
+    replicas: list[InferenceServer] = []
+
+    async def stop_the_replica_that_answered() -> None:
+        served = [r for r in replicas if r.core.backend.calls]
+        assert len(served) == 1
+        await served[0].stop(0)
+
+    async with (
+        env_server(EchoWithHook(stop_the_replica_that_answered)) as envs,
+        scripted_inference(["hi"]) as first,
+        scripted_inference(["hi"]) as second,
+    ):
+        replicas += [first, second]
+        cfg = RolloutConfig(run_id=_run_id(), env="echo", split="train", rollouts_per_task=1)
+        async with RolloutEngine(
+            cfg, env_addresses=[envs.address], inference_addresses=[first.address, second.address]
+        ) as engine:
+            tasks = (await engine.list_tasks())[:1]
+            trajectories = [t async for g in engine.run(tasks) for t in g]
+    [t] = trajectories
+    assert t.stop_reason == traj_pb.STOP_REASON_MAX_TURNS, t.error
+    assert t.attempts == 1  # the environment was not blamed: no rerun
+    assert engine.stats.rerouted >= 1
 
 
 async def test_a_replica_at_capacity_is_waited_for_not_failed() -> None:

@@ -61,7 +61,6 @@ from .routing import (
 )
 from .scoring import fail, score_with_env, score_with_rubric
 from .stats import RolloutStats
-from .tokens import TurnTemplate
 
 log = logging.getLogger(__name__)
 
@@ -128,13 +127,11 @@ class RolloutEngine:
         self._nc: NATS | None = None
         self._registry: Registry | None = None
         self._known_envs: set[str] = set()
-        self._templates: dict[str, TurnTemplate] = {}
-        self._template_lock = asyncio.Lock()
         self._episodes = asyncio.Semaphore(config.max_concurrency)
         self._occurrences: dict[tuple[str, str, str], int] = {}
         self._discovery: asyncio.Task[None] | None = None
         self._started = False
-        self.runner = EpisodeRunner(config, self.env_pool, self.inference_pool, self._template, self.stats)
+        self.runner = EpisodeRunner(config, self.env_pool, self.inference_pool, self.stats)
 
     # ---- life cycle ----------------------------------------------------------------------------
 
@@ -334,23 +331,6 @@ class RolloutEngine:
                 raise
             except Exception as e:  # NATS reconnecting: keep the pools as they are
                 log.warning("registry refresh failed: %r", e)
-
-    async def _template(self, replica: InferenceReplica) -> TurnTemplate:
-        template = self._templates.get(replica.model)
-        if template is not None:
-            return template
-        async with self._template_lock:
-            if replica.model not in self._templates:
-
-                async def tokenize(req: inf_pb.TokenizeRequest) -> list[int]:
-                    try:
-                        response = await replica.stub.Tokenize(req, timeout=CONNECT_TIMEOUT_S)
-                    except grpc.aio.AioRpcError as e:
-                        raise error_from_rpc(e) from e
-                    return list(response.token_ids)
-
-                self._templates[replica.model] = await TurnTemplate.learn(tokenize)
-            return self._templates[replica.model]
 
     async def _served_version(self, refresh: bool) -> int:
         replicas = self.inference_pool.active

@@ -16,11 +16,12 @@ reward.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import time
 from array import array
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import grpc
@@ -42,7 +43,7 @@ from ..rpc_errors import error_from_rpc, status_for
 from .config import RolloutConfig
 from .routing import EnvReplica, InferenceReplica, ReplicaPool
 from .stats import RolloutStats
-from .tokens import TurnTemplate
+from .tokens import Tokenize, TurnTemplate
 from .toolcalls import assistant_message
 
 log = logging.getLogger(__name__)
@@ -124,15 +125,15 @@ class EpisodeRunner:
         config: RolloutConfig,
         env_pool: ReplicaPool[EnvReplica],
         inference_pool: ReplicaPool[InferenceReplica],
-        template: Callable[[InferenceReplica], Awaitable[TurnTemplate]],
         stats: RolloutStats,
     ) -> None:
         self.config = config
         self.env_pool = env_pool
         self.inference_pool = inference_pool
-        self.template = template
         self.stats = stats
         self._prompts: dict[bytes, asyncio.Future[array[int]]] = {}
+        self._templates: dict[str, TurnTemplate] = {}  # by model
+        self._template_lock = asyncio.Lock()
         self._tracer = None
         if tracing_enabled():
             from opentelemetry import trace
@@ -189,15 +190,11 @@ class EpisodeRunner:
                     ),
                 )
                 break
-            except (grpc.aio.AioRpcError, RollmeshError) as e:  # not classified below: environment side
-                failure = RolloutFailure("environment", e, replica_fault=replica_fault(e))
-                if failure.replica_fault:
-                    self.env_pool.failed(replica, e)
-                    tried.append(replica)
-                    continue
-                break
             except asyncio.CancelledError:
                 raise
+            except RollmeshError as e:  # raised here, not by a service call: not a replica's fault
+                failure = RolloutFailure("orchestrator", e)
+                break
             except Exception as e:  # a bug here must not kill the run: the rollout is an error
                 log.exception("rollout %s failed in the orchestrator", rollout.trajectory_id)
                 failure = RolloutFailure("orchestrator", InternalError(f"{type(e).__name__}: {e}"))
@@ -306,8 +303,12 @@ class EpisodeRunner:
                     if step.HasField("state"):
                         traj.state.CopyFrom(step.state)
                     break
-                template = await self.template(state.replica or self.inference_pool.pick())
-                rendered = await template.render(lambda req: self._tokenize(state, req, timing), action, step.messages)
+                tokenize = functools.partial(self._tokenize, state, timing=timing)
+                try:
+                    template = await self._template(generated.model, tokenize)
+                    rendered = await template.render(tokenize, action, step.messages)
+                except RollmeshError as e:  # the model's chat template does not allow token bookkeeping
+                    raise RolloutFailure("inference", e) from e
                 prompt = template.next_prompt(turn.prompt_ids, turn.completion_ids, rendered)
                 limit = state.replica.context_length if state.replica else 0
                 if limit and len(prompt) >= limit:
@@ -315,12 +316,6 @@ class EpisodeRunner:
                     traj.stop_reason = traj_pb.STOP_REASON_LENGTH
                     traj.metrics["context_exhausted"] = 1.0
                     break
-        except RolloutFailure:
-            call.cancel()
-            raise
-        except (grpc.aio.AioRpcError, RollmeshError) as e:
-            call.cancel()
-            raise RolloutFailure("environment", e, replica_fault=replica_fault(e)) from e
         except BaseException:
             call.cancel()
             raise
@@ -431,6 +426,18 @@ class EpisodeRunner:
                 if future.cancelled() and task is not None and not task.cancelling():
                     continue  # the rollout rendering it was cancelled, not this one
                 raise
+
+    async def _template(self, model: str, tokenize: Tokenize) -> TurnTemplate:
+        """The model's TurnTemplate, learned once per model through the same rerouting model calls
+        as everything else (a replica that dies while teaching it is benched, not blamed on the
+        environment)."""
+        template = self._templates.get(model)
+        if template is None:
+            async with self._template_lock:
+                template = self._templates.get(model)
+                if template is None:
+                    template = self._templates[model] = await TurnTemplate.learn(tokenize)
+        return template
 
     async def _tokenize(
         self, state: _ModelState, request: inf_pb.TokenizeRequest, timing: traj_pb.Timing
