@@ -197,3 +197,81 @@ async def test_write_style_streaming_handler(monkeypatch: pytest.MonkeyPatch, tr
             assert tokens == ["a", "b"]
     finally:
         await server.stop(0)
+
+
+class _RaisingEnv(_Env):
+    async def Score(self, request, context):
+        from rollmesh.errors import NotFoundError, quoted
+
+        raise NotFoundError(f"no environment {quoted(request.env)}", reason="UNKNOWN_ENVIRONMENT")
+
+
+def _raw(channel: grpc.aio.Channel, method: str, *, streaming_response: bool = False, streaming_request: bool = False):
+    """A callable that sends raw bytes (no serializer), as a broken or hostile client would."""
+    path = f"/{ENV_SERVICE}/{method}"
+    kind = {
+        (False, False): channel.unary_unary,
+        (False, True): channel.unary_stream,
+        (True, False): channel.stream_unary,
+        (True, True): channel.stream_stream,
+    }[(streaming_request, streaming_response)]
+    return kind(path, request_serializer=None, response_deserializer=None)
+
+
+GARBAGE = b"\xff\xff\xff\xff\x0f\x01"  # a field header with a varint that never ends
+
+
+@pytest.mark.parametrize(
+    ("method", "streaming_response"), [("Describe", False), ("Score", False), ("ListTasks", True)]
+)
+async def test_undecodable_requests_are_invalid_argument_without_a_traceback(
+    method: str, streaming_response: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    from rollmesh.rpc_errors import error_info
+
+    server = _server()
+    await server.start()
+    try:
+        async with rpc.create_channel(server.address) as ch:
+            call = _raw(ch, method, streaming_response=streaming_response)
+            with caplog.at_level(logging.WARNING), pytest.raises(grpc.aio.AioRpcError) as err:
+                if streaming_response:
+                    [_ async for _ in call(GARBAGE, timeout=5)]
+                else:
+                    await call(GARBAGE, timeout=5)
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, err.value.details()
+            info = error_info(err.value)
+            assert info is not None and info.reason == "MALFORMED_REQUEST"
+            # the server still serves
+            await environment_pb2_grpc.EnvironmentServiceStub(ch).Describe(environment_pb2.DescribeRequest(), timeout=5)
+    finally:
+        await server.stop(0)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info], [
+        r.getMessage() for r in caplog.records
+    ]
+
+
+async def test_a_domain_error_escaping_a_servicer_keeps_its_code_reason_and_a_bounded_message() -> None:
+    from rollmesh.rpc_errors import error_info
+
+    server = _server(_RaisingEnv())
+    await server.start()
+    try:
+        async with rpc.create_channel(server.address) as ch:
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await environment_pb2_grpc.EnvironmentServiceStub(ch).Score(
+                    environment_pb2.ScoreRequest(env="x" * 1_000_000), timeout=5
+                )
+    finally:
+        await server.stop(0)
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    assert error_info(err.value).reason == "UNKNOWN_ENVIRONMENT"
+    assert len(err.value.details()) < 300 and "1000000 chars" in err.value.details()
+
+
+def test_server_ping_policy_uses_an_option_grpc_knows() -> None:
+    # A misspelt option is ignored silently: clients pinging every keepalive_time_s then got
+    # GOAWAY too_many_pings from servers applying the 5-minute default.
+    names = dict(rpc.RpcLimits().server_options())
+    assert names["grpc.http2.min_ping_interval_without_data_ms"] <= rpc.RpcLimits().keepalive_time_s * 1000
+    assert "grpc.http2.min_recv_ping_interval_without_data_ms" not in names

@@ -4,6 +4,26 @@ machine-readable `reason` (sent as google.rpc.ErrorInfo) so clients can act with
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
+
+# A status message (and each ErrorInfo metadata value) is capped: clients may send megabytes of
+# name or path, and an error that quotes them must not become a megabyte of trailer and log.
+MAX_MESSAGE_CHARS = 2000
+MAX_QUOTED_CHARS = 120
+
+
+def quoted(value: Any, limit: int = MAX_QUOTED_CHARS) -> str:
+    """repr() of a client-supplied value for an error message, cut to `limit` characters (with how
+    long it really was), so that no client string is echoed unbounded."""
+    text = repr(value)
+    if len(text) <= limit:
+        return text
+    size = len(value) if isinstance(value, str | bytes) else len(text)
+    return f"{text[:limit]}... ({size} chars)"
+
+
+def clip(text: str, limit: int = MAX_MESSAGE_CHARS) -> str:
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} chars)"
 
 
 class RollmeshError(Exception):
@@ -12,10 +32,10 @@ class RollmeshError(Exception):
     reason = "ERROR"
 
     def __init__(self, message: str, *, reason: str | None = None, metadata: Mapping[str, str] | None = None):
-        super().__init__(message)
+        super().__init__(clip(message))
         if reason:
             self.reason = reason
-        self.metadata = dict(metadata or {})
+        self.metadata = {k: clip(str(v), 512) for k, v in (metadata or {}).items()}
 
 
 class NotFoundError(RollmeshError):

@@ -18,8 +18,12 @@ from typing import Any
 
 import grpc
 import grpc.aio
+from google.protobuf.message import DecodeError
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+
+from .errors import InvalidArgumentError, RollmeshError, clip
+from .rpc_errors import abort
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +57,7 @@ class RpcLimits:
         return [
             *self.common_options(),
             ("grpc.max_concurrent_streams", self.max_concurrent_streams),
-            ("grpc.http2.min_recv_ping_interval_without_data_ms", int(self.min_ping_interval_s * 1000)),
+            ("grpc.http2.min_ping_interval_without_data_ms", int(self.min_ping_interval_s * 1000)),
             ("grpc.http2.max_ping_strikes", 2),
             # Without this a second server on the same fixed port binds silently (SO_REUSEPORT).
             ("grpc.so_reuseport", 0),
@@ -117,11 +121,34 @@ def _put_latest(q: asyncio.Queue[int | None], item: int | None) -> None:
     q.put_nowait(item)
 
 
-# --- server-side failure logging ------------------------------------------------------------------
+# --- server-side: statuses for what escapes a servicer, and failure logging -------------------------
 
 
-class _FailureLoggingInterceptor(grpc.aio.ServerInterceptor):
-    """Logs each RPC that ends with a non-OK status, as one structured line."""
+class MalformedRequestError(InvalidArgumentError, DecodeError):
+    """Request bytes that do not parse as the method's message. A DecodeError too, so servicers that
+    read a stream with `context.read()` and catch DecodeError keep working."""
+
+    reason = "MALFORMED_REQUEST"
+
+
+class _Undecodable:
+    """Stands for a unary request that did not parse: a deserializer that raises makes grpc answer
+    UNKNOWN and log a traceback per call, so the interceptor answers INVALID_ARGUMENT instead."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: MalformedRequestError) -> None:
+        self.error = error
+
+
+def _malformed(method: str, e: Exception) -> MalformedRequestError:
+    return MalformedRequestError(f"the request is not a valid protobuf message for {method}: {clip(str(e), 200)}")
+
+
+class _ServerInterceptor(grpc.aio.ServerInterceptor):
+    """Around every servicer method: undecodable requests become INVALID_ARGUMENT (MALFORMED_REQUEST),
+    a RollmeshError that escapes a servicer becomes its status with ErrorInfo, and each RPC that ends
+    with a non-OK status is logged as one structured line (client faults at WARNING, no traceback)."""
 
     async def intercept_service(
         self,
@@ -132,6 +159,22 @@ class _FailureLoggingInterceptor(grpc.aio.ServerInterceptor):
         if handler is None:
             return handler
         method = details.method
+        decode = handler.request_deserializer
+
+        if handler.request_streaming:
+
+            def deserializer(data: bytes) -> Any:
+                try:
+                    return decode(data) if decode else data
+                except Exception as e:  # DecodeError, or whatever the parser raises on garbage
+                    raise _malformed(method, e) from None
+        else:
+
+            def deserializer(data: bytes) -> Any:
+                try:
+                    return decode(data) if decode else data
+                except Exception as e:
+                    return _Undecodable(_malformed(method, e))
 
         def report(context: Any, start: float, exc: BaseException | None) -> None:
             code = context.code()
@@ -144,6 +187,7 @@ class _FailureLoggingInterceptor(grpc.aio.ServerInterceptor):
                 return
             if isinstance(message, bytes):
                 message = message.decode(errors="replace")
+            message = clip(message, 500)
             # Server-side bugs at ERROR; client errors (bad input, not found, ...) at WARNING.
             # No traceback: grpc already logs one for exceptions escaping a servicer.
             level = logging.ERROR if code in _SERVER_FAULTS else logging.WARNING
@@ -170,12 +214,17 @@ class _FailureLoggingInterceptor(grpc.aio.ServerInterceptor):
             async def stream_behavior(request: Any, context: Any) -> AsyncIterator[Any]:
                 start = time.perf_counter()
                 try:
-                    result = inner_stream(request, context)
-                    if hasattr(result, "__aiter__"):
-                        async for item in result:
-                            yield item
-                    else:  # handler used context.write() and returned a coroutine
-                        await result
+                    try:
+                        if isinstance(request, _Undecodable):
+                            raise request.error
+                        result = inner_stream(request, context)
+                        if hasattr(result, "__aiter__"):
+                            async for item in result:
+                                yield item
+                        else:  # handler used context.write() and returned a coroutine
+                            await result
+                    except RollmeshError as e:
+                        await abort(context, e)
                 except BaseException as exc:
                     report(context, start, exc)
                     raise
@@ -188,7 +237,12 @@ class _FailureLoggingInterceptor(grpc.aio.ServerInterceptor):
             async def unary_behavior(request: Any, context: Any) -> Any:
                 start = time.perf_counter()
                 try:
-                    response = await inner_unary(request, context)
+                    try:
+                        if isinstance(request, _Undecodable):
+                            raise request.error
+                        response = await inner_unary(request, context)
+                    except RollmeshError as e:
+                        await abort(context, e)
                 except BaseException as exc:
                     report(context, start, exc)
                     raise
@@ -204,7 +258,7 @@ class _FailureLoggingInterceptor(grpc.aio.ServerInterceptor):
         }[(handler.request_streaming, handler.response_streaming)]
         return factory(
             wrapped,
-            request_deserializer=handler.request_deserializer,
+            request_deserializer=deserializer,
             response_serializer=handler.response_serializer,
         )
 
@@ -270,7 +324,7 @@ def create_server(
         from opentelemetry.instrumentation.grpc import aio_server_interceptor
 
         chain.append(aio_server_interceptor())
-    chain += [_FailureLoggingInterceptor(), *interceptors]
+    chain += [_ServerInterceptor(), *interceptors]
     server = grpc.aio.server(interceptors=chain, options=limits.server_options())
     names = []
     for add_fn, servicer, name in services:

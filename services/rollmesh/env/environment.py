@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from functools import cached_property
 from typing import Any, ClassVar
 
-from ..errors import NotFoundError
+from ..errors import NotFoundError, quoted
 from .datasets import TaskSource, load_tasks
 from .episode import Episode
 from .rubric import RewardFn, Rubric
@@ -105,7 +105,7 @@ class Environment:
         split = split or self.default_split
         if split not in self.splits:
             raise NotFoundError(
-                f"environment {self.name!r} has no split {split!r}; splits: {sorted(self.splits)}",
+                f"environment {self.name!r} has no split {quoted(split)}; splits: {sorted(self.splits)}",
                 reason="UNKNOWN_SPLIT",
             )
         return self.splits[split]
@@ -118,7 +118,7 @@ class Environment:
         task = by_id.get(task_id) if by_id is not None else None
         if task is None:
             raise NotFoundError(
-                f"environment {self.name!r} has no task {task_id!r} in split {split!r} "
+                f"environment {self.name!r} has no task {quoted(task_id)} in split {quoted(split)} "
                 f"({len(by_id or ())} tasks; list them with ListTasks)",
                 reason="UNKNOWN_TASK",
             )
@@ -225,4 +225,3 @@ class ToolEnv(MultiTurnEnv):
 
 def _call_name(call: Mapping[str, Any]) -> str:
     return str(call.get("function", {}).get("name", ""))
-

@@ -8,7 +8,7 @@ import uuid
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from ..errors import FailedPreconditionError, InvalidArgumentError
+from ..errors import FailedPreconditionError, InvalidArgumentError, quoted
 from .types import Message, State, StepResult, Task
 
 if TYPE_CHECKING:
@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 def validate_action(action: Message) -> Message:
     role = action.get("role") or "assistant"
     if role != "assistant":
-        raise InvalidArgumentError(f"an action is an assistant message, got role {role!r}")
+        raise InvalidArgumentError(f"an action is an assistant message, got role {quoted(role)}")
     content = action.get("content")
     if content is not None and not isinstance(content, str):
         raise InvalidArgumentError("action content must be a string")

@@ -25,6 +25,7 @@ from ..errors import (
     ResourceExhaustedError,
     RollmeshError,
     UnavailableError,
+    quoted,
 )
 from ..hosting import Hosting
 from ..proto.v1 import bus_pb2 as bus_pb
@@ -81,7 +82,7 @@ class EnvironmentServicer(env_grpc.EnvironmentServiceServicer):
         env = self.envs.get(name)
         if env is None:
             raise NotFoundError(
-                f"no environment {name!r} on this server; it hosts {sorted(self.envs)}",
+                f"no environment {quoted(name)} on this server; it hosts {sorted(self.envs)}",
                 reason="UNKNOWN_ENVIRONMENT",
                 metadata={"environments": ",".join(sorted(self.envs))},
             )

@@ -24,7 +24,7 @@ import math
 from collections import OrderedDict
 from collections.abc import Sequence
 
-from ..errors import NotFoundError
+from ..errors import NotFoundError, quoted
 from ..proto.v1 import rubric_pb2 as rubric_pb
 from ..proto.v1 import trajectory_pb2 as traj_pb
 from .advantages import group_advantages
@@ -148,7 +148,8 @@ class RubricBook:
         rubric = self._named.get(name)
         if rubric is None:
             raise NotFoundError(
-                f"no rubric {name!r}; this service has {self.names or 'none configured'} (or send an inline spec)",
+                f"no rubric {quoted(name)}; this service has {self.names or 'none configured'} "
+                "(or send an inline spec)",
                 reason="UNKNOWN_RUBRIC",
                 metadata={"rubrics": ",".join(self.names)},
             )

@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 
-from ...errors import InvalidArgumentError, NotFoundError, UnavailableError
+from ...errors import InvalidArgumentError, NotFoundError, UnavailableError, quoted
 from ..backend import GenerationRequest, ParamSpec, Sampling, TokenDelta
 from ..models import load_model, load_tokenizer, resolve_model
 from .sampling import RowSampling, pick_tokens, sample_seed
@@ -598,10 +598,10 @@ def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     p = Path(path)
     if p.is_file():
         if p.suffix != ".safetensors":
-            raise InvalidArgumentError(f"{path!r}: load a .safetensors file or a Hugging Face directory")
+            raise InvalidArgumentError(f"{quoted(path)}: load a .safetensors file or a Hugging Face directory")
         return load_file(str(p))
     if not p.is_dir():
-        raise NotFoundError(f"no checkpoint at {path!r}")
+        raise NotFoundError(f"no checkpoint at {quoted(path)}")
     files = sorted(p.glob("*.safetensors"))
     if files:
         tensors: dict[str, torch.Tensor] = {}
@@ -614,4 +614,4 @@ def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
         for f in bins:
             tensors.update(torch.load(f, map_location="cpu", weights_only=True))
         return tensors
-    raise NotFoundError(f"{path!r} holds no *.safetensors or pytorch_model*.bin weights")
+    raise NotFoundError(f"{quoted(path)} holds no *.safetensors or pytorch_model*.bin weights")

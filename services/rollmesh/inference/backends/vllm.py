@@ -36,7 +36,7 @@ from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ...errors import FailedPreconditionError, InvalidArgumentError, UnavailableError
+from ...errors import FailedPreconditionError, InvalidArgumentError, UnavailableError, quoted
 from ..backend import GenerationRequest, ParamSpec, Sampling, TokenDelta
 
 if TYPE_CHECKING:
@@ -344,7 +344,7 @@ class VLLMBackend:
     async def load_weights(self, path: str, version: int) -> int:
         files = safetensors_files(path)
         if not files:
-            raise InvalidArgumentError(f"no safetensors weights at {path!r}")
+            raise InvalidArgumentError(f"no safetensors weights at {quoted(path)}")
         specs = self.param_specs()
         found: dict[str, ParamSpec] = {}
         for f in files:
