@@ -10,6 +10,7 @@ from typing import Any
 from google.protobuf import struct_pb2
 
 from .env.types import Message, StepResult, Task
+from .errors import InvalidArgumentError, clip, quoted
 from .proto.v1 import environment_pb2 as env_pb
 from .proto.v1 import messages_pb2 as msg_pb
 from .proto.v1 import trajectory_pb2 as traj_pb
@@ -91,11 +92,21 @@ def tool_spec_to_pb(spec: Mapping[str, Any]) -> msg_pb.ToolSpec:
 
 
 def tool_spec_from_pb(pb: msg_pb.ToolSpec) -> dict[str, Any]:
-    return {
-        "name": pb.name,
-        "description": pb.description,
-        "parameters": json.loads(pb.parameters_json_schema) if pb.parameters_json_schema else {},
-    }
+    parameters: Any = {}
+    if pb.parameters_json_schema:
+        try:
+            parameters = json.loads(pb.parameters_json_schema)
+        except (ValueError, RecursionError) as e:
+            raise InvalidArgumentError(
+                f"tool {quoted(pb.name)}: parameters_json_schema is not JSON ({clip(str(e), 200)})",
+                reason="BAD_TOOL_SCHEMA",
+            ) from None
+        if not isinstance(parameters, dict):
+            raise InvalidArgumentError(
+                f"tool {quoted(pb.name)}: parameters_json_schema must be a JSON object (a JSON Schema)",
+                reason="BAD_TOOL_SCHEMA",
+            )
+    return {"name": pb.name, "description": pb.description, "parameters": parameters}
 
 
 def task_to_pb(t: Task, env: str) -> msg_pb.Task:

@@ -3,15 +3,17 @@ Prompts (chat templates, token ids), sampling validation, generation, weight upd
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import os
 import uuid
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ..errors import InvalidArgumentError, NotFoundError
+from ..errors import InvalidArgumentError, NotFoundError, quoted
 from .backend import Backend, GenerationRequest, Sampling, TokenDelta
 
 if TYPE_CHECKING:
@@ -19,6 +21,14 @@ if TYPE_CHECKING:
 
 MAX_N = 64
 DEFAULT_MAX_TOKENS = 256
+# A prompt longer than this many characters per token of context cannot fit the context (tokens
+# average ~4 characters), so it is refused before any tokenisation: an 8 MB Tokenize once held
+# the event loop for a minute and grew the server by 1.4 GB.
+MAX_CHARS_PER_CONTEXT_TOKEN = 32
+# Rendering and tokenising smaller inputs inline costs less than a thread hop; larger ones (and
+# any client template arguments) run on the prompt threads so the event loop keeps serving.
+INLINE_PROMPT_CHARS = 4096
+PROMPT_THREADS = 2
 
 
 @dataclass
@@ -47,9 +57,87 @@ def _template_message(m: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _prompt_chars(messages: Sequence[Mapping[str, Any]], tools: Sequence[Mapping[str, Any]] | None) -> int:
+    n = 0
+    for m in messages:
+        n += len(str(m.get("content") or "")) + len(str(m.get("reasoning_content") or ""))
+        for c in m.get("tool_calls") or ():
+            n += len(str(c.get("function", {}).get("arguments") or ""))
+    if tools:
+        n += len(json.dumps(list(tools), default=str))
+    return n
+
+
+# Sampling fields that are numbers: name -> must be an integer.
+_NUMBER_FIELDS = {
+    "temperature": False,
+    "top_p": False,
+    "min_p": False,
+    "repetition_penalty": False,
+    "top_k": True,
+    "max_tokens": True,
+    "min_tokens": True,
+    "n": True,
+    "seed": True,
+}
+
+
 class InferenceCore:
     def __init__(self, backend: Backend) -> None:
         self.backend = backend
+        self._prompt_pool: ThreadPoolExecutor | None = None
+
+    @property
+    def max_prompt_chars(self) -> int:
+        return max(64 * 1024, self.backend.context_length * MAX_CHARS_PER_CONTEXT_TOKEN)
+
+    def check_prompt_chars(self, chars: int) -> None:
+        if chars > self.max_prompt_chars:
+            raise InvalidArgumentError(
+                f"the prompt is {chars} characters, more than the model's context of "
+                f"{self.backend.context_length} tokens can hold (limit {self.max_prompt_chars} characters)",
+                reason="PROMPT_TOO_LONG",
+            )
+
+    async def _off_loop(self, chars: int, fn: Callable[..., list[int]], *args: Any, **kwargs: Any) -> list[int]:
+        if chars <= INLINE_PROMPT_CHARS and not kwargs.get("template_kwargs"):
+            return fn(*args, **kwargs)
+        if self._prompt_pool is None:
+            self._prompt_pool = ThreadPoolExecutor(PROMPT_THREADS, thread_name_prefix="rollmesh-prompt")
+        return await asyncio.get_running_loop().run_in_executor(self._prompt_pool, lambda: fn(*args, **kwargs))
+
+    async def render_chat(
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        tools: Sequence[Mapping[str, Any]] | None = None,
+        *,
+        add_generation_prompt: bool = True,
+        template_kwargs: Mapping[str, Any] | None = None,
+    ) -> list[int]:
+        """chat_prompt_ids, bounded in size and off the event loop when it is large."""
+        chars = _prompt_chars(messages, tools)
+        self.check_prompt_chars(chars)
+        return await self._off_loop(
+            chars,
+            self.chat_prompt_ids,
+            messages,
+            tools,
+            add_generation_prompt=add_generation_prompt,
+            template_kwargs=template_kwargs,
+        )
+
+    async def tokenize_text(self, text: str, *, add_special_tokens: bool = False) -> list[int]:
+        """Token ids of plain text, bounded in size and off the event loop when it is large."""
+        self.check_prompt_chars(len(text))
+        tok = self.backend.tokenizer
+        return await self._off_loop(
+            len(text), lambda: list(tok(text, add_special_tokens=add_special_tokens)["input_ids"])
+        )
+
+    def close(self) -> None:
+        if self._prompt_pool is not None:
+            self._prompt_pool.shutdown(wait=False, cancel_futures=True)
+            self._prompt_pool = None
 
     @property
     def vocab_size(self) -> int:
@@ -84,11 +172,6 @@ class InferenceCore:
         self.check_prompt(ids)
         return ids
 
-    def text_prompt_ids(self, text: str) -> list[int]:
-        ids = list(self.backend.tokenizer(text)["input_ids"])
-        self.check_prompt(ids)
-        return ids
-
     def check_prompt(self, ids: Sequence[int]) -> None:
         if not ids:
             raise InvalidArgumentError("the prompt is empty")
@@ -104,7 +187,9 @@ class InferenceCore:
 
     def check_model(self, requested: str) -> None:
         if requested and requested != self.backend.model:
-            raise NotFoundError(f"this server serves {self.backend.model!r}, not {requested!r}", reason="UNKNOWN_MODEL")
+            raise NotFoundError(
+                f"this server serves {self.backend.model!r}, not {quoted(requested)}", reason="UNKNOWN_MODEL"
+            )
 
     # ---- sampling ------------------------------------------------------------------------------
 
@@ -114,11 +199,26 @@ class InferenceCore:
 
         def check(name: str, ok: bool, rule: str) -> None:
             if not ok:
-                raise InvalidArgumentError(f"sampling.{name}={p.get(name)!r}: {rule}")
+                raise InvalidArgumentError(f"sampling.{name}={quoted(p.get(name))}: {rule}")
 
-        for name in ("temperature", "top_p", "min_p", "repetition_penalty"):
-            if p.get(name) is not None:
-                check(name, math.isfinite(p[name]), "must be a finite number")
+        # JSON callers (the OpenAI facade) can send any type: refuse what is not a number here,
+        # with the field's name, instead of failing later in int()/float().
+        for name, integer in _NUMBER_FIELDS.items():
+            v = p.get(name)
+            if v is None:
+                continue
+            check(name, isinstance(v, int | float) and not isinstance(v, bool), "must be a number")
+            check(name, math.isfinite(v), "must be a finite number")
+            check(name, not integer or v == int(v), "must be an integer")
+            p[name] = int(v) if integer else float(v)
+        check("seed", p.get("seed") is None or -(2**63) <= p["seed"] < 2**64, "must fit in 64 bits")
+        for name, kind in (("stop", str), ("stop_token_ids", int)):
+            v = p.get(name)
+            check(
+                name,
+                v is None or (isinstance(v, list | tuple) and all(isinstance(x, kind) for x in v)),
+                f"must be a list of {'strings' if kind is str else 'token ids'}",
+            )
         room = self.backend.context_length - prompt_len
         temperature = 1.0 if p.get("temperature") is None else float(p["temperature"])
         top_p = 1.0 if p.get("top_p") is None else float(p["top_p"])
@@ -189,7 +289,7 @@ class InferenceCore:
 
     async def load_weights(self, path: str, requested_version: int) -> tuple[int, int]:
         if not os.path.exists(path):  # noqa: ASYNC240 (one stat; not worth a thread)
-            raise NotFoundError(f"no checkpoint at {path!r} on the inference server")
+            raise NotFoundError(f"no checkpoint at {quoted(path)} on the inference server")
         version = self.next_version(requested_version)
         applied = await self.backend.load_weights(path, version)
         return version, applied

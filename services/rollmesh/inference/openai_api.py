@@ -4,6 +4,7 @@ same InferenceCore as the gRPC service, so off-the-shelf agents and eval tools w
 from __future__ import annotations
 
 import json
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -21,6 +22,8 @@ from ..errors import (
 )
 from .backend import Sampling
 from .core import InferenceCore
+
+log = logging.getLogger(__name__)
 
 HTTP_STATUS = {
     InvalidArgumentError: 400,
@@ -50,7 +53,7 @@ def _sampling_params(body: dict[str, Any], default_max_tokens: int | None) -> di
         "repetition_penalty": body.get("repetition_penalty"),
         "max_tokens": max_tokens,
         "min_tokens": body.get("min_tokens"),
-        "stop": [stop] if isinstance(stop, str) else list(stop or ()),
+        "stop": [stop] if isinstance(stop, str) else stop,
         "stop_token_ids": body.get("stop_token_ids"),
         "ignore_eos": body.get("ignore_eos", False),
         "seed": body.get("seed"),
@@ -96,9 +99,14 @@ class OpenAIApp:
             messages = body.get("messages")
             if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
                 raise InvalidArgumentError("messages must be a list of message objects")
-            tools = [t.get("function", t) for t in body.get("tools") or ()]
+            tools = body.get("tools") or []
+            if not isinstance(tools, list) or not all(isinstance(t, dict) for t in tools):
+                raise InvalidArgumentError("tools must be a list of tool objects")
+            tools = [t.get("function", t) for t in tools]
+            if not all(isinstance(t, dict) for t in tools):
+                raise InvalidArgumentError("each tool's function must be an object")
             continues = bool(messages) and messages[-1].get("role") == "assistant"
-            ids = self.core.chat_prompt_ids(messages, tools, add_generation_prompt=not continues)
+            ids = await self.core.render_chat(messages, tools, add_generation_prompt=not continues)
             sampling = self.core.sampling(len(ids), **_sampling_params(body, None))
         except RollmeshError as e:
             return _error(e)
@@ -128,7 +136,9 @@ class OpenAIApp:
             body = await self._body(request)
             prompt = body.get("prompt")
             if isinstance(prompt, str):
-                ids = self.core.text_prompt_ids(prompt)
+                self.core.check_prompt_chars(len(prompt))
+                ids = await self.core.tokenize_text(prompt, add_special_tokens=True)
+                self.core.check_prompt(ids)
             elif isinstance(prompt, list) and prompt and all(isinstance(t, int) for t in prompt):
                 ids = list(prompt)
                 self.core.check_prompt(ids)
@@ -210,8 +220,24 @@ class HttpServer:
         await self.runner.cleanup()
 
 
+@web.middleware
+async def _errors(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Client faults are 4xx with a JSON error body; only our own bugs are 500 (and logged)."""
+    try:
+        return await handler(request)
+    except web.HTTPException:
+        raise
+    except RollmeshError as e:
+        return _error(e)
+    except Exception:
+        log.exception("%s %s failed", request.method, request.path)
+        return web.json_response(
+            {"error": {"message": "internal server error", "type": "server_error", "code": "INTERNAL"}}, status=500
+        )
+
+
 async def start_http(core: InferenceCore, host: str, port: int) -> HttpServer:
-    app = web.Application(client_max_size=MAX_BODY_BYTES)
+    app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[_errors])
     app.add_routes(OpenAIApp(core).routes())
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()

@@ -12,7 +12,7 @@ from typing import Any
 import grpc
 
 from .. import convert
-from ..errors import FailedPreconditionError, InvalidArgumentError, RollmeshError, UnavailableError
+from ..errors import FailedPreconditionError, InvalidArgumentError, RollmeshError, UnavailableError, quoted
 from ..hosting import Hosting
 from ..proto.v1 import bus_pb2 as bus_pb
 from ..proto.v1 import inference_pb2 as inf_pb
@@ -59,7 +59,7 @@ class InferenceServicer(inf_grpc.InferenceServiceServicer):
     def backend(self) -> Backend:
         return self.core.backend
 
-    def _prepare(self, request: inf_pb.GenerateRequest) -> tuple[list[int], Sampling]:
+    async def _prepare(self, request: inf_pb.GenerateRequest) -> tuple[list[int], Sampling]:
         if self.draining:
             raise UnavailableError("server is shutting down; send the request to another replica", reason="DRAINING")
         self.core.check_model(request.model)
@@ -67,7 +67,7 @@ class InferenceServicer(inf_grpc.InferenceServiceServicer):
         if kind == "chat":
             chat = request.chat
             messages = convert.messages_from_pb(chat.messages)
-            ids = self.core.chat_prompt_ids(
+            ids = await self.core.render_chat(
                 messages,
                 [convert.tool_spec_from_pb(t) for t in chat.tools],
                 add_generation_prompt=not (messages and messages[-1]["role"] == "assistant"),
@@ -84,7 +84,7 @@ class InferenceServicer(inf_grpc.InferenceServiceServicer):
         self, request: inf_pb.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> inf_pb.GenerateResponse:
         try:
-            ids, sampling = self._prepare(request)
+            ids, sampling = await self._prepare(request)
             samples = await self.core.generate(ids, sampling, request.request_id)
         except RollmeshError as e:
             await abort(context, e)
@@ -109,7 +109,7 @@ class InferenceServicer(inf_grpc.InferenceServiceServicer):
         self, request: inf_pb.GenerateStreamRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[inf_pb.GenerateStreamResponse]:
         try:
-            ids, sampling = self._prepare(request.request)
+            ids, sampling = await self._prepare(request.request)
         except RollmeshError as e:
             await abort(context, e)
         first = True
@@ -149,14 +149,14 @@ class InferenceServicer(inf_grpc.InferenceServiceServicer):
         try:
             if request.WhichOneof("input") == "chat":
                 chat = request.chat
-                ids = self.core.chat_prompt_ids(
+                ids = await self.core.render_chat(
                     convert.messages_from_pb(chat.messages),
                     [convert.tool_spec_from_pb(t) for t in chat.tools],
                     add_generation_prompt=chat.add_generation_prompt,
                     template_kwargs=convert.from_struct(chat.chat_template_kwargs),
                 )
             else:
-                ids = list(self.backend.tokenizer(request.text, add_special_tokens=False)["input_ids"])
+                ids = await self.core.tokenize_text(request.text)
         except RollmeshError as e:
             await abort(context, e)
         return inf_pb.TokenizeResponse(token_ids=ids, text=self.backend.tokenizer.decode(ids))
@@ -201,7 +201,7 @@ class InferenceServicer(inf_grpc.InferenceServiceServicer):
         except RollmeshError as e:
             await abort(context, e)
         except Exception as e:  # a checkpoint that does not fit the model
-            await abort(context, FailedPreconditionError(f"could not load {request.path!r}: {e}"))
+            await abort(context, FailedPreconditionError(f"could not load {quoted(request.path)}: {e}"))
         return inf_pb.LoadWeightsResponse(
             policy_version=version, tensors_updated=applied, apply_s=time.perf_counter() - t0
         )
@@ -283,12 +283,14 @@ class InferenceServer:
             await self._http.stop()
         await self.hosting.stop(grace_s)
         await self.core.backend.close()
+        self.core.close()
 
     async def serve_until_signal(self, grace_s: float = 10.0) -> None:
         await self.hosting.serve_until_signal(grace_s)
         if self._http:
             await self._http.stop()
         await self.core.backend.close()
+        self.core.close()
 
     async def __aenter__(self) -> InferenceServer:
         return await self.start()
