@@ -221,9 +221,7 @@ def _raw(channel: grpc.aio.Channel, method: str, *, streaming_response: bool = F
 GARBAGE = b"\xff\xff\xff\xff\x0f\x01"  # a field header with a varint that never ends
 
 
-@pytest.mark.parametrize(
-    ("method", "streaming_response"), [("Describe", False), ("Score", False), ("ListTasks", True)]
-)
+@pytest.mark.parametrize(("method", "streaming_response"), [("Describe", False), ("Score", False), ("ListTasks", True)])
 async def test_undecodable_requests_are_invalid_argument_without_a_traceback(
     method: str, streaming_response: bool, caplog: pytest.LogCaptureFixture
 ) -> None:

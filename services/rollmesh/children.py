@@ -2,36 +2,21 @@
 
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
+import shutil
 import sys
 import threading
-from collections.abc import Callable
-from typing import Any
-
-_LIBC: Any = None
-if sys.platform == "linux":
-    with contextlib.suppress(OSError):
-        import ctypes
-
-        _LIBC = ctypes.CDLL(None, use_errno=True)
-_PR_SET_PDEATHSIG = 1
+from collections.abc import Sequence
 
 
-def _child_setup(parent_pid: int) -> None:
-    """In the child before exec: SIGTERM when the parent dies."""
-    if _LIBC is not None:
-        _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-        if os.getppid() != parent_pid:  # the parent died before prctl took effect
-            os._exit(1)
+def dies_with_parent(argv: Sequence[str]) -> list[str]:
+    """`argv` run so that it gets SIGTERM when this process dies (Linux: util-linux's setpriv sets
+    PR_SET_PDEATHSIG, which survives the exec).
 
-
-def die_with_parent() -> Callable[[], None] | None:
-    """A `preexec_fn` for subprocess.Popen, or None where it cannot be armed. Linux ties the death
-    signal to the thread that forks, so it is only armed from the main thread, whose end is the
-    process's end (a worker thread's exit would kill the child early)."""
-    if _LIBC is None or threading.current_thread() is not threading.main_thread():
-        return None
-    pid = os.getpid()
-    return lambda: _child_setup(pid)
+    Not a preexec_fn: running Python in the child between fork and exec is unsafe once the parent
+    has threads (gRPC's pollers): a server restarted from a running mesh died of SIGSEGV before its
+    exec. Linux ties the death signal to the thread that forks, so it is only armed from the main
+    thread, whose end is the process's end (a worker thread's exit would kill the child early)."""
+    setpriv = shutil.which("setpriv") if sys.platform == "linux" else None
+    if setpriv is None or threading.current_thread() is not threading.main_thread():
+        return list(argv)
+    return [setpriv, "--pdeathsig", "TERM", "--", *argv]

@@ -29,7 +29,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
-from .children import die_with_parent
+from .children import dies_with_parent
 from .config import Section
 from .errors import FailedPreconditionError, InvalidArgumentError, UnavailableError
 from .telemetry import get_logger
@@ -55,6 +55,9 @@ class NatsConfig(Section):
     port: int | None = Field(None, ge=0, le=65535)
     # JetStream storage of the embedded server; "" = <dir>/nats (kept between runs).
     store_dir: str = ""
+    # How long the mesh's users wait for a NATS server that is down (external, or not restarted)
+    # before they stop with an error instead of waiting forever.
+    max_outage_s: float = Field(60.0, gt=0)
 
 
 class EnvServerConfig(Section):
@@ -108,6 +111,10 @@ class MeshConfig(Section):
     startup_timeout_s: float = Field(300.0, gt=0)
     # Seconds each server gets to finish in-flight work when the mesh stops.
     grace_s: float = Field(5.0, ge=0)
+    # A server (or the embedded nats-server) that dies is started again, at most this many times
+    # each; past that the mesh reports it dead. Servers come back on new ports and re-register, so
+    # clients that find them through the registry follow; the nats-server keeps its port and store.
+    max_restarts: int = Field(3, ge=0)
 
 
 def default_config() -> MeshConfig:
@@ -207,12 +214,11 @@ class ServiceProcess:
             logf.write(f"\n==== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(self.argv)}\n".encode())
             logf.flush()
             self.proc = subprocess.Popen(
-                self.argv,
+                dies_with_parent(self.argv),
                 stdin=subprocess.DEVNULL,
                 stdout=logf,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
-                preexec_fn=die_with_parent(),
                 env=env,
             )
         self._log_start = self.log_path.stat().st_size
@@ -406,6 +412,7 @@ class Mesh:
         self.nats_url = config.nats.url
         self.services: list[ServiceProcess] = []
         self._nats: Any = None  # natsd.EmbeddedNats
+        self.restarts: dict[str, int] = {}  # by service name ("nats" for the embedded server)
 
     def addresses(self, kind: str) -> list[str]:
         return [s.address for s in self.services if s.kind == kind and s.address]
@@ -488,6 +495,45 @@ class Mesh:
     def dead(self) -> list[ServiceProcess]:
         """Services that exited on their own."""
         return [s for s in self.services if s.proc is not None and not s.running()]
+
+    async def supervise(self) -> None:
+        """Starts again what died: the embedded nats-server (same port and store: clients reconnect
+        to what they had, acknowledged messages are on disk) and each server (it re-registers).
+        Raises UnavailableError once something died more than max_restarts times or does not come
+        back. Call it periodically from the event loop of the main thread (the restarted processes
+        are tied to it, so they die with the mesh)."""
+        nats = self._nats
+        if nats is not None and (rc := nats.exited()) is not None:
+            tail = nats._log_tail(2000)
+            self._count_restart("nats", f"the embedded nats-server exited (code {rc}); its log ends with:\n{tail}")
+            log.warning("the embedded nats-server exited (code %s); restarting it on %s", rc, nats.url)
+            try:
+                nats.restart()
+            except (OSError, RuntimeError, TimeoutError) as e:
+                raise UnavailableError(
+                    f"the embedded nats-server could not be restarted: {e}", reason="NATS_DOWN"
+                ) from e
+            self._write_state()
+        for service in self.dead():
+            rc = service.proc.returncode if service.proc else None
+            self._count_restart(
+                service.name,
+                f"{service.name} exited (code {rc}); its log ({service.log_path}) ends with:\n{service.log_tail()}",
+            )
+            log.warning("%s exited (code %s); starting it again", service.name, rc)
+            service.address = ""
+            service.start()
+            await service.wait_ready(self.config.startup_timeout_s)
+            self._write_state()
+
+    def _count_restart(self, name: str, what: str) -> None:
+        done = self.restarts.get(name, 0)
+        if done >= self.config.max_restarts:
+            raise UnavailableError(
+                f"{what}\n(it was restarted {done} times already: mesh.max_restarts)",
+                reason="NATS_DOWN" if name == "nats" else "SERVICE_FAILED",
+            )
+        self.restarts[name] = done + 1
 
     async def stop(self) -> None:
         """Stops every service (all at once: each deregisters and drains), then NATS. Idempotent."""
@@ -573,13 +619,10 @@ async def serve_mesh(config: MeshConfig, console: Any) -> int:
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), 0.5)
-            if dead := mesh.dead():
-                for s in dead:
-                    console.print(
-                        f"[red]{s.name} exited with code {s.proc.returncode if s.proc else '?'}; "
-                        f"its log ({s.log_path}) ends with:[/]\n{s.log_tail()}",
-                        highlight=False,
-                    )
+            try:
+                await mesh.supervise()
+            except UnavailableError as e:
+                console.print(f"[red]{e}[/]", highlight=False)
                 code = 1
                 break
         await mesh.stop()

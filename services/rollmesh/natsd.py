@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from types import TracebackType
 
-from rollmesh.children import die_with_parent
+from rollmesh.children import dies_with_parent
 from rollmesh.telemetry import get_logger
 
 log = get_logger(__name__)
@@ -91,7 +91,7 @@ class EmbeddedNats:
         self._stderr_path = Path(self._tmp_dir) / "nats-server.log"
         with open(self._stderr_path, "wb") as err:
             self.proc = subprocess.Popen(
-                cmd, stdout=subprocess.DEVNULL, stderr=err, start_new_session=True, preexec_fn=die_with_parent()
+                dies_with_parent(cmd), stdout=subprocess.DEVNULL, stderr=err, start_new_session=True
             )
         deadline = time.monotonic() + timeout_s
         while True:
@@ -108,6 +108,18 @@ class EmbeddedNats:
             time.sleep(0.02)
         log.debug("nats-server ready", extra={"nats_url": self.url, "pid": self.proc.pid})
         return self
+
+    def exited(self) -> int | None:
+        """The exit code when the server has exited (reaped), None while it runs or before start."""
+        return self.proc.poll() if self.proc is not None else None
+
+    def restart(self, timeout_s: float = 10.0) -> EmbeddedNats:
+        """After the server died: the same address and JetStream store again, so clients reconnect
+        to what they had (acknowledged messages are on disk)."""
+        if self.proc is not None and self.proc.poll() is None:
+            raise RuntimeError("nats-server is still running")
+        self._cleanup()
+        return self.start(timeout_s)
 
     def _ready(self) -> bool:
         # nats-server logs this after JetStream is up and the client listener is open; a bare TCP

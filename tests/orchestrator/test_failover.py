@@ -75,7 +75,12 @@ async def test_when_every_replica_is_gone_rollouts_are_errors_not_rewards() -> N
     inference = await _slow_inference(0.05)
     try:
         cfg = RolloutConfig(
-            run_id=_run_id(), env="guess-number", rollouts_per_task=4, max_concurrency=4, max_attempts=2
+            run_id=_run_id(),
+            env="guess-number",
+            rollouts_per_task=4,
+            max_concurrency=4,
+            max_attempts=2,
+            replica_wait_s=0.5,
         )
         async with RolloutEngine(cfg, env_addresses=[address], inference_addresses=[inference.address]) as engine:
             tasks = await engine.list_tasks(limit=3)
@@ -108,6 +113,44 @@ async def test_when_every_replica_is_gone_rollouts_are_errors_not_rewards() -> N
     s = engine.stats
     assert s.finished + s.errored == 12 and s.errored == len(errors)
     assert sum(s.errors_by_reason.values()) == len(errors)
+
+
+async def test_rollouts_wait_for_a_replacement_inference_replica_instead_of_erroring(nats_url: str) -> None:
+    """The only inference server goes away and another registers a second later (a restart): the
+    model calls of the rollouts in flight and of those started meanwhile wait for it."""
+    async with env_server(StallingEnv(), nats_url=nats_url):
+        first = await InferenceServer(ScriptedBackend(["hi"], delay_s=0.02), nats_url=nats_url).start()
+        replacement: list[InferenceServer] = []
+        cfg = RolloutConfig(
+            run_id=_run_id(),
+            env="echo",
+            split="train",
+            rollouts_per_task=4,
+            max_concurrency=16,
+            discovery_interval_s=0.2,
+            replica_wait_s=30.0,
+        )
+        try:
+            async with RolloutEngine(cfg, nats_url=nats_url) as engine:
+                tasks = await engine.list_tasks()
+
+                async def restart() -> None:
+                    await wait_until(lambda: first.core.backend.calls >= 6)
+                    await first.stop(0)
+                    await asyncio.sleep(1.0)
+                    replacement.append(
+                        await InferenceServer(ScriptedBackend(["hi"], delay_s=0.02), nats_url=nats_url).start()
+                    )
+
+                restarter = asyncio.create_task(restart())
+                trajectories = [t async for g in engine.run(tasks) for t in g]
+                await restarter
+        finally:
+            for server in [first, *replacement]:
+                await server.stop(0)
+    assert len(trajectories) == 16
+    assert [t.error for t in trajectories if t.stop_reason != traj_pb.STOP_REASON_MAX_TURNS] == []
+    assert any(t.provenance.inference_address == replacement[0].address for t in trajectories)
 
 
 def _turns(completion: list[dict]) -> float:

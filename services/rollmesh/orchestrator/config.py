@@ -52,6 +52,10 @@ class RolloutConfig(Section):
     step_timeout_s: float = Field(120.0, gt=0)  # one environment exchange (start or step)
     episode_timeout_s: float = Field(1800.0, gt=0)  # a whole episode, model calls included
     inference_timeout_s: float = Field(600.0, gt=0)  # one model call
+    # How long a rollout waits for a healthy replica while every one it may use is failing or gone
+    # (a restart, a rolling update) before it becomes an error: without it an outage turns every
+    # rollout started meanwhile into an error at once.
+    replica_wait_s: float = Field(60.0, ge=0)
     # "" = the environment's own rewards (inline, else its Score RPC); else a rubric name on the
     # rubric service, which also returns the group's advantages.
     rubric: str = ""

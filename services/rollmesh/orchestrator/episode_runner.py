@@ -160,7 +160,7 @@ class EpisodeRunner:
         outcome = EpisodeOutcome(self._new_trajectory(rollout, trace_id, started_wall))
         for attempt in range(1, cfg.max_attempts + 1):
             try:
-                replica = await self.env_pool.acquire(tried)
+                replica = await self.env_pool.acquire(tried, cfg.replica_wait_s)
             except UnavailableError as e:
                 failure = failure or RolloutFailure("environment", e)
                 break
@@ -455,7 +455,7 @@ class EpisodeRunner:
         for _ in range(self.config.max_attempts):
             if state.replica is None or state.replica.retired:
                 try:
-                    state.replica = pool.pick(state.failed)
+                    state.replica = await pool.pick_healthy(state.failed, self.config.replica_wait_s)
                 except UnavailableError as e:
                     raise RolloutFailure("inference", e) from e
             replica = state.replica

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -78,6 +79,7 @@ class ReplicaPool(Generic[R]):
         self.replicas: dict[str, R] = {}
         self._lock = asyncio.Lock()
         self._room = asyncio.Event()  # set when a replica frees a slot
+        self._changed = asyncio.Event()  # replaced by a new one at each change (see _notify)
 
     @property
     def active(self) -> list[R]:
@@ -106,12 +108,41 @@ class ReplicaPool(Generic[R]):
             )
         return chosen
 
-    async def acquire(self, exclude: Iterable[R] = ()) -> R:
-        """Like pick(), then takes a slot on the replica; waits while every candidate is at the
-        capacity it advertised (more episodes would only be refused with EPISODE_LIMIT)."""
+    async def pick_healthy(self, exclude: Iterable[R] = (), wait_s: float = 0.0) -> R:
+        """Like pick(), but while no replica outside `exclude` is healthy, waits up to `wait_s` for
+        one (a back-off that ends, a replica that joins): a dead or restarting replica then
+        delays rollouts instead of failing each of them at once. After the wait, pick()."""
+        exclude = list(exclude)
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                chosen: R | None = self.pick(exclude)
+            except UnavailableError:
+                if time.monotonic() >= deadline:
+                    raise
+                chosen = None  # every replica excluded or gone: wait for one to join
+            now = time.monotonic()
+            if chosen is not None and chosen.benched_until <= now:
+                return chosen
+            left = deadline - now
+            if left <= 0:
+                return self.pick(exclude)
+            changed = self._changed
+            until_unbenched = chosen.benched_until - now if chosen is not None else left
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(changed.wait(), max(0.01, min(left, until_unbenched)))
+
+    def _notify(self) -> None:
+        """Wakes pick_healthy() waiters: a replica joined or recovered."""
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def acquire(self, exclude: Iterable[R] = (), wait_s: float = 0.0) -> R:
+        """Like pick_healthy(), then takes a slot on the replica; waits while every candidate is at
+        the capacity it advertised (more episodes would only be refused with EPISODE_LIMIT)."""
         exclude = list(exclude)
         while True:
-            replica = self.pick(exclude)
+            replica = await self.pick_healthy(exclude, wait_s)
             if replica.capacity <= 0 or replica.inflight < replica.capacity:
                 replica.inflight += 1
                 return replica
@@ -128,11 +159,11 @@ class ReplicaPool(Generic[R]):
         replica.benched_until = time.monotonic() + min(BACKOFF_MAX_S, BACKOFF_BASE_S * 2 ** (replica.failures - 1))
         log.warning("%s replica %s failed (%d in a row): %s", self.what, replica.address, replica.failures, error)
 
-    @staticmethod
-    def succeeded(replica: Replica) -> None:
+    def succeeded(self, replica: Replica) -> None:
         if replica.failures:
             replica.failures = 0
             replica.benched_until = 0.0
+            self._notify()
 
     async def add(self, address: str) -> R:
         """Connects (and describes) one replica; raises when it is unreachable or unsuitable."""
@@ -143,6 +174,7 @@ class ReplicaPool(Generic[R]):
                 await replica.close()
                 return old
             self.replicas[address] = replica
+            self._notify()
         if old is not None:
             await old.close()
         return replica

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import random
 import signal
 import time
@@ -128,32 +129,50 @@ def trainer_config(cfg: TrainRunConfig, *, nats_url: str, model_path: str) -> di
 
 
 class TrainerProgress:
-    """Follows the trainer's metrics file (the committed history of its steps)."""
+    """Follows the trainer's metrics file (the committed history of its steps).
+
+    A resumed trainer replaces the file (cut back to its checkpoint, by rename), so a new inode
+    or a shorter file means: read it again from the start."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self.records: list[dict[str, Any]] = []
         self._offset = 0
+        self._inode: int | None = None
 
     def poll(self) -> None:
         try:
             with self.path.open("rb") as f:
+                st = os.fstat(f.fileno())
+                if st.st_ino != self._inode or st.st_size < self._offset:
+                    self._inode, self._offset = st.st_ino, 0
+                    self.records = []
                 f.seek(self._offset)
                 chunk = f.read()
         except FileNotFoundError:
             return
         end = chunk.rfind(b"\n") + 1  # a line being written is read next time
         for line in chunk[:end].splitlines():
-            record = json.loads(line)
+            try:
+                record = json.loads(line)
+                step = int(record["step"])
+            except (ValueError, KeyError, TypeError):
+                continue  # torn by a kill: the trainer drops it when it resumes
             # A resumed trainer cuts the file back to its checkpoint: keep the latest record per step.
-            while self.records and self.records[-1]["step"] >= record["step"]:
+            while self.records and self.records[-1]["step"] >= step:
                 self.records.pop()
             self.records.append(record)
         self._offset += end
 
     @property
     def consumed(self) -> int:
-        return sum(r.get("rollouts", 0) for r in self.records)
+        """Rollouts the trainer has taken off the stream, trained on or skipped, except errored ones
+        (the orchestrator counts those itself as they finish: a batch may wait for more while they
+        are in hand)."""
+        return sum(
+            r.get("rollouts", 0) + sum(1 for why in (r.get("skipped") or {}).values() if why != "error")
+            for r in self.records
+        )
 
     @property
     def step(self) -> int:
@@ -254,7 +273,7 @@ class TrainRun:
                     reason="NO_TASKS",
                 )
             producer = asyncio.create_task(self._produce(tasks))
-            waiters = [producer, asyncio.create_task(stop.wait()), asyncio.create_task(self._watch_trainer())]
+            waiters = [producer, asyncio.create_task(stop.wait()), asyncio.create_task(self._watch_trainer(nc))]
             display = asyncio.create_task(self._display())
             try:
                 done, _ = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
@@ -262,8 +281,9 @@ class TrainRun:
                 for t in [*waiters, display]:
                     t.cancel()
                 await asyncio.gather(*waiters, display, return_exceptions=True)
-            if producer in done and producer.exception() is not None:
-                raise producer.exception()  # type: ignore[misc]
+            for task in done:  # the producer's or the watcher's error ends the run with its message
+                if not task.cancelled() and (error := task.exception()) is not None:
+                    raise error
             self.progress.poll()
             if stop.is_set():
                 self.console.print("[yellow]stopped by signal[/]; the trainer checkpoints and exits")
@@ -277,15 +297,27 @@ class TrainRun:
                 )
             return 0
         finally:
-            await nc.close()
+            with contextlib.suppress(Exception):  # NATS may be gone: nothing left to flush
+                await asyncio.wait_for(nc.close(), 5.0)
 
-    async def _watch_trainer(self) -> None:
+    async def _watch_trainer(self, nc: Any) -> None:
+        """Returns when the trainer exits. Restarts what died in the mesh (Mesh.supervise); raises
+        when that fails, or when NATS stays unreachable longer than nats.max_outage_s."""
         assert self.trainer is not None and self.mesh is not None
+        max_outage_s = self.cfg.mesh.nats.max_outage_s
+        down_since: float | None = None
         while self.trainer.running():
-            if dead := self.mesh.dead():
+            await self.mesh.supervise()
+            if nc.is_connected:
+                down_since = None
+            elif down_since is None:
+                down_since = time.monotonic()
+            elif time.monotonic() - down_since > max_outage_s:
                 raise UnavailableError(
-                    f"{dead[0].name} exited; its log ({dead[0].log_path}) ends with:\n{dead[0].log_tail()}",
-                    reason="SERVICE_FAILED",
+                    f"NATS at {self.mesh.nats_url} has been unreachable for {max_outage_s:g} s "
+                    "(mesh.nats.max_outage_s); the run stops here and resumes from the trainer's last "
+                    "checkpoint when rerun",
+                    reason="NATS_DOWN",
                 )
             await asyncio.sleep(0.5)
 
@@ -297,7 +329,10 @@ class TrainRun:
         for task in tasks:
             while True:
                 self.progress.poll()
-                if self.scheduled + r - self.progress.consumed <= budget + r - 1:
+                # rollouts that may still become training samples (errored and dropped ones never do)
+                never = self.errored + self.engine.stats.stale_dropped
+                in_flight = self.scheduled - never - self.progress.consumed
+                if in_flight + r <= budget + r - 1:
                     break
                 await asyncio.sleep(0.2)
             self.scheduled += r

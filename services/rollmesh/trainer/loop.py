@@ -42,6 +42,9 @@ log = get_logger(__name__)
 
 WAIT_LOG_EVERY_S = 30.0
 FETCH_TIMEOUT_S = 1.0
+# While no rollouts come, inference servers behind the current policy (one restarted since the
+# last push) get the current weights this often: without them no fresh rollout could ever come.
+CATCH_UP_EVERY_S = 5.0
 PUSH_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
 
@@ -275,12 +278,15 @@ class Trainer:
         assert self._source is not None
         want = self.cfg.batch.rollouts_per_step
         out = Collected()
-        waited_since = time.monotonic()
+        waited_since = caught_up = time.monotonic()
         while len(out.trajectories) < want and not self._stop:
             deliveries = await self._source.fetch(want - len(out.trajectories), timeout_s=FETCH_TIMEOUT_S)
             if not deliveries:
                 if isinstance(self._source, FileSource) and self._source.exhausted:
                     break
+                if time.monotonic() - caught_up > CATCH_UP_EVERY_S:
+                    caught_up = time.monotonic()
+                    await self._catch_up()
                 if time.monotonic() - waited_since > WAIT_LOG_EVERY_S:
                     log.info("waiting for rollouts of run %s (%d/%d)", self.cfg.run_id, len(out.trajectories), want)
                     waited_since = time.monotonic()
@@ -406,6 +412,9 @@ class Trainer:
             "first_seq": c.first_seq,
             "last_seq": c.last_seq,
             "trajectory_ids": [t.trajectory_id for t in c.trajectories],
+            # the rest of the step's rollouts, by id, with why: with trajectory_ids, every rollout
+            # the step consumed (first_seq..last_seq) is accounted for
+            "skipped": dict(c.skipped),
         }
         if stats is not None:
             record.update(loss=stats.loss, grad_norm=stats.grad_norm, lr=stats.lr, **stats.means())
@@ -455,6 +464,26 @@ class Trainer:
         self._push_task = asyncio.create_task(push())
         if wait:
             await self._await_push()
+
+    async def _catch_up(self) -> None:
+        """Pushes the current weights to the servers that serve an older version, if any."""
+        assert self._pusher is not None
+        if not self.cfg.push.enabled or self.version == 0 or (self._push_task and not self._push_task.done()):
+            return
+        try:
+            behind = await self._pusher.behind(self.version)
+            if not behind:
+                return
+            if self.cfg.push.mode == "path":
+                if self.last_checkpoint is None or not (self.last_checkpoint.hf_path / "config.json").is_file():
+                    return
+                tensors, path = None, str(self.last_checkpoint.hf_path.resolve())
+            else:
+                tensors, path = await self._weights(), ""
+            log.info("inference servers %s serve a policy older than %d: pushing it", behind, self.version)
+            await self._pusher.push(tensors, self.version, path, to=behind)
+        except Exception as e:  # the next wait tries again
+            log.warning("catching up inference servers failed: %r", e)
 
     # ---- checkpoints -------------------------------------------------------------------------
 

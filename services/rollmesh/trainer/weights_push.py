@@ -83,14 +83,37 @@ class WeightsPusher:
         for address in [a for a in self._clients if a not in live]:
             await self._clients.pop(address).close()
 
-    async def push(self, tensors: Mapping[str, torch.Tensor] | None, version: int, path: str = "") -> PushReport:
-        """Streams `tensors` (or has each server load `path`) as policy `version` to every server."""
+    async def behind(self, version: int) -> list[str]:
+        """Servers that serve an older policy than `version`: started (or restarted) since the last
+        push, or failed it. Those that do not answer are left to the next push."""
+        addresses = await self.addresses()
+        await self._drop_gone(addresses)
+
+        async def served(address: str) -> int:
+            return (await (await self._client(address)).model_info()).policy_version
+
+        versions = await asyncio.gather(*(served(a) for a in addresses), return_exceptions=True)
+        return [a for a, v in zip(addresses, versions, strict=True) if isinstance(v, int) and v < version]
+
+    async def push(
+        self,
+        tensors: Mapping[str, torch.Tensor] | None,
+        version: int,
+        path: str = "",
+        *,
+        to: list[str] | None = None,
+    ) -> PushReport:
+        """Streams `tensors` (or has each server load `path`) as policy `version` to every server
+        (or to the addresses `to`)."""
         report = PushReport(version=version)
         if not self.cfg.enabled:
             return report
         t0 = time.perf_counter()
-        addresses = await self.addresses()
-        await self._drop_gone(addresses)
+        if to is None:
+            addresses = await self.addresses()
+            await self._drop_gone(addresses)
+        else:
+            addresses = to
         if tensors is not None:
             report.bytes = sum(t.numel() * t.element_size() for t in tensors.values())
 
