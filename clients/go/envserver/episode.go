@@ -208,7 +208,7 @@ func (s *service) startOf(req *pb.EpisodeRequest) (*Environment, *Start, error) 
 // validateAction checks that an action is a non-empty assistant message.
 func validateAction(m *pb.Message) (*pb.Message, error) {
 	if m.Role != "" && m.Role != "assistant" {
-		return nil, status.Errorf(codes.InvalidArgument, "an action is an assistant message, got role %q", m.Role)
+		return nil, status.Errorf(codes.InvalidArgument, "an action is an assistant message, got role %s", quoted(m.Role))
 	}
 	for _, call := range m.ToolCalls {
 		if call.Name == "" {

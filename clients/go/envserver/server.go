@@ -55,6 +55,8 @@ func New(envs []*Environment, limits Limits) (*Server, error) {
 	}
 	g := grpc.NewServer(
 		grpc.CustomCodec(newCodec()), //nolint:staticcheck // supported throughout gRPC 1.x
+		grpc.UnaryInterceptor(decodeCheckUnary),
+		grpc.StreamInterceptor(decodeCheckStream),
 		grpc.MaxRecvMsgSize(limits.MaxMessageBytes),
 		grpc.MaxSendMsgSize(limits.MaxMessageBytes),
 		grpc.MaxConcurrentStreams(1024),

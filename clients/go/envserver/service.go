@@ -96,7 +96,7 @@ func (s *service) env(name string) (*Environment, error) {
 	}
 	e, ok := s.envs[name]
 	if !ok {
-		return nil, status.Errorf(codes.NotFound, "no environment %q on this server; it hosts %s", name, s.hosted())
+		return nil, status.Errorf(codes.NotFound, "no environment %s on this server; it hosts %s", quoted(name), s.hosted())
 	}
 	return e, nil
 }
@@ -113,7 +113,7 @@ func (s *service) tasks(e *Environment, split string) (string, []*pb.Task, error
 	}
 	tasks, ok := s.splits[e.Name][split]
 	if !ok {
-		return split, nil, status.Errorf(codes.NotFound, "environment %q has no split %q; splits: %v", e.Name, split, e.splitNames())
+		return split, nil, status.Errorf(codes.NotFound, "environment %q has no split %s; splits: %v", e.Name, quoted(split), e.splitNames())
 	}
 	return split, tasks, nil
 }
@@ -126,7 +126,7 @@ func (s *service) task(e *Environment, id, split string) (*pb.Task, error) {
 	t, ok := s.byID[e.Name][split][id]
 	if !ok {
 		return nil, status.Errorf(codes.NotFound,
-			"environment %q has no task %q in split %q (%d tasks; list them with ListTasks)", e.Name, id, split, len(tasks))
+			"environment %q has no task %s in split %s (%d tasks; list them with ListTasks)", e.Name, quoted(id), quoted(split), len(tasks))
 	}
 	return t, nil
 }
@@ -187,7 +187,7 @@ func (s *service) ListTasks(req *pb.ListTasksRequest, stream pb.EnvironmentServi
 	if req.PageToken != "" {
 		start, err = strconv.Atoi(req.PageToken)
 		if err != nil || start < 0 || start > len(tasks) {
-			return status.Errorf(codes.InvalidArgument, "invalid page_token %q; pass a previous next_page_token", req.PageToken)
+			return status.Errorf(codes.InvalidArgument, "invalid page_token %s; pass a previous next_page_token", quoted(req.PageToken))
 		}
 	}
 	end := len(tasks)

@@ -2,7 +2,7 @@
 import { createHash } from "node:crypto";
 import { type EnvironmentInfo, EnvironmentKind } from "./gen/rollmesh/v1/environment.js";
 import { type Message, SamplingParams, type Task } from "./gen/rollmesh/v1/messages.js";
-import { notFound } from "./errors.js";
+import { notFound, quoted } from "./errors.js";
 import type { MessageInit } from "./messages.js";
 import { loadSplits, type TaskSource } from "./tasks.js";
 import { type Tool, toolSpec } from "./tools.js";
@@ -104,7 +104,7 @@ export class Environment<S extends State = State> {
   tasks(split = ""): Task[] {
     const name = split || this.defaultSplit;
     const tasks = this.splits.get(name);
-    if (!tasks) throw notFound(`environment "${this.name}" has no split "${name}"; splits: ${[...this.splits.keys()]}`);
+    if (!tasks) throw notFound(`environment "${this.name}" has no split ${quoted(name)}; splits: ${[...this.splits.keys()]}`);
     return tasks;
   }
 
@@ -114,7 +114,7 @@ export class Environment<S extends State = State> {
     if (!task) {
       const count = this.tasks(name).length; // NOT_FOUND for the split first
       throw notFound(
-        `environment "${this.name}" has no task "${taskId}" in split "${name}" (${count} tasks; list them with ListTasks)`,
+        `environment "${this.name}" has no task ${quoted(taskId)} in split ${quoted(name)} (${count} tasks; list them with ListTasks)`,
       );
     }
     return task;

@@ -25,3 +25,8 @@ export function toStatus(error: unknown, where: string): { code: status; details
   const text = error instanceof Error ? `${error.name}: ${error.message}` : String(error);
   return { code: status.INTERNAL, details: where ? `${where} raised ${text}` : text };
 }
+
+/** A client-supplied string for an error message, cut to a bound (a status message is a header). */
+export function quoted(value: string, limit = 120): string {
+  return value.length <= limit ? JSON.stringify(value) : `${JSON.stringify(value.slice(0, limit))}... (${value.length} chars)`;
+}

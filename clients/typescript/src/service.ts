@@ -28,6 +28,7 @@ import { Episode } from "./episode.js";
 import {
   invalidArgument,
   notFound,
+  quoted,
   resourceExhausted,
   RpcError,
   toStatus,
@@ -92,7 +93,7 @@ export class EnvironmentServiceImpl {
     const hosted = [...this.envs.keys()].sort().join(", ");
     if (!name) throw invalidArgument(`no environment named; this server hosts ${hosted}`);
     const env = this.envs.get(name);
-    if (!env) throw notFound(`no environment "${name}" on this server; it hosts ${hosted}`);
+    if (!env) throw notFound(`no environment ${quoted(name)} on this server; it hosts ${hosted}`);
     return env;
   }
 
@@ -122,7 +123,7 @@ export class EnvironmentServiceImpl {
       if (request.pageSize < 0) throw invalidArgument(`page_size must be >= 0, got ${request.pageSize}`);
       const start = request.pageToken ? Number(request.pageToken) : 0;
       if (!/^\d*$/.test(request.pageToken) || start > tasks.length) {
-        throw invalidArgument(`invalid page_token "${request.pageToken}"; pass a previous next_page_token`);
+        throw invalidArgument(`invalid page_token ${quoted(request.pageToken)}; pass a previous next_page_token`);
       }
       const end = request.pageSize === 0 ? tasks.length : Math.min(tasks.length, start + request.pageSize);
       const total = tasks.length;
