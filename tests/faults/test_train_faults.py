@@ -73,3 +73,35 @@ def test_a_killed_server_is_started_again_and_the_run_goes_on(run, victim: str) 
     train.wait_for_step(6)
     print(f"{victim} recovered in {time.monotonic() - t0:.1f} s")
     _finish(train)
+
+
+@pytest.mark.parametrize("victim", ["env-", "inference-"])
+def test_a_frozen_server_times_out_and_its_work_goes_elsewhere(run, victim: str) -> None:
+    """SIGSTOP: the process is alive (nothing restarts it) but answers nothing; its calls time out
+    and go to the other replica, and it serves again after SIGCONT."""
+    train = run(inference_replicas=2, rollout="step_timeout_s = 5.0\ninference_timeout_s = 5.0").start()
+    train.wait_for_step(3)
+    pid = train.service_pid(victim)
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        t0 = time.monotonic()
+        train.wait_for_step(6)
+        print(f"{victim} frozen: 3 more steps in {time.monotonic() - t0:.1f} s")
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    _finish(train)
+
+
+def test_the_orchestrator_killed_then_rerun_resumes_where_the_trainer_stopped(run) -> None:
+    """SIGKILL of `rollmesh train` itself: its servers and trainer go with it (the trainer
+    checkpoints on the way out), and the same command again finishes the run."""
+    train = run().start()
+    train.wait_for_step(5)
+    os.killpg(train.proc.pid, signal.SIGKILL)
+    train.proc.wait()
+    deadline = time.monotonic() + 60
+    while train.pids_all() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert train.pids_all() == [], "the run's processes outlived it"
+    again = run().start()
+    _finish(again)

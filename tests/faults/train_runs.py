@@ -46,6 +46,7 @@ rollouts_per_task = 4
 max_concurrency = 16
 max_off_policy_steps = 2
 sampling = {{ temperature = 1.0, max_tokens = 8 }}
+{rollout_extra}
 
 [trainer]
 lr = 5e-4
@@ -62,7 +63,7 @@ class TrainProcess:
     """One `rollmesh train` in `workdir`; the run's files are in workdir/run."""
 
     def __init__(self, workdir: Path, *, steps: int = 12, env_replicas: int = 2, inference_replicas: int = 1,
-                 max_outage_s: float = 60.0, extra: str = "") -> None:  # fmt: skip
+                 max_outage_s: float = 60.0, rollout: str = "") -> None:  # fmt: skip
         self.workdir = workdir
         self.run = workdir / "run"
         (workdir / "run.toml").write_text(
@@ -72,8 +73,8 @@ class TrainProcess:
                 env_replicas=env_replicas,
                 inference_replicas=inference_replicas,
                 max_outage_s=max_outage_s,
+                rollout_extra=rollout,
             )
-            + extra
         )
         self.proc: subprocess.Popen[str] | None = None
         self.log = workdir / "train.out"
