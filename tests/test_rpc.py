@@ -273,3 +273,46 @@ def test_server_ping_policy_uses_an_option_grpc_knows() -> None:
     names = dict(rpc.RpcLimits().server_options())
     assert names["grpc.http2.min_ping_interval_without_data_ms"] <= rpc.RpcLimits().keepalive_time_s * 1000
     assert "grpc.http2.min_recv_ping_interval_without_data_ms" not in names
+
+
+class _EndingEnv(_Env):
+    async def Episode(self, request_iterator, context):
+        await context.read()
+        await context.abort(grpc.StatusCode.UNAVAILABLE, "going away")
+
+
+def _request_pumps() -> list[asyncio.Task]:
+    return [t for t in asyncio.all_tasks() if not t.done() and "_consume_request_iterator" in repr(t.get_coro())]
+
+
+async def test_end_call_stops_the_request_pump_of_a_stream_the_server_ended() -> None:
+    """With tracing interceptors, a stream the server ended left grpc's request pump waiting
+    forever ("Task was destroyed but it is pending" when the call was dropped)."""
+    assert rpc.tracing_enabled()
+    server = _server(_EndingEnv())
+    await server.start()
+    try:
+        async with rpc.create_channel(server.address) as ch:
+            call = environment_pb2_grpc.EnvironmentServiceStub(ch).Episode(timeout=5)
+            await call.write(environment_pb2.EpisodeRequest())
+            with pytest.raises(grpc.aio.AioRpcError):
+                await call.read()
+            assert _request_pumps()
+            rpc.end_call(call)
+            for _ in range(10):
+                await asyncio.sleep(0.01)
+            assert _request_pumps() == []
+    finally:
+        await server.stop(0)
+
+
+def test_a_local_write_failure_is_unavailable_not_a_server_internal_error() -> None:
+    from grpc.aio import AioRpcError, Metadata
+    from rollmesh.errors import UnavailableError
+    from rollmesh.rpc_errors import LOCAL_WRITE_FAILURE, error_from_rpc
+
+    local = AioRpcError(grpc.StatusCode.INTERNAL, Metadata(), Metadata(), details=LOCAL_WRITE_FAILURE)
+    err = error_from_rpc(local)
+    assert isinstance(err, UnavailableError) and err.reason == "STREAM_BROKEN"
+    served = AioRpcError(grpc.StatusCode.INTERNAL, Metadata(), Metadata(), details="environment raised KeyError")
+    assert not isinstance(error_from_rpc(served), UnavailableError)

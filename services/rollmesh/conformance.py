@@ -34,6 +34,7 @@ from .proto.v1 import environment_pb2 as env_pb
 from .proto.v1 import environment_pb2_grpc as env_grpc
 from .proto.v1 import messages_pb2 as msg_pb
 from .proto.v1 import trajectory_pb2 as traj_pb
+from .rpc import end_call
 
 SERVICE = env_pb.DESCRIPTOR.services_by_name["EnvironmentService"].full_name
 EPISODE_METHOD = f"/{SERVICE}/Episode"
@@ -210,7 +211,7 @@ class Probe:
             )
             yield call, response.started
         finally:
-            call.cancel()
+            end_call(call)
 
 
 def start_request(env: str, task_id: str) -> env_pb.EpisodeRequest:
@@ -349,7 +350,7 @@ async def play(probe: Probe, env: env_pb.EnvironmentInfo, task: msg_pb.Task) -> 
             expect(finite(last.reward, last.rewards), f"non-finite rewards: {last.reward}, {dict(last.rewards)}")
         return Played(call, started, steps, conversation)
     except BaseException:
-        call.cancel()
+        end_call(call)
         raise
 
 
@@ -547,7 +548,7 @@ async def check_cancel_mid_episode(probe: Probe) -> str:
                 "no step for the action",
             )
             sent = " after one action"
-        call.cancel()
+        end_call(call)
     settled = await probe.settle(baseline)
     return f"{env.name}: cancelled{sent}; active {active} -> {baseline} after {settled:.2f} s"
 
@@ -573,7 +574,7 @@ async def check_action_after_done(probe: Probe) -> str:
     try:
         got = await final_status(played.call, action_request(text("one more")))
     finally:
-        played.call.cancel()
+        end_call(played.call)
     return expect_code(got, Code.FAILED_PRECONDITION, f"action after {describe_play(played)}")
 
 

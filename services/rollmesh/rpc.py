@@ -359,6 +359,26 @@ def create_channel(
     return grpc.aio.insecure_channel(address, options=limits.channel_options(), interceptors=chain)
 
 
+def end_call(call: Any) -> None:
+    """Cancels a client streaming call and ends its request pump.
+
+    With client interceptors (tracing), a reader/writer-style stream is fed to the real call by
+    a grpc task reading an internal queue; grpc stops that task only when the cancel is what ends
+    the call. After the server has ended it (an error, a dead replica) the task waits on the queue
+    forever, and when the call is dropped asyncio reports "Task was destroyed but it is pending"
+    and "aclose(): asynchronous generator is already running". The end-of-requests sentinel lets
+    it finish."""
+    call.cancel()
+    queue = getattr(call, "_write_to_iterator_queue", None)
+    if queue is None:
+        return
+    from grpc.aio._interceptor import _InterceptedStreamRequestMixin
+
+    while not queue.empty():  # requests nobody will send any more
+        queue.get_nowait()
+    queue.put_nowait(_InterceptedStreamRequestMixin._FINISH_ITERATOR_SENTINEL)
+
+
 async def wait_for_ready(address: str, timeout_s: float, service: str = "") -> None:
     """Poll grpc.health.v1 Check until SERVING; raise TimeoutError after `timeout_s`."""
     deadline = time.monotonic() + timeout_s

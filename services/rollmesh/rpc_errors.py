@@ -57,9 +57,19 @@ def error_info(e: grpc.aio.AioRpcError) -> error_details_pb2.ErrorInfo | None:
     return None
 
 
+# grpc's local status for a write into a stream that had already ended (the server finished it, or
+# its connection broke) in the moment between our check and the write: not the server's answer.
+LOCAL_WRITE_FAILURE = "Internal error from Core"
+
+
 def error_from_rpc(e: grpc.aio.AioRpcError) -> Exception:
     """A domain error (with the server's reason and metadata) for statuses that have one; the
     original error otherwise (CANCELLED, UNIMPLEMENTED, ...)."""
+    if e.code() == grpc.StatusCode.INTERNAL and e.details() == LOCAL_WRITE_FAILURE:
+        return errors.UnavailableError(
+            "the stream ended while a message was being sent (the server closed it or went away)",
+            reason="STREAM_BROKEN",
+        )
     cls = ERROR_FOR.get(e.code())
     if cls is None:
         return e

@@ -28,7 +28,7 @@ from ..errors import (
 from ..proto.v1 import bus_pb2 as bus_pb
 from ..proto.v1 import environment_pb2 as env_pb
 from ..proto.v1 import environment_pb2_grpc as env_grpc
-from ..rpc import RpcLimits, create_channel
+from ..rpc import RpcLimits, create_channel, end_call
 from ..rpc_errors import error_from_rpc
 from .types import Message, StepResult, Task
 
@@ -163,7 +163,7 @@ class EpisodeSession:
         try:
             response = await self._exchange(env_pb.EpisodeRequest(start=self._start))
         except BaseException:
-            self._call.cancel()
+            end_call(self._call)
             self._call = None
             raise
         started = response.started
@@ -196,7 +196,7 @@ class EpisodeSession:
                     await _write(self._call, request)
                 response = await self._call.read()
         except TimeoutError:
-            self._call.cancel()
+            end_call(self._call)
             raise DeadlineExceededError(
                 f"episode {self.episode_id or '(starting)'}: no answer from the server within "
                 f"{self._step_timeout_s:g} s; the episode was cancelled"
@@ -218,7 +218,7 @@ class EpisodeSession:
             except grpc.aio.AioRpcError:
                 pass
         else:
-            call.cancel()
+            end_call(call)
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()

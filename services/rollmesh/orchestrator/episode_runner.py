@@ -38,7 +38,7 @@ from ..proto.v1 import environment_pb2 as env_pb
 from ..proto.v1 import inference_pb2 as inf_pb
 from ..proto.v1 import messages_pb2 as msg_pb
 from ..proto.v1 import trajectory_pb2 as traj_pb
-from ..rpc import tracing_enabled
+from ..rpc import end_call, tracing_enabled
 from ..rpc_errors import error_from_rpc, status_for
 from .config import RolloutConfig
 from .routing import EnvReplica, InferenceReplica, ReplicaPool
@@ -317,7 +317,7 @@ class EpisodeRunner:
                     traj.metrics["context_exhausted"] = 1.0
                     break
         except BaseException:
-            call.cancel()
+            end_call(call)
             raise
         outcome.inference = state.replica
         if state.replica is not None:
@@ -325,16 +325,17 @@ class EpisodeRunner:
         if done:
             await self._finish(call)
         else:
-            call.cancel()
+            end_call(call)
 
     async def _exchange(self, call: grpc.aio.StreamStreamCall, request: env_pb.EpisodeRequest, timing: traj_pb.Timing):
         t0 = time.perf_counter()
         try:
             async with asyncio.timeout(self.config.step_timeout_s):
-                try:
-                    await call.write(request)
-                except asyncio.InvalidStateError:
-                    pass  # the server already ended the stream: read() raises its status
+                if not call.done():  # an ended stream reports the server's status on read()
+                    try:
+                        await call.write(request)
+                    except asyncio.InvalidStateError:
+                        pass  # it ended just now: read() raises its status
                 response = await call.read()
         except TimeoutError:
             raise RolloutFailure(
@@ -367,7 +368,7 @@ class EpisodeRunner:
         try:
             await call.done_writing()
         except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
-            call.cancel()
+            end_call(call)
 
     # ---- model calls: sticky, rerouted on replica failure -----------------------------------------
 
