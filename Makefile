@@ -8,7 +8,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.rollmesh-setup
 
-.PHONY: setup train demo test lint protos bench clean
+.PHONY: setup train demo test test-load lint protos bench clean
 
 setup: $(STAMP)
 
@@ -44,6 +44,10 @@ demo: setup
 # The whole test suite (unit, integration on real gRPC + nats-server, conformance, protos).
 test: setup
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+# The load-held fault tests for a full minute each (make test holds them 20 s).
+test-load: setup
+	ROLLMESH_LOAD_HOLD_S=60 $(PY) -m pytest -q -s tests/faults/test_load_held.py
 
 lint: setup
 	$(VENV)/bin/ruff check services tests scripts
