@@ -114,16 +114,12 @@ class InferenceCore:
         add_generation_prompt: bool = True,
         template_kwargs: Mapping[str, Any] | None = None,
     ) -> list[int]:
-        """chat_prompt_ids, bounded in size and off the event loop when it is large."""
+        """Token ids of a chat prompt as the model's chat template renders it; bounded in size, and
+        off the event loop when it is large."""
         chars = _prompt_chars(messages, tools)
         self.check_prompt_chars(chars)
         return await self._off_loop(
-            chars,
-            self.chat_prompt_ids,
-            messages,
-            tools,
-            add_generation_prompt=add_generation_prompt,
-            template_kwargs=template_kwargs,
+            chars, self._chat_ids, messages, tools, add_generation_prompt, template_kwargs=template_kwargs
         )
 
     async def tokenize_text(self, text: str, *, add_special_tokens: bool = False) -> list[int]:
@@ -145,13 +141,12 @@ class InferenceCore:
 
     # ---- prompts -------------------------------------------------------------------------------
 
-    def chat_prompt_ids(
+    def _chat_ids(
         self,
         messages: Sequence[Mapping[str, Any]],
-        tools: Sequence[Mapping[str, Any]] | None = None,
-        *,
-        add_generation_prompt: bool = True,
-        template_kwargs: Mapping[str, Any] | None = None,
+        tools: Sequence[Mapping[str, Any]] | None,
+        add_generation_prompt: bool,
+        template_kwargs: Mapping[str, Any] | None,
     ) -> list[int]:
         if not messages:
             raise InvalidArgumentError("a chat prompt needs at least one message")
