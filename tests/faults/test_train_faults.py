@@ -105,3 +105,24 @@ def test_the_orchestrator_killed_then_rerun_resumes_where_the_trainer_stopped(ru
     assert train.pids_all() == [], "the run's processes outlived it"
     again = run().start()
     _finish(again)
+
+
+def test_an_external_nats_that_stays_down_stops_the_run_within_the_bound(run, tmp_path: Path) -> None:
+    """A NATS server the mesh does not own cannot be restarted by it: after mesh.nats.max_outage_s
+    the run stops with NATS_DOWN instead of waiting forever."""
+    from rollmesh.natsd import EmbeddedNats
+
+    nats = EmbeddedNats(store_dir=tmp_path / "external-nats").start()
+    try:
+        train = run(nats_url=nats.url, max_outage_s=5.0).start()
+        train.wait_for_step(3)
+        nats.proc.kill()
+        t0 = time.monotonic()
+        rc = train.wait(240)
+        stopped_s = time.monotonic() - t0
+    finally:
+        nats.stop()
+    print(f"stopped {stopped_s:.1f} s after NATS died")
+    assert rc == 2, train.output()[-3000:]
+    assert "has been unreachable for 5 s" in train.output()
+    assert "Traceback" not in train.output()

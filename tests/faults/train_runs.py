@@ -27,7 +27,7 @@ seed = 0
 max_restarts = 3
 
 [mesh.nats]
-port = 0
+{nats}
 max_outage_s = {max_outage_s}
 
 [mesh.inference]
@@ -63,7 +63,7 @@ class TrainProcess:
     """One `rollmesh train` in `workdir`; the run's files are in workdir/run."""
 
     def __init__(self, workdir: Path, *, steps: int = 12, env_replicas: int = 2, inference_replicas: int = 1,
-                 max_outage_s: float = 60.0, rollout: str = "") -> None:  # fmt: skip
+                 max_outage_s: float = 60.0, rollout: str = "", nats_url: str = "") -> None:  # fmt: skip
         self.workdir = workdir
         self.run = workdir / "run"
         (workdir / "run.toml").write_text(
@@ -74,6 +74,7 @@ class TrainProcess:
                 inference_replicas=inference_replicas,
                 max_outage_s=max_outage_s,
                 rollout_extra=rollout,
+                nats=f'url = "{nats_url}"' if nats_url else "port = 0",
             )
         )
         self.proc: subprocess.Popen[str] | None = None
