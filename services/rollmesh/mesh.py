@@ -504,7 +504,7 @@ class Mesh:
         are tied to it, so they die with the mesh)."""
         nats = self._nats
         if nats is not None and (rc := nats.exited()) is not None:
-            tail = nats._log_tail(2000)
+            tail = nats.log_tail(2000)
             self._count_restart("nats", f"the embedded nats-server exited (code {rc}); its log ends with:\n{tail}")
             log.warning("the embedded nats-server exited (code %s); restarting it on %s", rc, nats.url)
             try:

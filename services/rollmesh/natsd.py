@@ -96,13 +96,13 @@ class EmbeddedNats:
         deadline = time.monotonic() + timeout_s
         while True:
             if (rc := self.proc.poll()) is not None:
-                tail = self._log_tail()
+                tail = self.log_tail()
                 self._cleanup()
                 raise RuntimeError(f"nats-server exited early (code {rc}) on {self.host}:{self.port}:\n{tail}")
             if self._ready():
                 break
             if time.monotonic() > deadline:
-                tail = self._log_tail()
+                tail = self.log_tail()
                 self.stop()
                 raise TimeoutError(f"nats-server not ready on {self.url} after {timeout_s:g}s:\n{tail}")
             time.sleep(0.02)
@@ -124,13 +124,13 @@ class EmbeddedNats:
     def _ready(self) -> bool:
         # nats-server logs this after JetStream is up and the client listener is open; a bare TCP
         # probe could succeed against some other process that owns the port.
-        if "Server is ready" not in self._log_tail(64 * 1024):
+        if "Server is ready" not in self.log_tail(64 * 1024):
             return False
         with contextlib.suppress(OSError), socket.create_connection((self.host, self.port), timeout=0.5):
             return True
         return False
 
-    def _log_tail(self, max_bytes: int = 4000) -> str:
+    def log_tail(self, max_bytes: int = 4000) -> str:
         if self._stderr_path is None or not self._stderr_path.exists():
             return ""
         data = self._stderr_path.read_bytes()[-max_bytes:]
