@@ -136,7 +136,6 @@ class OpenAIApp:
             body = await self._body(request)
             prompt = body.get("prompt")
             if isinstance(prompt, str):
-                self.core.check_prompt_chars(len(prompt))
                 ids = await self.core.tokenize_text(prompt, add_special_tokens=True)
                 self.core.check_prompt(ids)
             elif isinstance(prompt, list) and prompt and all(isinstance(t, int) for t in prompt):
