@@ -460,6 +460,28 @@ async def test_concurrent_episode_limit() -> None:
         assert env.setups == 3  # the refused episode never started
 
 
+async def test_episode_capacity_not_the_transport_bounds_one_connection() -> None:
+    # A client sharing one channel across many episodes must reach the server's episode limit
+    # (RESOURCE_EXHAUSTED, a clear reason) and never the HTTP/2 stream cap first: streams over
+    # the cap wait in the client, and near it they race and are refused as UNAVAILABLE.
+    capacity = 1100
+    env = TrackedEnv()
+    async with (
+        EnvironmentServer([env], limits=EpisodeLimits(max_concurrent_episodes=capacity)) as srv,
+        await EnvClient.connect(srv.address, timeout_s=TIMEOUT) as client,
+    ):
+        held = [client.episode("tracked", "t") for _ in range(capacity)]
+        try:
+            await asyncio.wait_for(asyncio.gather(*(ep.__aenter__() for ep in held)), 60)
+            assert await _active(client) == capacity
+            with pytest.raises(ResourceExhaustedError, match=f"limit of {capacity} concurrent episodes"):
+                async with client.episode("tracked", "t"):
+                    pass
+        finally:
+            await asyncio.gather(*(ep.close() for ep in held), return_exceptions=True)
+        await _eventually(lambda: srv.servicer.active == 0, "all slots to be released")
+
+
 async def test_idle_timeout() -> None:
     env = TrackedEnv()
     async with (

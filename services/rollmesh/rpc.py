@@ -13,7 +13,7 @@ import logging
 import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import grpc
@@ -37,7 +37,16 @@ _SERVER_FAULTS = frozenset({grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL, g
 @dataclass(frozen=True)
 class RpcLimits:
     max_message_bytes: int = 16 * 1024 * 1024
-    max_concurrent_streams: int = 1024
+    # Capacity belongs to the services (episode slots, inference queues), which refuse with
+    # RESOURCE_EXHAUSTED and a reason. The transport's two caps only stop a flood and must sit far
+    # above any service capacity, or they refuse first, with no reason, as UNAVAILABLE/CANCELLED
+    # that a client blames on a healthy replica:
+    # - HTTP/2 streams per connection: a server frees a stream a moment after the client saw it
+    #   end, so near the cap new streams race and are refused (RST_STREAM REFUSED_STREAM);
+    # - calls that arrived but that the server has not yet taken up: gRPC's default backlog of
+    #   1,000 cancels part of any larger burst of new calls (1,100 episodes opened at once).
+    max_concurrent_streams: int = 16384
+    max_pending_calls: int = 16384
     # Pings keep idle connections alive through NATs/load balancers and detect dead peers.
     keepalive_time_s: float = 30.0
     keepalive_timeout_s: float = 10.0
@@ -53,10 +62,22 @@ class RpcLimits:
             ("grpc.keepalive_permit_without_calls", 1),
         ]
 
+    def with_headroom_for(self, calls: int) -> RpcLimits:
+        """These limits, with both transport caps raised (if needed) so that `calls` concurrent
+        calls, all opened at once on one connection, fit with room to spare."""
+        return replace(
+            self,
+            max_concurrent_streams=max(self.max_concurrent_streams, 2 * calls),
+            max_pending_calls=max(self.max_pending_calls, 2 * calls),
+        )
+
     def server_options(self) -> list[tuple[str, Any]]:
         return [
             *self.common_options(),
             ("grpc.max_concurrent_streams", self.max_concurrent_streams),
+            # soft == hard: no random early rejection below the cap
+            ("grpc.server.max_pending_requests", self.max_pending_calls),
+            ("grpc.server.max_pending_requests_hard_limit", self.max_pending_calls),
             ("grpc.http2.min_ping_interval_without_data_ms", int(self.min_ping_interval_s * 1000)),
             ("grpc.http2.max_ping_strikes", 2),
             # Without this a second server on the same fixed port binds silently (SO_REUSEPORT).

@@ -321,7 +321,7 @@ class EnvironmentServer:
             [(env_grpc.add_EnvironmentServiceServicer_to_server, self.servicer, SERVICE_NAME)],
             host=host,
             port=port,
-            limits=rpc_limits,
+            limits=rpc_limits.with_headroom_for(limits.max_concurrent_episodes),
         )
         self.hosting = Hosting(self.rpc, nats_url=nats_url, advertise_host=advertise_host, on_drain=self._drain)
 
