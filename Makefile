@@ -8,7 +8,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.rollmesh-setup
 
-.PHONY: setup train demo test test-load lint protos bench clean
+.PHONY: setup train demo test test-load lint docs protos bench clean
 
 setup: $(STAMP)
 
@@ -51,7 +51,12 @@ test-load: setup
 
 lint: setup
 	$(VENV)/bin/ruff check services tests scripts
+	$(VENV)/bin/lint-imports pyproject.toml
 	cd protos && ../tools/node_modules/.bin/buf lint
+
+# Regenerate docs/configuration.md from the configuration models (a test fails when it is stale).
+docs: setup
+	$(PY) scripts/gen_config_docs.py
 
 # Regenerate the checked-in clients of every language from protos/.
 protos: setup

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from rollmesh.conformance import CHECKS, Status, run_conformance
+from rollmesh.apps.conformance import CHECKS, Status, run_conformance
 from rollmesh.env.client import EnvClient
 from rollmesh.errors import DeadlineExceededError, ResourceExhaustedError
 

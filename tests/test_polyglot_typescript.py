@@ -23,7 +23,7 @@ from pathlib import Path
 import nats
 import pytest
 from rollmesh import bus
-from rollmesh.conformance import CHECKS, Status, run_conformance
+from rollmesh.apps.conformance import CHECKS, Status, run_conformance
 from rollmesh.env.client import EnvClient
 from rollmesh.natsd import EmbeddedNats
 from rollmesh.proto.v1 import bus_pb2

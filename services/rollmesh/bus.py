@@ -1,4 +1,4 @@
-"""The NATS JetStream bus (DESIGN §4): subjects, streams, publishing with dedup, dead letters and
+"""The NATS JetStream bus: subjects, streams, publishing with dedup, dead letters and
 the policy-version KV bucket. Everything on the bus is a rollmesh.v1 protobuf message, so any
 language can read it.
 

@@ -20,7 +20,9 @@ M = TypeVar("M", bound=BaseModel)
 class Section(BaseModel):
     """Base of every config section: unknown keys are errors (a typo must not be ignored)."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # A field's docstring (the string under it) is its description: docs/configuration.md is
+    # generated from them.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, use_attribute_docstrings=True)
 
 
 def parse_override(item: str) -> tuple[list[str], Any]:
@@ -84,3 +86,37 @@ def _merge(into: dict[str, Any], new: Mapping[str, Any]) -> None:
             _merge(into[key], value)
         else:
             into[key] = value
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int | float):
+        return repr(v)
+    if isinstance(v, str):
+        return json.dumps(v)
+    if isinstance(v, list):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{json.dumps(k)} = {_toml_value(x)}" for k, x in v.items()) + "}"
+    raise TypeError(f"cannot write {type(v).__name__} as TOML")
+
+
+def to_toml(data: dict[str, Any]) -> str:
+    """A small TOML writer: top-level tables and arrays of tables, other values inline."""
+    lines: list[str] = []
+    scalars = {k: v for k, v in data.items() if not isinstance(v, dict | list) or _is_inline_list(v)}
+    lines += [f"{json.dumps(k)} = {_toml_value(v)}" for k, v in scalars.items()]
+    for key, value in data.items():
+        if isinstance(value, dict):
+            lines.append(f"\n[{json.dumps(key)}]")
+            lines += [f"{json.dumps(k)} = {_toml_value(v)}" for k, v in value.items()]
+        elif isinstance(value, list) and not _is_inline_list(value):
+            for item in value:
+                lines.append(f"\n[[{json.dumps(key)}]]")
+                lines += [f"{json.dumps(k)} = {_toml_value(v)}" for k, v in item.items()]
+    return "\n".join(lines) + "\n"
+
+
+def _is_inline_list(v: Any) -> bool:
+    return isinstance(v, list) and not (v and all(isinstance(x, dict) for x in v))

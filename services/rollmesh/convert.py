@@ -9,11 +9,11 @@ from typing import Any
 
 from google.protobuf import struct_pb2
 
-from .env.types import Message, StepResult, Task
 from .errors import InvalidArgumentError, clip, quoted
 from .proto.v1 import environment_pb2 as env_pb
 from .proto.v1 import messages_pb2 as msg_pb
 from .proto.v1 import trajectory_pb2 as traj_pb
+from .types import Message, StepResult, Task
 
 STOP_REASONS = {
     "": traj_pb.STOP_REASON_UNSPECIFIED,

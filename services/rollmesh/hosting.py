@@ -8,6 +8,7 @@ import asyncio
 import logging
 import signal
 from collections.abc import Callable, Sequence
+from typing import Self
 
 from .proto.v1 import bus_pb2 as bus_pb
 from .registry import Registration, Registry
@@ -64,3 +65,60 @@ class Hosting:
         await stop.wait()
         log.info("shutting down (%s), grace %.1f s", describe_load() or "idle", grace_s)
         await self.stop(grace_s)
+
+
+class HostedServer:
+    """Base of the environment, inference and rubric servers: the life cycle above, once. A server
+    sets `rpc` and `hosting` (see `_host`), says what it registers (`records`), how to refuse new
+    work (`drain`), what is in flight (`load`), and what to release after the gRPC server stops
+    (`release`)."""
+
+    rpc: RpcServer
+    hosting: Hosting
+
+    def _host(self, rpc: RpcServer, *, nats_url: str | None, advertise_host: str | None) -> None:
+        self.rpc = rpc
+        self.hosting = Hosting(rpc, nats_url=nats_url, advertise_host=advertise_host, on_drain=self.drain)
+
+    def records(self) -> Sequence[bus_pb.ServiceRecord]:
+        return ()
+
+    def drain(self) -> None:
+        """Refuse new work (called first on stop)."""
+
+    def load(self) -> str:
+        """What is in flight, for the shutdown log line."""
+        return ""
+
+    async def started(self) -> None:
+        """Called once the gRPC server serves and is registered."""
+
+    async def release(self) -> None:
+        """Called after the gRPC server has stopped."""
+
+    @property
+    def address(self) -> str:
+        return self.rpc.address
+
+    @property
+    def advertised_address(self) -> str:
+        return self.hosting.advertised_address
+
+    async def start(self) -> Self:
+        await self.hosting.start(self.records())
+        await self.started()
+        return self
+
+    async def stop(self, grace_s: float = 10.0) -> None:
+        await self.hosting.stop(grace_s)
+        await self.release()
+
+    async def serve_until_signal(self, grace_s: float = 10.0) -> None:
+        await self.hosting.serve_until_signal(grace_s, self.load)
+        await self.release()
+
+    async def __aenter__(self) -> Self:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop(0)

@@ -1,4 +1,4 @@
-"""Service discovery: live servers in the NATS KV bucket "rollmesh-registry" (DESIGN §4).
+"""Service discovery: live servers in the NATS KV bucket "rollmesh-registry".
 
 Each server puts a `bus_pb2.ServiceRecord` under "<kind>.<name>.<instance_id>" and re-puts it on a
 heartbeat. The bucket's max_age (TTL) expires the record of a server that died without
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import re
 import time
 import uuid
@@ -21,6 +22,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from nats.aio.client import Client as NATS
 from nats.js.kv import KeyValue
 
+from rollmesh.errors import NotFoundError
 from rollmesh.proto.v1 import bus_pb2
 from rollmesh.telemetry import get_logger
 
@@ -219,6 +221,16 @@ class Registry:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
+
+
+async def resolve(nats_url: str, kind: int, name: str, what: str) -> str:
+    """The address of a random live server of `kind` registered as `name` (random, so that many
+    clients spread over the replicas); NotFoundError naming `what` when there is none."""
+    async with await Registry.connect(nats_url) as registry:
+        records = await registry.list(kind, name)
+    if not records:
+        raise NotFoundError(f"no live {what} in the registry at {nats_url}")
+    return random.choice(records).address
 
 
 def _age(ts: Timestamp, now: float) -> str:

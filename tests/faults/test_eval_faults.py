@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from rollmesh.mesh import EnvServerConfig, InferenceConfig, Mesh, MeshConfig, NatsConfig
+from rollmesh.apps.launcher import EnvServerConfig, InferenceConfig, Mesh, MeshConfig, NatsConfig
 
 TASKS, ROLLOUTS = 24, 4
 

@@ -104,7 +104,7 @@ async def test_bad_prompts(served) -> None:
     with pytest.raises(InvalidArgumentError, match="out of the vocabulary"):
         await client.generate(prompt_ids=[10**7])
     with pytest.raises(InvalidArgumentError, match="needs an input"):
-        await client._call(client.stub.Generate, inf_pb.GenerateRequest())
+        await client._unary(client.stub.Generate, inf_pb.GenerateRequest())
 
 
 async def test_weight_update_changes_outputs_and_bumps_the_version(served) -> None:
@@ -134,7 +134,7 @@ async def _raw_update(client: InferenceClient, requests: list[inf_pb.UpdateWeigh
         for r in requests:
             yield r
 
-    return await client._call(client.stub.UpdateWeights, gen())
+    return await client._unary(client.stub.UpdateWeights, gen())
 
 
 @pytest.mark.parametrize("defect", ["checksum", "partial", "shape", "unknown-name", "no-header", "not-safetensors"])

@@ -16,8 +16,8 @@ from rollmesh.inference.server import InferenceServer
 
 def env(name: str, **kwargs: Any):
     """A built-in environment by entry-point name."""
-    module = {"arithmetic": "rollmesh.envs.arithmetic", "guess-number": "rollmesh.envs.guess_number"}.get(
-        name, "rollmesh.envs.wiki_search"
+    module = {"arithmetic": "rollmesh.examples.arithmetic", "guess-number": "rollmesh.examples.guess_number"}.get(
+        name, "rollmesh.examples.wiki_search"
     )
     return load_environments(module, kwargs)[0]
 

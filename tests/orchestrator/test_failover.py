@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 
 import grpc
 import pytest
-from rollmesh.bench.harness import start_env_server, stop
+from rollmesh.apps.bench.harness import start_env_server, stop
 from rollmesh.env import MultiTurnEnv
 from rollmesh.inference.backends.scripted import ScriptedBackend, load_script
 from rollmesh.inference.server import InferenceServer
@@ -21,7 +21,7 @@ from rollmesh.proto.v1 import trajectory_pb2 as traj_pb
 
 from .mesh_helpers import env_server, scripted_inference, wait_until
 
-TARGET = "rollmesh.envs.guess_number"
+TARGET = "rollmesh.examples.guess_number"
 UNAVAILABLE = grpc.StatusCode.UNAVAILABLE.value[0]
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 import pytest
-from rollmesh.rubric.advantages import group_advantages
+from rollmesh.advantages import group_advantages
 
 
 def test_mean_baseline() -> None:

@@ -11,7 +11,7 @@ from rollmesh import convert
 from rollmesh.env import SingleTurnEnv, ToolEnv
 from rollmesh.env.client import EnvClient
 from rollmesh.env.server import EnvironmentServer
-from rollmesh.envs import arithmetic
+from rollmesh.examples import arithmetic
 from rollmesh.natsd import free_port
 from rollmesh.proto.v1 import trajectory_pb2 as traj_pb
 from rollmesh.rubric.config import RewardFunctionConfig as Fn

@@ -224,7 +224,7 @@ async def test_tool_call_validity_without_specs_is_an_error(book: RubricBook) ->
 
 # ---- Python functions by import path -------------------------------------------------------------
 
-MOD = "rubric.rewards_for_tests"
+MOD = "rubric.reward_functions"
 
 
 async def test_import_path_functions_use_the_sdk_convention(book: RubricBook) -> None:

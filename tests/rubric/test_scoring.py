@@ -13,7 +13,7 @@ from rollmesh.rubric.scoring import FAILED, PARTIAL, SKIPPED, RubricBook, is_inc
 
 from .conftest import trajectory
 
-MOD = "rubric.rewards_for_tests"
+MOD = "rubric.reward_functions"
 
 MATH = RubricConfig(
     name="math",

@@ -21,10 +21,10 @@ from rollmesh.rubric.config import RubricConfig, RubricServiceConfig, ServerConf
 from rollmesh.rubric.scoring import RubricBook
 from rollmesh.rubric.server import SERVICE_NAME, RubricLimits, RubricServer
 
-from . import rewards_for_tests
+from . import reward_functions
 from .conftest import trajectory
 
-MOD = "rubric.rewards_for_tests"
+MOD = "rubric.reward_functions"
 MATH = RubricConfig(
     name="math",
     functions=[
@@ -33,7 +33,7 @@ MATH = RubricConfig(
     ],
 )
 BLOCKING = RubricConfig(
-    name="blocking",  # waits until the test joins the meeting (see rewards_for_tests.meet)
+    name="blocking",  # waits until the test joins the meeting (see reward_functions.meet)
     functions=[Fn(name="wait", function=f"{MOD}:meet", params={"key": "server", "parties": 2, "timeout_s": 60})],
 )
 
@@ -184,10 +184,10 @@ async def test_client_deadline_and_the_server_survives(served) -> None:
 async def _meet() -> None:
     # if the server's call was cancelled, this call waits alone: bound it
     try:
-        await asyncio.wait_for(rewards_for_tests.meet([], key="server", parties=2), 0.1)
+        await asyncio.wait_for(reward_functions.meet([], key="server", parties=2), 0.1)
     except TimeoutError:
         pass
-    rewards_for_tests._waiting.pop("server", None)
+    reward_functions._waiting.pop("server", None)
 
 
 async def test_default_deadline_when_the_client_sets_none() -> None:
@@ -201,7 +201,7 @@ async def test_default_deadline_when_the_client_sets_none() -> None:
                 )
     assert e.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     assert "deadline of 0.2 s" in e.value.details()
-    rewards_for_tests._waiting.pop("server", None)
+    reward_functions._waiting.pop("server", None)
 
 
 async def test_concurrent_rpc_limit() -> None:
@@ -218,9 +218,9 @@ async def test_concurrent_rpc_limit() -> None:
         with pytest.raises(ResourceExhaustedError, match="limit of 1 concurrent requests") as e:
             await client.score("blocking", trajectory("x"))
         assert e.value.reason == "RPC_LIMIT"
-        await rewards_for_tests.meet([], key="server", parties=2)  # releases the first call
+        await reward_functions.meet([], key="server", parties=2)  # releases the first call
         assert (await first).rewards["wait"] == 1.0
-    rewards_for_tests._waiting.pop("server", None)
+    reward_functions._waiting.pop("server", None)
 
 
 async def test_oversized_request_is_refused() -> None:
@@ -269,9 +269,9 @@ async def test_graceful_stop_deregisters_and_lets_in_flight_calls_finish(nats_ur
             else:
                 pytest.fail("the stopping server stayed in the registry")
         assert server.servicer.draining and not in_flight.done()
-        await rewards_for_tests.meet([], key="server", parties=2)
+        await reward_functions.meet([], key="server", parties=2)
         assert (await in_flight).rewards["wait"] == 1.0
         await stopping
     finally:
-        rewards_for_tests._waiting.pop("server", None)
+        reward_functions._waiting.pop("server", None)
         await client.close()

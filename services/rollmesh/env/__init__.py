@@ -1,11 +1,11 @@
 """The environment SDK: write an environment once, serve it over gRPC, use it in-process."""
 
+from ..types import Message, State, StepResult, Task
 from .datasets import load_tasks
-from .environment import Environment, MultiTurnEnv, SingleTurnEnv, ToolEnv, reward_context
+from .environment import Environment, MultiTurnEnv, SingleTurnEnv, ToolEnv
 from .episode import Episode
-from .rubric import Rubric
+from .rubric import Rubric, reward_context
 from .tools import tool_spec
-from .types import Message, State, StepResult, Task
 
 __all__ = [
     "Environment",

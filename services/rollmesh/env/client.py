@@ -9,39 +9,35 @@ async with await EnvClient.connect("localhost:50051") as client:
 
 from __future__ import annotations
 
-import asyncio
-import random
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import grpc
 
-from .. import convert
+from .. import convert, registry
 from ..errors import (
-    DeadlineExceededError,
     FailedPreconditionError,
     InvalidArgumentError,
-    NotFoundError,
     RollmeshError,
-    UnavailableError,
 )
 from ..proto.v1 import bus_pb2 as bus_pb
 from ..proto.v1 import environment_pb2 as env_pb
 from ..proto.v1 import environment_pb2_grpc as env_grpc
-from ..rpc import RpcLimits, create_channel, end_call
+from ..rpc import RpcLimits
 from ..rpc_errors import error_from_rpc
-from .types import Message, StepResult, Task
+from ..service_client import ServiceClient
+from ..types import Message, StepResult, Task
+from .stream import EpisodeStream
 
 
-class EnvClient:
+class EnvClient(ServiceClient):
+    stub_class = env_grpc.EnvironmentServiceStub
+
     def __init__(
         self, channel: grpc.aio.Channel, address: str, *, timeout_s: float = 30.0, step_timeout_s: float = 300.0
     ) -> None:
-        self.channel = channel
-        self.address = address
-        self.timeout_s = timeout_s  # unary calls and ListTasks
+        super().__init__(channel, address, timeout_s=timeout_s)  # unary calls and ListTasks
         self.step_timeout_s = step_timeout_s  # one episode start or step: a stalled server cannot hold us
-        self.stub = env_grpc.EnvironmentServiceStub(channel)
 
     @classmethod
     async def connect(
@@ -60,16 +56,7 @@ class EnvClient:
             if not (name and nats_url):
                 raise InvalidArgumentError("connect needs an address, or an environment name and a NATS URL")
             address = await resolve(name, nats_url)
-        return cls(create_channel(address, limits=limits), address, timeout_s=timeout_s, step_timeout_s=step_timeout_s)
-
-    async def close(self) -> None:
-        await self.channel.close()
-
-    async def __aenter__(self) -> EnvClient:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
+        return cls.open(address, limits=limits, timeout_s=timeout_s, step_timeout_s=step_timeout_s)
 
     async def describe(self) -> env_pb.DescribeResponse:
         return await self._unary(self.stub.Describe, env_pb.DescribeRequest())
@@ -124,12 +111,6 @@ class EnvClient:
             start.task.CopyFrom(convert.task_to_pb(task, env))
         return EpisodeSession(self.stub, start, timeout_s, self.step_timeout_s)
 
-    async def _unary(self, method: Any, request: Any) -> Any:
-        try:
-            return await method(request, timeout=self.timeout_s)
-        except grpc.aio.AioRpcError as e:
-            raise error_from_rpc(e) from e
-
 
 class EpisodeSession:
     """One episode over one stream. Use as an async context manager; leaving the block ends the
@@ -146,7 +127,7 @@ class EpisodeSession:
         self._start = start
         self._timeout_s = timeout_s
         self._step_timeout_s = step_timeout_s
-        self._call: Any = None
+        self._stream: EpisodeStream | None = None
         self.episode_id = ""
         self.task: Task | None = None
         self.messages: list[Message] = []  # the whole conversation so far
@@ -159,14 +140,13 @@ class EpisodeSession:
         return self.last is not None and self.last.done
 
     async def __aenter__(self) -> EpisodeSession:
-        self._call = self._stub.Episode(timeout=self._timeout_s)
+        self._stream = EpisodeStream(self._stub, timeout_s=self._timeout_s, step_timeout_s=self._step_timeout_s)
         try:
-            response = await self._exchange(env_pb.EpisodeRequest(start=self._start))
+            started = await self._stream.start(self._start)
         except BaseException:
-            end_call(self._call)
-            self._call = None
+            self._stream.end()
+            self._stream = None
             raise
-        started = response.started
         self.episode_id = started.episode_id
         self.task = convert.task_from_pb(started.task)
         self.messages = convert.messages_from_pb(started.messages)
@@ -175,73 +155,31 @@ class EpisodeSession:
         return self
 
     async def step(self, action: Message | str) -> StepResult:
-        if self._call is None:
+        if self._stream is None:
             raise FailedPreconditionError("the episode session is closed; open a new one with client.episode()")
         message = {"role": "assistant", "content": action} if isinstance(action, str) else action
-        action = env_pb.Action(message=convert.message_to_pb(message))
-        response = await self._exchange(env_pb.EpisodeRequest(action=action))
-        result = convert.step_from_pb(response.step)
+        result = convert.step_from_pb(await self._stream.act(convert.message_to_pb(message)))
         self.messages.append({**message, "role": "assistant"})
         self.messages.extend(result.messages)
         self.last = result
         return result
 
-    async def _exchange(self, request: env_pb.EpisodeRequest) -> env_pb.EpisodeResponse:
-        """One request, its one response; errors as domain errors."""
-        try:
-            async with asyncio.timeout(self._step_timeout_s):
-                # A stream the server already ended (idle timeout, shutdown) reports the server's
-                # status; writing into it could turn that into a local INTERNAL error instead.
-                if not self._call.done():
-                    await _write(self._call, request)
-                response = await self._call.read()
-        except TimeoutError:
-            end_call(self._call)
-            raise DeadlineExceededError(
-                f"episode {self.episode_id or '(starting)'}: no answer from the server within "
-                f"{self._step_timeout_s:g} s; the episode was cancelled"
-            ) from None
-        except grpc.aio.AioRpcError as e:
-            raise error_from_rpc(e) from e
-        if response is grpc.aio.EOF:
-            raise UnavailableError(f"episode {self.episode_id or '(starting)'}: the server closed the stream")
-        return response
-
     async def close(self) -> None:
-        if self._call is None:
+        if self._stream is None:
             return
-        call, self._call = self._call, None
+        stream, self._stream = self._stream, None
         if self.done:
-            try:
-                await call.done_writing()
-                await call.code()  # the server's OK: its resources are freed when we return
-            except grpc.aio.AioRpcError:
-                pass
+            await stream.finish(wait=True)  # the server's OK: its resources are freed when we return
         else:
-            end_call(call)
+            stream.end()
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
 
-async def _write(call: Any, request: env_pb.EpisodeRequest) -> None:
-    try:
-        await call.write(request)
-    except asyncio.InvalidStateError:
-        # The server already ended the stream (an error, the idle timeout, a shutdown): the read
-        # that follows raises its status as AioRpcError instead of this bare "RPC already finished".
-        pass
-
-
 async def resolve(name: str, nats_url: str) -> str:
     """Address of a live replica of environment `name`, from the registry."""
-    from ..registry import Registry
-
-    async with await Registry.connect(nats_url) as registry:
-        records = await registry.list(bus_pb.SERVICE_KIND_ENVIRONMENT, name)
-    if not records:
-        raise NotFoundError(f"no live server for environment {name!r} in the registry at {nats_url}")
-    return random.choice(records).address
+    return await registry.resolve(nats_url, bus_pb.SERVICE_KIND_ENVIRONMENT, name, f"server for environment {name!r}")
 
 
 __all__ = ["EnvClient", "EpisodeSession", "RollmeshError", "error_from_rpc", "resolve"]

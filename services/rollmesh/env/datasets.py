@@ -10,7 +10,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from .types import Message, Task
+from ..types import Message, Task
 
 TaskSource = Iterable[Mapping[str, Any] | Task] | str | Path
 

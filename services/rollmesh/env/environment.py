@@ -16,11 +16,11 @@ from functools import cached_property
 from typing import Any, ClassVar
 
 from ..errors import NotFoundError, quoted
+from ..types import Message, State, Task
 from .datasets import TaskSource, load_tasks
 from .episode import Episode
-from .rubric import RewardFn, Rubric
+from .rubric import RewardFn, Rubric, reward_context
 from .tools import ToolFn, call_tool, tool_spec
-from .types import Message, State, Task
 
 
 class Environment:
@@ -146,18 +146,6 @@ class Environment:
                 row = [split, t.task_id, t.prompt, t.answer, t.info]
                 h.update(json.dumps(row, sort_keys=True, default=str).encode())
         return h.hexdigest()
-
-
-def reward_context(task: Task, messages: list[Message], state: State) -> dict[str, Any]:
-    return {
-        "completion": messages[len(task.prompt) :],
-        "answer": task.answer,
-        "prompt": task.prompt,
-        "messages": messages,
-        "state": state,
-        "info": task.info,
-        "task": task,
-    }
 
 
 class SingleTurnEnv(Environment):

@@ -6,13 +6,23 @@ from __future__ import annotations
 import random
 import uuid
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from ..errors import FailedPreconditionError, InvalidArgumentError, quoted
-from .types import Message, State, StepResult, Task
+from ..types import Message, State, StepResult, Task
+from .rubric import Rubric, reward_context
 
-if TYPE_CHECKING:
-    from .environment import Environment
+
+class EpisodeHooks(Protocol):
+    """What an episode needs of its environment (an `Environment` has all of it)."""
+
+    max_turns: int
+    rubric: Rubric | None
+
+    async def setup_state(self, task: Task, state: State) -> None: ...
+    async def env_response(self, messages: list[Message], state: State) -> list[Message]: ...
+    async def is_done(self, messages: list[Message], state: State) -> bool: ...
+    async def cleanup(self, state: State) -> None: ...
 
 
 def validate_action(action: Message) -> Message:
@@ -33,7 +43,7 @@ def validate_action(action: Message) -> Message:
 class Episode:
     def __init__(
         self,
-        env: Environment,
+        env: EpisodeHooks,
         task: Task,
         *,
         seed: int = 0,
@@ -85,8 +95,6 @@ class Episode:
         return result
 
     async def _finish(self, result: StepResult) -> None:
-        from .environment import reward_context
-
         if self.env.rubric is not None:
             ctx = reward_context(self.task, self.messages, self.state)
             result.rewards, result.reward = await self.env.rubric.score(ctx)

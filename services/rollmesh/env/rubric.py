@@ -9,9 +9,23 @@ import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from ..types import Message, State, Task
+
 RewardFn = Callable[..., Any]
 
 CONTEXT_KEYS = frozenset({"completion", "answer", "prompt", "messages", "state", "info", "task"})
+
+
+def reward_context(task: Task, messages: list[Message], state: State) -> dict[str, Any]:
+    return {
+        "completion": messages[len(task.prompt) :],
+        "answer": task.answer,
+        "prompt": task.prompt,
+        "messages": messages,
+        "state": state,
+        "info": task.info,
+        "task": task,
+    }
 
 
 def _wanted(fn: RewardFn) -> tuple[frozenset[str], bool]:

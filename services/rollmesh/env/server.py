@@ -27,7 +27,7 @@ from ..errors import (
     UnavailableError,
     quoted,
 )
-from ..hosting import Hosting
+from ..hosting import HostedServer
 from ..proto.v1 import bus_pb2 as bus_pb
 from ..proto.v1 import environment_pb2 as env_pb
 from ..proto.v1 import environment_pb2_grpc as env_grpc
@@ -300,7 +300,7 @@ class EnvironmentServicer(env_grpc.EnvironmentServiceServicer):
             log.exception("cleanup failed for episode %s", episode.episode_id)
 
 
-class EnvironmentServer:
+class EnvironmentServer(HostedServer):
     """Hosts environments on a gRPC port, registers them when given a NATS URL, and shuts down
     gracefully: health NOT_SERVING and deregistration first, then in-flight episodes get
     `grace_s` to finish before they are cancelled."""
@@ -317,24 +317,19 @@ class EnvironmentServer:
         advertise_host: str | None = None,
     ) -> None:
         self.servicer = EnvironmentServicer(envs, limits=limits, max_message_bytes=rpc_limits.max_message_bytes)
-        self.rpc = create_server(
+        rpc = create_server(
             [(env_grpc.add_EnvironmentServiceServicer_to_server, self.servicer, SERVICE_NAME)],
             host=host,
             port=port,
             limits=rpc_limits.with_headroom_for(limits.max_concurrent_episodes),
         )
-        self.hosting = Hosting(self.rpc, nats_url=nats_url, advertise_host=advertise_host, on_drain=self._drain)
+        self._host(rpc, nats_url=nats_url, advertise_host=advertise_host)
 
-    def _drain(self) -> None:
+    def drain(self) -> None:
         self.servicer.draining = True
 
-    @property
-    def address(self) -> str:
-        return self.rpc.address
-
-    @property
-    def advertised_address(self) -> str:
-        return self.hosting.advertised_address
+    def load(self) -> str:
+        return f"{self.servicer.active} episodes in flight"
 
     def records(self) -> list[bus_pb.ServiceRecord]:
         return [
@@ -349,19 +344,5 @@ class EnvironmentServer:
             for env in self.servicer.envs.values()
         ]
 
-    async def start(self) -> EnvironmentServer:
-        await self.hosting.start(self.records())
+    async def started(self) -> None:
         log.info("serving %s on %s", ", ".join(self.servicer.envs), self.address)
-        return self
-
-    async def stop(self, grace_s: float = 10.0) -> None:
-        await self.hosting.stop(grace_s)
-
-    async def serve_until_signal(self, grace_s: float = 10.0) -> None:
-        await self.hosting.serve_until_signal(grace_s, lambda: f"{self.servicer.active} episodes in flight")
-
-    async def __aenter__(self) -> EnvironmentServer:
-        return await self.start()
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop(0)

@@ -7,20 +7,20 @@ async with await InferenceClient.connect("localhost:50061") as llm:
 
 from __future__ import annotations
 
-import random
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from .. import convert
-from ..errors import InvalidArgumentError, NotFoundError
+from .. import convert, registry
+from ..errors import InvalidArgumentError
 from ..proto.v1 import bus_pb2 as bus_pb
 from ..proto.v1 import inference_pb2 as inf_pb
 from ..proto.v1 import inference_pb2_grpc as inf_grpc
 from ..proto.v1 import messages_pb2 as msg_pb
-from ..rpc import RpcLimits, create_channel
+from ..rpc import RpcLimits
 from ..rpc_errors import error_from_rpc
+from ..service_client import ServiceClient
 from .weights import encode
 
 if TYPE_CHECKING:
@@ -38,12 +38,11 @@ def sampling_pb(**params: Any) -> msg_pb.SamplingParams:
     return msg_pb.SamplingParams(**{k: v for k, v in params.items() if v is not None})
 
 
-class InferenceClient:
+class InferenceClient(ServiceClient):
+    stub_class = inf_grpc.InferenceServiceStub
+
     def __init__(self, channel: grpc.aio.Channel, address: str, *, timeout_s: float = 600.0) -> None:
-        self.channel = channel
-        self.address = address
-        self.timeout_s = timeout_s
-        self.stub = inf_grpc.InferenceServiceStub(channel)
+        super().__init__(channel, address, timeout_s=timeout_s)
 
     @classmethod
     async def connect(
@@ -60,16 +59,7 @@ class InferenceClient:
             if not (model and nats_url):
                 raise InvalidArgumentError("connect needs an address, or a model name and a NATS URL")
             address = await resolve(model, nats_url)
-        return cls(create_channel(address, limits=limits), address, timeout_s=timeout_s)
-
-    async def close(self) -> None:
-        await self.channel.close()
-
-    async def __aenter__(self) -> InferenceClient:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
+        return cls.open(address, limits=limits, timeout_s=timeout_s)
 
     @staticmethod
     def request(
@@ -97,7 +87,7 @@ class InferenceClient:
     async def generate(
         self, messages: Sequence[Mapping[str, Any]] | None = None, **kwargs: Any
     ) -> inf_pb.GenerateResponse:
-        return await self._call(self.stub.Generate, self.request(messages, **kwargs))
+        return await self._unary(self.stub.Generate, self.request(messages, **kwargs))
 
     async def generate_stream(
         self, messages: Sequence[Mapping[str, Any]] | None = None, **kwargs: Any
@@ -112,7 +102,7 @@ class InferenceClient:
             raise error_from_rpc(e) from e
 
     async def model_info(self) -> inf_pb.GetModelInfoResponse:
-        return await self._call(self.stub.GetModelInfo, inf_pb.GetModelInfoRequest())
+        return await self._unary(self.stub.GetModelInfo, inf_pb.GetModelInfoRequest())
 
     async def tokenize(
         self,
@@ -127,7 +117,7 @@ class InferenceClient:
             req.chat.add_generation_prompt = add_generation_prompt
         else:
             req.text = text or ""
-        return list((await self._call(self.stub.Tokenize, req)).token_ids)
+        return list((await self._unary(self.stub.Tokenize, req)).token_ids)
 
     async def update_weights(
         self, tensors: Mapping[str, torch.Tensor], *, policy_version: int = 0, chunk_bytes: int = WEIGHTS_CHUNK_BYTES
@@ -140,32 +130,24 @@ class InferenceClient:
             for i in range(0, len(payload), chunk_bytes):
                 yield inf_pb.UpdateWeightsRequest(chunk=payload[i : i + chunk_bytes])
 
-        return await self._call(self.stub.UpdateWeights, requests())
+        return await self._unary(self.stub.UpdateWeights, requests())
 
     async def load_weights(self, path: str, *, policy_version: int = 0) -> inf_pb.LoadWeightsResponse:
-        return await self._call(
+        return await self._unary(
             self.stub.LoadWeights, inf_pb.LoadWeightsRequest(path=path, policy_version=policy_version)
         )
 
     async def pause(self) -> None:
-        await self._call(self.stub.Pause, inf_pb.PauseRequest())
+        await self._unary(self.stub.Pause, inf_pb.PauseRequest())
 
     async def resume(self) -> None:
-        await self._call(self.stub.Resume, inf_pb.ResumeRequest())
-
-    async def _call(self, method: Any, request: Any) -> Any:
-        try:
-            return await method(request, timeout=self.timeout_s)
-        except grpc.aio.AioRpcError as e:
-            raise error_from_rpc(e) from e
+        await self._unary(self.stub.Resume, inf_pb.ResumeRequest())
 
 
 async def resolve(model: str, nats_url: str) -> str:
-    from ..registry import Registry
+    """Address of a random live inference server of `model`, from the registry."""
     from .server import registry_name
 
-    async with await Registry.connect(nats_url) as registry:
-        records = await registry.list(bus_pb.SERVICE_KIND_INFERENCE, registry_name(model))
-    if not records:
-        raise NotFoundError(f"no live inference server for model {model!r} in the registry at {nats_url}")
-    return random.choice(records).address
+    return await registry.resolve(
+        nats_url, bus_pb.SERVICE_KIND_INFERENCE, registry_name(model), f"inference server for model {model!r}"
+    )

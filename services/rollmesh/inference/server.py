@@ -13,7 +13,7 @@ import grpc
 
 from .. import convert
 from ..errors import FailedPreconditionError, InvalidArgumentError, RollmeshError, UnavailableError, quoted
-from ..hosting import Hosting
+from ..hosting import HostedServer
 from ..proto.v1 import bus_pb2 as bus_pb
 from ..proto.v1 import inference_pb2 as inf_pb
 from ..proto.v1 import inference_pb2_grpc as inf_grpc
@@ -220,7 +220,7 @@ def registry_name(model: str) -> str:
     return re.sub(r"[^A-Za-z0-9_\-=/]", "-", model) or "model"
 
 
-class InferenceServer:
+class InferenceServer(HostedServer):
     """Serves a backend over gRPC (and, optionally, the OpenAI-compatible HTTP facade)."""
 
     def __init__(
@@ -238,62 +238,47 @@ class InferenceServer:
     ) -> None:
         self.core = InferenceCore(backend)
         self.servicer = InferenceServicer(self.core, max_weights_bytes=max_weights_bytes)
-        self.rpc = create_server(
+        rpc = create_server(
             [(inf_grpc.add_InferenceServiceServicer_to_server, self.servicer, SERVICE_NAME)],
             host=host,
             port=port,
             limits=rpc_limits,
         )
-        self.hosting = Hosting(self.rpc, nats_url=nats_url, advertise_host=advertise_host, on_drain=self._drain)
+        self._host(rpc, nats_url=nats_url, advertise_host=advertise_host)
         self.openai_port = openai_port
         self.capacity = capacity
         self._http: Any = None
 
-    def _drain(self) -> None:
+    def drain(self) -> None:
         self.servicer.draining = True
 
-    @property
-    def address(self) -> str:
-        return self.rpc.address
-
-    async def start(self) -> InferenceServer:
+    def records(self) -> list[bus_pb.ServiceRecord]:
         b = self.core.backend
-        record = record_for(
-            bus_pb.SERVICE_KIND_INFERENCE,
-            registry_name(b.model),
-            str(b.policy_version),
-            self.hosting.advertised_address,
-            self.capacity,
-            self.servicer.instance_id,
-            labels={"backend": b.name, "model": b.model},
-        )
-        await self.hosting.start([record])
+        return [
+            record_for(
+                bus_pb.SERVICE_KIND_INFERENCE,
+                registry_name(b.model),
+                str(b.policy_version),
+                self.advertised_address,
+                self.capacity,
+                self.servicer.instance_id,
+                labels={"backend": b.name, "model": b.model},
+            )
+        ]
+
+    async def started(self) -> None:
         if self.openai_port is not None:
             from .openai_api import start_http
 
             self._http = await start_http(self.core, self.rpc.host, self.openai_port)
-        return self
 
     @property
     def openai_address(self) -> str | None:
         return self._http.address if self._http else None
 
-    async def stop(self, grace_s: float = 10.0) -> None:
+    async def release(self) -> None:
         if self._http:
             await self._http.stop()
-        await self.hosting.stop(grace_s)
+            self._http = None
         await self.core.backend.close()
         self.core.close()
-
-    async def serve_until_signal(self, grace_s: float = 10.0) -> None:
-        await self.hosting.serve_until_signal(grace_s)
-        if self._http:
-            await self._http.stop()
-        await self.core.backend.close()
-        self.core.close()
-
-    async def __aenter__(self) -> InferenceServer:
-        return await self.start()
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop(0)

@@ -21,12 +21,14 @@ import logging
 import os
 import time
 from array import array
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import grpc
 
 from .. import __version__
+from ..env.stream import EpisodeStream
 from ..errors import (
     DeadlineExceededError,
     InternalError,
@@ -38,7 +40,7 @@ from ..proto.v1 import environment_pb2 as env_pb
 from ..proto.v1 import inference_pb2 as inf_pb
 from ..proto.v1 import messages_pb2 as msg_pb
 from ..proto.v1 import trajectory_pb2 as traj_pb
-from ..rpc import end_call, tracing_enabled
+from ..rpc import tracing_enabled
 from ..rpc_errors import error_from_rpc, status_for
 from .config import RolloutConfig
 from .routing import EnvReplica, InferenceReplica, ReplicaPool
@@ -51,6 +53,7 @@ log = logging.getLogger(__name__)
 PROMPT_CACHE_SIZE = 1024  # distinct opening prompts kept as token ids
 
 # Errors after which another replica may well succeed (the failed one is benched).
+T = TypeVar("T")
 _REPLICA_FAULTS = (UnavailableError, DeadlineExceededError, ResourceExhaustedError)
 
 
@@ -248,11 +251,10 @@ class EpisodeRunner:
         if cfg.env_options:
             start.options.update(cfg.env_options)
         # The stream's deadline is a backstop; the episode timeout around the attempt fires first.
-        call = env.stub.Episode(timeout=cfg.episode_timeout_s + 5.0)
+        stream = EpisodeStream(env.stub, timeout_s=cfg.episode_timeout_s + 5.0, step_timeout_s=cfg.step_timeout_s)
         done = False
         try:
-            response = await self._exchange(call, env_pb.EpisodeRequest(start=start), timing)
-            started = response.started
+            started = await self._env_call(stream.start(start), timing)
             traj.messages.extend(started.messages)
             tools = started.tools
             sampling = p.sampling
@@ -286,10 +288,7 @@ class EpisodeRunner:
                 self.stats.prompt_tokens += len(generated.prompt_ids)
                 self.stats.completion_tokens += len(sample.completion_ids)
                 action = assistant_message(sample.text, list(sample.tool_calls), call_prefix=f"call_{turn_index}")
-                response = await self._exchange(
-                    call, env_pb.EpisodeRequest(action=env_pb.Action(message=action)), timing
-                )
-                step = response.step
+                step = await self._env_call(stream.act(action), timing)
                 traj.messages.append(action)
                 traj.messages.extend(step.messages)
                 if step.done:
@@ -317,58 +316,27 @@ class EpisodeRunner:
                     traj.metrics["context_exhausted"] = 1.0
                     break
         except BaseException:
-            end_call(call)
+            stream.end()
             raise
         outcome.inference = state.replica
         if state.replica is not None:
             p.inference_address = state.replica.address
         if done:
-            await self._finish(call)
+            await stream.finish()
         else:
-            end_call(call)
+            stream.end()
 
-    async def _exchange(self, call: grpc.aio.StreamStreamCall, request: env_pb.EpisodeRequest, timing: traj_pb.Timing):
+    async def _env_call(self, exchange: Awaitable[T], timing: traj_pb.Timing) -> T:
+        """One exchange with the environment, timed; its errors as the environment's fault."""
         t0 = time.perf_counter()
         try:
-            async with asyncio.timeout(self.config.step_timeout_s):
-                if not call.done():  # an ended stream reports the server's status on read()
-                    try:
-                        await call.write(request)
-                    except asyncio.InvalidStateError:
-                        pass  # it ended just now: read() raises its status
-                response = await call.read()
-        except TimeoutError:
-            raise RolloutFailure(
-                "environment",
-                DeadlineExceededError(
-                    f"no answer from the environment within step_timeout_s={self.config.step_timeout_s:g}",
-                    reason="STEP_TIMEOUT",
-                ),
-                replica_fault=True,
-            ) from None
-        except grpc.aio.AioRpcError as e:
-            err = error_from_rpc(e)
-            raise RolloutFailure("environment", err, replica_fault=replica_fault(err)) from e
+            return await exchange
+        except RollmeshError as e:
+            raise RolloutFailure("environment", e, replica_fault=replica_fault(e)) from e
         finally:
             elapsed = time.perf_counter() - t0
             timing.environment_s += elapsed
             self.stats.environment_s += elapsed
-        if response is grpc.aio.EOF:
-            raise RolloutFailure(
-                "environment",
-                UnavailableError("the environment server closed the episode stream", reason="STREAM_CLOSED"),
-                replica_fault=True,
-            )
-        return response
-
-    @staticmethod
-    async def _finish(call: grpc.aio.StreamStreamCall) -> None:
-        """Half-close after done: the server ends the stream with OK and frees the episode. Its final
-        status is not awaited (nothing depends on it; one wake-up less per episode)."""
-        try:
-            await call.done_writing()
-        except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
-            end_call(call)
 
     # ---- model calls: sticky, rerouted on replica failure -----------------------------------------
 

@@ -210,23 +210,38 @@ class ReplicaPool(Generic[R]):
 # ---- connecting ----------------------------------------------------------------------------------
 
 
+async def _open(
+    what: str, address: str, stub_class: type, method: str, request: Any, timeout_s: float, limits: RpcLimits
+) -> tuple[grpc.aio.Channel, Any, Any]:
+    """A channel to `address` and its stub, checked with one call whose answer is returned; the
+    channel is closed again when that call fails (UnavailableError)."""
+    channel = create_channel(address, limits=limits)
+    stub = stub_class(channel)
+    try:
+        return channel, stub, await getattr(stub, method)(request, timeout=timeout_s)
+    except grpc.aio.AioRpcError as e:
+        await channel.close()
+        raise UnavailableError(f"cannot reach the {what} at {address}: {error_from_rpc(e)}") from e
+    except BaseException:
+        await channel.close()
+        raise
+
+
 async def connect_env(
     address: str, env: str, *, timeout_s: float, limits: RpcLimits, known: set[str] | None = None
 ) -> EnvReplica:
     """An environment replica for `env` at `address`, described. NotFound-like problems raise
     LookupError (naming what the server hosts, collected in `known`); transport ones raise
     UnavailableError."""
-    channel = create_channel(address, limits=limits)
-    stub = env_grpc.EnvironmentServiceStub(channel)
-    try:
-        described: env_pb.DescribeResponse = await stub.Describe(env_pb.DescribeRequest(), timeout=timeout_s)
-    except grpc.aio.AioRpcError as e:
-        await channel.close()
-        err = error_from_rpc(e)
-        raise UnavailableError(f"cannot reach the environment server at {address}: {err}") from e
-    except BaseException:
-        await channel.close()
-        raise
+    channel, stub, described = await _open(
+        "environment server",
+        address,
+        env_grpc.EnvironmentServiceStub,
+        "Describe",
+        env_pb.DescribeRequest(),
+        timeout_s,
+        limits,
+    )
     names = [e.name for e in described.environments]
     if known is not None:
         known.update(names)
@@ -245,17 +260,15 @@ async def connect_env(
 
 
 async def connect_inference(address: str, model: str, *, timeout_s: float, limits: RpcLimits) -> InferenceReplica:
-    channel = create_channel(address, limits=limits)
-    stub = inf_grpc.InferenceServiceStub(channel)
-    try:
-        info: inf_pb.GetModelInfoResponse = await stub.GetModelInfo(inf_pb.GetModelInfoRequest(), timeout=timeout_s)
-    except grpc.aio.AioRpcError as e:
-        await channel.close()
-        err = error_from_rpc(e)
-        raise UnavailableError(f"cannot reach the inference server at {address}: {err}") from e
-    except BaseException:
-        await channel.close()
-        raise
+    channel, stub, info = await _open(
+        "inference server",
+        address,
+        inf_grpc.InferenceServiceStub,
+        "GetModelInfo",
+        inf_pb.GetModelInfoRequest(),
+        timeout_s,
+        limits,
+    )
     if model and info.model != model:
         await channel.close()
         raise LookupError(f"the inference server at {address} serves {info.model!r}, not {model!r}")

@@ -9,11 +9,11 @@ from typing import Any
 
 import grpc
 
+from ..advantages import group_advantages
 from ..errors import RollmeshError, UnavailableError
 from ..proto.v1 import environment_pb2 as env_pb
 from ..proto.v1 import trajectory_pb2 as traj_pb
 from ..rpc_errors import error_from_rpc
-from ..rubric.advantages import group_advantages
 from .config import RolloutConfig
 from .episode_runner import EpisodeOutcome, error_pb, replica_fault
 from .routing import EnvReplica, ReplicaPool

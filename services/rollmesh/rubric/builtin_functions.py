@@ -1,6 +1,6 @@
 """The built-in reward functions. Each `make(params, resources)` validates its params when a rubric
 is compiled and returns the async function that scores one trajectory; see their docstrings (also
-served by `functions.describe_builtins()`)."""
+served by `functions.describe_builtins()`; registered in builtins.py)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from typing import Any
 
 from ..errors import InvalidArgumentError, UnavailableError
 from . import judge as judge_mod
+from .builtins import BUILTINS, Params, ScoreFn, builtin
 from .context import ScoreContext
-from .functions import BUILTINS, Params, ScoreFn, builtin
 from .matching import compile_pattern, in_thread, make_extractor, normalize, search
 from .mathverify import START_TIMEOUT_S
 from .resources import Resources
@@ -123,7 +123,7 @@ def answer_format(p: Params, res: Resources) -> ScoreFn:
     "boxed" (contains \\boxed{...}), "answer_line" (a line "ANSWER: ..."), "integer" / "number" (the
     answer, as the built-in environments extract it, is just a number), "xml" (<tag>...</tag>,
     with `tag`, default "answer"); default "boxed"."""
-    from ..envs.parsing import extract_answer
+    from ..parsing import extract_answer
 
     style = p.choice("style", "boxed", (*_FORMATS, "xml"))
     tag = p.get("tag", "answer", kind=str)

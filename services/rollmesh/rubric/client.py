@@ -8,19 +8,18 @@ async with await RubricClient.connect("localhost:50071") as rubric:
 
 from __future__ import annotations
 
-import random
 from collections.abc import Sequence
-from typing import Any
 
 import grpc
 
-from ..errors import InvalidArgumentError, NotFoundError
+from .. import registry
+from ..errors import InvalidArgumentError
 from ..proto.v1 import bus_pb2 as bus_pb
 from ..proto.v1 import rubric_pb2 as rubric_pb
 from ..proto.v1 import rubric_pb2_grpc as rubric_grpc
 from ..proto.v1 import trajectory_pb2 as traj_pb
-from ..rpc import RpcLimits, create_channel
-from ..rpc_errors import error_from_rpc
+from ..rpc import RpcLimits
+from ..service_client import ServiceClient
 from .config import RubricConfig, to_spec
 
 SpecLike = rubric_pb.RubricSpec | RubricConfig | None
@@ -30,12 +29,11 @@ def _spec(spec: SpecLike) -> rubric_pb.RubricSpec | None:
     return to_spec(spec) if isinstance(spec, RubricConfig) else spec
 
 
-class RubricClient:
+class RubricClient(ServiceClient):
+    stub_class = rubric_grpc.RubricServiceStub
+
     def __init__(self, channel: grpc.aio.Channel, address: str, *, timeout_s: float = 120.0) -> None:
-        self.channel = channel
-        self.address = address
-        self.timeout_s = timeout_s  # the deadline of every call
-        self.stub = rubric_grpc.RubricServiceStub(channel)
+        super().__init__(channel, address, timeout_s=timeout_s)
 
     @classmethod
     async def connect(
@@ -51,16 +49,7 @@ class RubricClient:
             if not nats_url:
                 raise InvalidArgumentError("connect needs an address or a NATS URL")
             address = await resolve(nats_url)
-        return cls(create_channel(address, limits=limits), address, timeout_s=timeout_s)
-
-    async def close(self) -> None:
-        await self.channel.close()
-
-    async def __aenter__(self) -> RubricClient:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
+        return cls.open(address, limits=limits, timeout_s=timeout_s)
 
     async def score(
         self, rubric: str, trajectory: traj_pb.Trajectory, *, spec: SpecLike = None
@@ -69,7 +58,7 @@ class RubricClient:
         request = rubric_pb.ScoreTrajectoryRequest(rubric=rubric, trajectory=trajectory)
         if (s := _spec(spec)) is not None:
             request.spec.CopyFrom(s)
-        return (await self._call(self.stub.ScoreTrajectory, request)).result
+        return (await self._unary(self.stub.ScoreTrajectory, request)).result
 
     async def score_group(
         self, rubric: str, trajectories: Sequence[traj_pb.Trajectory], *, spec: SpecLike = None
@@ -78,25 +67,15 @@ class RubricClient:
         request = rubric_pb.ScoreGroupRequest(rubric=rubric, trajectories=trajectories)
         if (s := _spec(spec)) is not None:
             request.spec.CopyFrom(s)
-        response = await self._call(self.stub.ScoreGroup, request)
+        response = await self._unary(self.stub.ScoreGroup, request)
         return list(response.results), list(response.advantages)
 
     async def list_rubrics(self) -> list[rubric_pb.RubricSpec]:
-        return list((await self._call(self.stub.ListRubrics, rubric_pb.ListRubricsRequest())).rubrics)
-
-    async def _call(self, method: Any, request: Any) -> Any:
-        try:
-            return await method(request, timeout=self.timeout_s)
-        except grpc.aio.AioRpcError as e:
-            raise error_from_rpc(e) from e
+        return list((await self._unary(self.stub.ListRubrics, rubric_pb.ListRubricsRequest())).rubrics)
 
 
 async def resolve(nats_url: str) -> str:
-    from ..registry import Registry
+    """Address of a random live rubric server, from the registry."""
     from .server import REGISTRY_NAME
 
-    async with await Registry.connect(nats_url) as registry:
-        records = await registry.list(bus_pb.SERVICE_KIND_RUBRIC, REGISTRY_NAME)
-    if not records:
-        raise NotFoundError(f"no live rubric server in the registry at {nats_url}")
-    return random.choice(records).address
+    return await registry.resolve(nats_url, bus_pb.SERVICE_KIND_RUBRIC, REGISTRY_NAME, "rubric server")

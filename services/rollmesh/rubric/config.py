@@ -45,9 +45,13 @@ class RewardFunctionConfig(Section):
     """One weighted reward function: a built-in name (see functions.BUILTINS) or "pkg.module:fn"."""
 
     name: str
+    """Unique within the rubric; the key of its reward in results."""
     function: str
+    """A built-in name (`rollmesh rubric ls`), or "package.module:function"."""
     weight: float = 1.0
+    """Weight in the total reward; 0 = reported as a metric only."""
     params: dict[str, Any] = Field(default_factory=dict)
+    """The function's parameters (built-ins check them when the rubric loads)."""
 
     @field_validator("name")
     @classmethod
@@ -77,7 +81,9 @@ class AdvantageConfig(Section):
     """Group-relative advantages: reward minus the group mean (or the mean of the others)."""
 
     normalize_std: bool = False
+    """Divide advantages by the group's reward std."""
     leave_one_out: bool = False
+    """Baseline = the mean of the other rollouts of the group (RLOO)."""
 
 
 class RubricConfig(Section):
@@ -85,7 +91,9 @@ class RubricConfig(Section):
     model_config = ConfigDict(populate_by_name=True)
 
     name: str
+    """Unique name; clients and monitor routes refer to it."""
     description: str = ""
+    """Free text, shown by `rollmesh rubric ls`."""
     functions: list[RewardFunctionConfig] = Field(default_factory=list, alias="function")
     advantage: AdvantageConfig = Field(default_factory=AdvantageConfig)
 
@@ -108,19 +116,27 @@ class RubricConfig(Section):
 
 class ServerConfig(Section):
     host: str = "127.0.0.1"
+    """Interface the gRPC server binds (`--host` overrides)."""
     port: int = 50071
-    # Address other services should use, when it differs from host (containers, 0.0.0.0).
+    """gRPC port (`--port` overrides; 0 = any free port)."""
     advertise_host: str | None = None
+    """Address other services should use, when it differs from host (containers, 0.0.0.0)."""
     max_message_mb: float = 16.0
+    """Largest gRPC message, both directions."""
     max_concurrent_rpcs: int = 256
+    """RPCs served at once; more get RESOURCE_EXHAUSTED."""
     max_group_size: int = 1024
+    """Most trajectories in one ScoreGroup."""
     max_functions: int = 64
-    # Bound of an RPC whose client set no deadline.
+    """Most reward functions in one inline rubric spec."""
     default_deadline_s: float = 300.0
+    """Bound of an RPC whose client set no deadline."""
     grace_s: float = 10.0
-    # Import-path functions ("pkg.module:fn") in inline specs sent over gRPC execute code chosen by
-    # the caller; only configured rubrics may use them unless this is set.
+    """Seconds in-flight calls get to finish on SIGTERM."""
     allow_inline_imports: bool = False
+    """Import-path functions ("pkg.module:fn") in inline specs sent over gRPC execute code chosen by the caller; only
+    configured rubrics may use them unless this is set.
+    """
 
     @field_validator("max_message_mb", "default_deadline_s")
     @classmethod
@@ -146,22 +162,30 @@ class MonitorConfig(Section):
         apps = { shop = "shop-quality" }        # app -> rubric
     """
 
-    enabled: bool = True  # when the service has a NATS URL
+    enabled: bool = True
+    """When the service has a NATS URL."""
     apps: dict[str, str] = Field(default_factory=dict)
+    """App -> rubric name."""
     default: str | None = None
-    # Replicas with the same durable share the work; a different name scores every trace again.
+    """Rubric of apps not in `apps` (none: their traces are dead-lettered NO_RUBRIC)."""
     durable: str = "rubric-live"
+    """Replicas with the same durable share the work; a different name scores every trace again."""
     filter_subjects: list[str] = Field(default_factory=lambda: ["rollmesh.monitor.>"])
-    # "new": traces published from the consumer's creation on; "all": also what MONITOR retains.
+    """MONITOR subjects this consumer takes."""
     deliver: str = "new"
+    """Which traces: "new" = published from the consumer's creation on; "all" = also what MONITOR retains."""
     fetch_batch: int = 256
-    max_in_flight: int = 128  # traces scored at once (LLM judges are bounded by their own max_concurrent)
-    # A trace not acknowledged within ack_wait_s is delivered again (to any replica).
+    """Traces per pull."""
+    max_in_flight: int = 128
+    """Traces scored at once (LLM judges are bounded by their own max_concurrent)."""
     ack_wait_s: float = 60.0
-    # Deliveries before a trace is dead-lettered instead of scored once more.
+    """A trace not acknowledged within ack_wait_s is delivered again (to any replica)."""
     max_deliveries: int = 5
+    """Deliveries before a trace is dead-lettered instead of scored once more."""
     retry_delay_s: float = 2.0
+    """Wait before a trace that failed to score is delivered again."""
     publish_timeout_s: float = 10.0
+    """Bound of publishing one score."""
 
     @field_validator("apps")
     @classmethod
@@ -222,18 +246,27 @@ class DashboardConfig(Section):
     traces; also /metrics (Prometheus) and /healthz."""
 
     enabled: bool = True
+    """Serve the dashboard (`--no-dashboard` overrides)."""
     host: str = "127.0.0.1"
+    """Interface the dashboard binds."""
     port: int = 8071
-    # "bus": every replica's scores (from rollmesh.scores.>); "local": what this replica scored.
+    """HTTP port (`--dashboard-port` overrides; 0 = any free port)."""
     source: str = "bus"
-    history_s: float = 3600.0  # window of the reward chart
-    bucket_s: float = 10.0  # one chart point per bucket
-    recent_traces: int = 100  # rows of the latest-traces table, per app
-    histogram_window: int = 2000  # latest values per function the distributions are drawn from
+    """Whose scores: "bus" = every replica's (from rollmesh.scores.>); "local" = this replica's."""
+    history_s: float = 3600.0
+    """Window of the reward chart."""
+    bucket_s: float = 10.0
+    """One chart point per bucket."""
+    recent_traces: int = 100
+    """Rows of the latest-traces table, per app."""
+    histogram_window: int = 2000
+    """Latest values per function the distributions are drawn from."""
     max_apps: int = 200
-    refresh_s: float = 2.0  # how often the page polls
-    # Keep the latest traces' messages for the page (they are production data: off to show scores only).
+    """Apps kept; the least recent are dropped past this."""
+    refresh_s: float = 2.0
+    """How often the page polls."""
     show_messages: bool = True
+    """Keep the latest traces' messages for the page (they are production data: off to show scores only)."""
 
     @field_validator("source")
     @classmethod

@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .. import convert
-from ..env.environment import reward_context
-from ..env.types import Message, Task
+from ..env.rubric import reward_context
 from ..proto.v1 import trajectory_pb2 as traj_pb
+from ..types import Message, Task
 
 
 @dataclass

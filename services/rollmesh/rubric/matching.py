@@ -10,8 +10,8 @@ from typing import Any, TypeVar
 
 import regex
 
-from ..envs.parsing import extract_answer
 from ..errors import InvalidArgumentError
+from ..parsing import extract_answer
 
 T = TypeVar("T")
 _NUMBER = re.compile(r"[-+]?(?:\d[\d,]*)?\.?\d+(?:[eE][-+]?\d+)?")

@@ -24,10 +24,10 @@ import math
 from collections import OrderedDict
 from collections.abc import Sequence
 
+from ..advantages import group_advantages
 from ..errors import NotFoundError, quoted
 from ..proto.v1 import rubric_pb2 as rubric_pb
 from ..proto.v1 import trajectory_pb2 as traj_pb
-from .advantages import group_advantages
 from .config import RubricConfig, RubricServiceConfig, from_spec, to_spec
 from .context import ScoreContext
 from .functions import CompiledFunction, compile_function

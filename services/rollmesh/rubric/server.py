@@ -24,7 +24,7 @@ from ..errors import (
     RollmeshError,
     UnavailableError,
 )
-from ..hosting import Hosting
+from ..hosting import HostedServer
 from ..proto.v1 import bus_pb2 as bus_pb
 from ..proto.v1 import rubric_pb2 as rubric_pb
 from ..proto.v1 import rubric_pb2_grpc as rubric_grpc
@@ -148,7 +148,7 @@ class RubricServicer(rubric_grpc.RubricServiceServicer):
         return rubric_pb.ListRubricsResponse(rubrics=self.book.specs())
 
 
-class RubricServer:
+class RubricServer(HostedServer):
     """Serves a RubricBook over gRPC, registered as kind RUBRIC, name "rubric" when given a NATS URL."""
 
     def __init__(
@@ -166,13 +166,13 @@ class RubricServer:
         self.book = book
         self.close_book = close_book
         self.servicer = RubricServicer(book, limits=limits)
-        self.rpc = create_server(
+        rpc = create_server(
             [(rubric_grpc.add_RubricServiceServicer_to_server, self.servicer, SERVICE_NAME)],
             host=host,
             port=port,
             limits=rpc_limits,
         )
-        self.hosting = Hosting(self.rpc, nats_url=nats_url, advertise_host=advertise_host, on_drain=self._drain)
+        self._host(rpc, nats_url=nats_url, advertise_host=advertise_host)
 
     @classmethod
     def from_config(
@@ -191,45 +191,28 @@ class RubricServer:
             close_book=book is None,
         )
 
-    def _drain(self) -> None:
+    def drain(self) -> None:
         self.servicer.draining = True
 
-    @property
-    def address(self) -> str:
-        return self.rpc.address
+    def load(self) -> str:
+        return f"{self.servicer.active} requests in flight"
 
-    @property
-    def advertised_address(self) -> str:
-        return self.hosting.advertised_address
+    def records(self) -> list[bus_pb.ServiceRecord]:
+        return [
+            record_for(
+                bus_pb.SERVICE_KIND_RUBRIC,
+                REGISTRY_NAME,
+                __version__,
+                self.advertised_address,
+                self.servicer.limits.max_concurrent_rpcs,
+                self.servicer.instance_id,
+                labels={"rubrics": ",".join(self.book.names)},
+            )
+        ]
 
-    def record(self) -> bus_pb.ServiceRecord:
-        return record_for(
-            bus_pb.SERVICE_KIND_RUBRIC,
-            REGISTRY_NAME,
-            __version__,
-            self.advertised_address,
-            self.servicer.limits.max_concurrent_rpcs,
-            self.servicer.instance_id,
-            labels={"rubrics": ",".join(self.book.names)},
-        )
-
-    async def start(self) -> RubricServer:
-        await self.hosting.start([self.record()])
+    async def started(self) -> None:
         log.info("rubric server on %s: rubrics %s", self.address, ", ".join(self.book.names) or "(inline only)")
-        return self
 
-    async def stop(self, grace_s: float = 10.0) -> None:
-        await self.hosting.stop(grace_s)
+    async def release(self) -> None:
         if self.close_book:
             await self.book.close()
-
-    async def serve_until_signal(self, grace_s: float = 10.0) -> None:
-        await self.hosting.serve_until_signal(grace_s, lambda: f"{self.servicer.active} requests in flight")
-        if self.close_book:
-            await self.book.close()
-
-    async def __aenter__(self) -> RubricServer:
-        return await self.start()
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop(0)

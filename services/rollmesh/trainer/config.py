@@ -17,113 +17,140 @@ RUN_ID_PATTERN = r"^[A-Za-z0-9_\-=]+$"  # a NATS subject token
 
 
 class LossConfig(Section):
-    # "grpo": token-level clipped importance ratio against the inference logprobs (GRPO/DAPO family);
-    # "sft": negative log-likelihood of the completion tokens (exported trajectories, distillation).
     kind: Literal["grpo", "sft"] = "grpo"
-    # The ratio is clipped to [1 - clip_low, 1 + clip_high] (DAPO's asymmetric "clip higher").
+    """The objective. "grpo": token-level clipped importance ratio against the inference logprobs
+    (GRPO/DAPO family); "sft": negative log-likelihood of the completion tokens (exported trajectories, distillation).
+    """
     clip_low: float = Field(0.2, ge=0.0, lt=1.0)
+    """The ratio is clipped to [1 - clip_low, 1 + clip_high] (DAPO's asymmetric "clip higher")."""
     clip_high: float = Field(0.28, ge=0.0)
-    # Dual clip: for negative advantages the loss is capped at -advantage * dual_clip (None = off).
+    """Upper clip of the ratio, see clip_low."""
     dual_clip: float | None = Field(None, gt=1.0)
-    # KL to the reference model (k3 estimator); 0 = no reference model is loaded.
+    """Dual clip: for negative advantages the loss is capped at -advantage * dual_clip (None = off)."""
     kl_coef: float = Field(0.0, ge=0.0)
-    # How token losses are averaged: "token" = over every trained token of the step (DAPO),
-    # "sequence" = per sequence, then over sequences (GRPO), "constant" = sum per sequence divided
-    # by batch.max_seq_len, then over sequences (Dr. GRPO).
+    """KL to the reference model (k3 estimator); 0 = no reference model is loaded."""
     normalization: Literal["token", "sequence", "constant"] = "token"
-    # Logprobs are recomputed at the sampling temperature (the inference logprobs are temperature
-    # scaled). None = each trajectory's provenance.sampling.temperature (1.0 when unset or greedy).
+    """How token losses are averaged: "token" = over every trained token of the step (DAPO), "sequence" = per sequence,
+    then over sequences (GRPO), "constant" = sum per sequence divided by batch.max_seq_len, then over sequences (Dr.
+    GRPO).
+    """
     temperature: float | None = Field(None, gt=0.0)
+    """Logprobs are recomputed at the sampling temperature (the inference logprobs are temperature scaled). None = each
+    trajectory's provenance.sampling.temperature (1.0 when unset or greedy).
+    """
 
 
 class BatchConfig(Section):
-    # Trainable trajectories per optimizer step (errored and invalid ones are skipped and counted).
     rollouts_per_step: int = Field(16, ge=1)
-    # Token budget of one micro-batch (rows x padded length), per rank.
+    """Trainable trajectories per optimizer step (errored and invalid ones are skipped and counted)."""
     max_tokens_per_micro_batch: int = Field(8192, ge=16)
-    # Longer sequences are cut to this many tokens (counted in the metrics).
+    """Token budget of one micro-batch (rows x padded length), per rank."""
     max_seq_len: int = Field(4096, ge=2)
-    # Skip trajectories whose advantage is exactly 0 (a group with equal rewards teaches nothing).
+    """Longer sequences are cut to this many tokens (counted in the metrics)."""
     skip_zero_advantage: bool = False
-    # Skip samples more than this many policy versions behind the trainer (0 = keep all; the
-    # orchestrator's max_off_policy_steps already bounds staleness at sampling time).
+    """Skip trajectories whose advantage is exactly 0 (a group with equal rewards teaches nothing)."""
     max_policy_lag: int = Field(0, ge=0)
+    """Skip samples more than this many policy versions behind the trainer (0 = keep all; the orchestrator's
+    max_off_policy_steps already bounds staleness at sampling time).
+    """
 
 
 class DeepSpeedSection(Section):
     zero_stage: Literal[0, 1, 2, 3] = 2
-    offload_optimizer: bool = False  # optimizer states in CPU memory (ZeRO 1-3)
-    offload_params: bool = False  # parameters in CPU memory (ZeRO-3 only)
-    # "auto": bf16 on a GPU that supports it, else fp32.
+    """ZeRO stage: 0 (plain data parallel) to 3 (parameters sharded too)."""
+    offload_optimizer: bool = False
+    """Optimizer states in CPU memory (ZeRO 1-3)."""
+    offload_params: bool = False
+    """Parameters in CPU memory (ZeRO-3 only)."""
     dtype: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
-    grad_clip: float = Field(1.0, ge=0.0)  # 0 = no clipping
-    # Gradient accumulation is automatic: a step's rollouts are packed into micro-batches of at
-    # most batch.max_tokens_per_micro_batch tokens whose gradients add up to one optimizer step.
-    # Raw DeepSpeed config merged over the generated one (last word: any DeepSpeed key).
+    """Training dtype; "auto" = bf16 on a GPU that supports it, else fp32."""
+    grad_clip: float = Field(1.0, ge=0.0)
+    """0 = no clipping."""
     config: dict[str, Any] = Field(default_factory=dict)
+    """Raw DeepSpeed config merged over the generated one (last word: any DeepSpeed key). Gradient
+    accumulation is automatic: a step's rollouts are packed into micro-batches of at most
+    batch.max_tokens_per_micro_batch tokens whose gradients add up to one optimizer step."""
 
 
 class CheckpointConfig(Section):
     dir: str = "checkpoints"
+    """Checkpoint directory, shared by every rank."""
     every_n_steps: int = Field(10, ge=1)
+    """Steps between checkpoints (the bus acknowledgements happen there)."""
     keep: int = Field(3, ge=1)
-    # A Hugging Face directory (model + tokenizer) inside each checkpoint, loadable by any server.
+    """Complete checkpoints kept; older ones are deleted."""
     export_hf: bool = True
-    # Resume from the newest complete checkpoint in `dir` when there is one.
+    """A Hugging Face directory (model + tokenizer) inside each checkpoint, loadable by any server."""
     resume: bool = True
+    """Resume from the newest complete checkpoint in `dir` when there is one."""
 
 
 class PushConfig(Section):
     enabled: bool = True
-    # Discover inference servers in the NATS registry (kind inference) before each push.
+    """Push new weights to inference servers."""
     discover: bool = True
-    # Only servers registered under this model name ("" = every inference server).
+    """Discover inference servers in the NATS registry (kind inference) before each push."""
     model: str = ""
-    # Static addresses pushed to in addition to the discovered ones.
+    """Only servers registered under this model name ("" = every inference server)."""
     addresses: list[str] = Field(default_factory=list)
-    # "stream": UpdateWeights over gRPC; "path": LoadWeights of the checkpoint's HF export
-    # (servers must see the same file system; pushes only at checkpoints then).
+    """Static addresses pushed to in addition to the discovered ones."""
     mode: Literal["stream", "path"] = "stream"
+    """How weights travel. "stream": UpdateWeights over gRPC; "path": LoadWeights of the checkpoint's HF
+    export (servers must see the same file system; pushes only at checkpoints then)."""
     every_n_steps: int = Field(1, ge=1)
+    """Steps between pushes."""
     timeout_s: float = Field(600.0, gt=0)
-    # Tensor dtype on the wire ("auto" = the trained parameters' dtype).
+    """Bound of one push to one server."""
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
+    """Tensor dtype on the wire ("auto" = the trained parameters' dtype)."""
 
 
 class TrainerConfig(Section):
     run_id: str = Field(min_length=1, pattern=RUN_ID_PATTERN)
-    # A local Hugging Face directory (the tiny model: `rollmesh model tiny --out DIR`).
+    """The run whose rollouts are trained (rollmesh.rollouts.<run_id>.>)."""
     model: str = Field(min_length=1)
-    tokenizer: str = ""  # "" = the model directory
-    # Reference model for the KL term ("" = the initial policy, `model`).
+    """A local Hugging Face directory (the tiny model: `rollmesh model tiny --out DIR`)."""
+    tokenizer: str = ""
+    """Tokenizer directory ("" = the model directory)."""
     ref_model: str = ""
-    # NATS URL of the bus; "" = ROLLMESH_NATS_URL, else nats://127.0.0.1:4222.
+    """Reference model for the KL term ("" = the initial policy, `model`)."""
     nats_url: str = ""
-    # Where rollouts come from: "bus" = the run's JetStream subjects; "files" = JSONL files of
-    # Trajectory protos in JSON (exported trajectories, one per line), read once.
+    """NATS URL of the bus; "" = ROLLMESH_NATS_URL, else nats://127.0.0.1:4222."""
     source: Literal["bus", "files"] = "bus"
+    """Where rollouts come from: "bus" = the run's JetStream subjects; "files" = JSONL files of Trajectory protos in
+    JSON (exported trajectories, one per line), read once.
+    """
     files: list[str] = Field(default_factory=list)
-    # Durable consumer name ("" = trainer-<run_id>).
+    """With source = "files": the JSONL files to read."""
     durable: str = ""
-    # Seconds a delivered rollout may stay un-acknowledged before JetStream redelivers it; the
-    # trainer acknowledges at checkpoints, so this must exceed the time between checkpoints.
+    """Durable consumer name ("" = trainer-<run_id>)."""
     ack_wait_s: float = Field(3600.0, gt=0)
+    """Seconds a delivered rollout may stay un-acknowledged before JetStream redelivers it; the trainer acknowledges at
+    checkpoints, so this must exceed the time between checkpoints.
+    """
 
     lr: float = Field(1e-6, gt=0)
+    """Learning rate (AdamW)."""
     weight_decay: float = Field(0.0, ge=0)
+    """AdamW weight decay."""
     betas: tuple[float, float] = (0.9, 0.999)
+    """AdamW betas."""
     warmup_steps: int = Field(0, ge=0)
-    max_steps: int = Field(0, ge=0)  # 0 = until stopped
+    """Linear learning-rate warm-up, in steps."""
+    max_steps: int = Field(0, ge=0)
+    """0 = until stopped."""
     seed: int = 0
+    """Seed of torch and of the batching order."""
     gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass (less memory, more compute)."""
 
     loss: LossConfig = Field(default_factory=LossConfig)
     batch: BatchConfig = Field(default_factory=BatchConfig)
     deepspeed: DeepSpeedSection = Field(default_factory=DeepSpeedSection)
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     push: PushConfig = Field(default_factory=PushConfig)
-    # One JSON object per step ("" = <checkpoint.dir>/metrics.jsonl).
     metrics_path: str = ""
+    """One JSON object per step ("" = <checkpoint.dir>/metrics.jsonl)."""
 
     @model_validator(mode="after")
     def _check(self) -> TrainerConfig:

@@ -1,0 +1,622 @@
+"""The embedded local mesh: NATS (JetStream) + environment servers + inference server(s) + the
+rubric service on loopback, each server a subprocess started through the `rollmesh` CLI, from one
+TOML file (deploy/mesh.example.toml) or flags. Used by `rollmesh up`, the demo, and `rollmesh eval`
+(for a model given as a local path).
+
+Each service writes its log to <dir>/logs/<service>.log; the mesh waits until every server prints
+its address and answers gRPC health checks (it registered in the NATS registry before that), and
+writes <dir>/mesh.json with the addresses. Children run in their own process groups (so one ctrl-C
+reaches only the mesh, which then stops them in order) and get SIGTERM from the kernel if the
+mesh process dies, so nothing outlives it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, field_validator
+
+from ..children import dies_with_parent
+from ..config import Section, to_toml
+from ..errors import FailedPreconditionError, InvalidArgumentError, UnavailableError
+from ..telemetry import get_logger
+
+log = get_logger(__name__)
+
+DEFAULT_NATS_PORT = 4222
+DEFAULT_DIR = "rollmesh-mesh"
+# "rollmesh env server on 127.0.0.1:40123: ...", "rollmesh inference server on ...", "rubric server on ..."
+ADDRESS_RE = re.compile(r"server on (\S+):\s")
+LOG_TAIL_BYTES = 3000
+
+
+# ---- configuration ---------------------------------------------------------------------------
+
+
+class NatsConfig(Section):
+    url: str = ""
+    """An external NATS server (nats://host:port); empty = start an embedded nats-server."""
+    host: str = "127.0.0.1"
+    """Interface the embedded nats-server binds."""
+    port: int | None = Field(None, ge=0, le=65535)
+    """Embedded server's port: unset = 4222 when free (the default ROLLMESH_NATS_URL), else any free port; 0 = any free
+    port; a number = that port (an error when taken).
+    """
+    store_dir: str = ""
+    """JetStream storage of the embedded server; "" = <dir>/nats (kept between runs)."""
+    max_outage_s: float = Field(60.0, gt=0)
+    """How long the mesh's users wait for a NATS server that is down (external, or not restarted) before they stop with
+    an error instead of waiting forever.
+    """
+
+
+class EnvServerConfig(Section):
+    target: str | list[str]
+    """Environments one server process hosts: entry-point names, modules or .py files."""
+    replicas: int = Field(1, ge=1, le=64)
+    """Server processes of this entry (each registers; the orchestrator spreads episodes over them)."""
+    args: dict[str, Any] = Field(default_factory=dict)
+    """`load_environment` keyword arguments (`rollmesh env serve --arg k=v`)."""
+    extra_args: list[str] = Field(default_factory=list)
+    """More `rollmesh env serve` flags, e.g. ["--max-episodes", "256"]."""
+
+    @property
+    def targets(self) -> list[str]:
+        return [self.target] if isinstance(self.target, str) else list(self.target)
+
+    @field_validator("target")
+    @classmethod
+    def _nonempty(cls, v: str | list[str]) -> str | list[str]:
+        if not v:
+            raise ValueError("name at least one environment")
+        return v
+
+
+class InferenceConfig(Section):
+    model: str = "tiny"
+    """A Hugging Face directory, a .gguf file, "smollm2", or "tiny" (the tiny test model, built once into the cache
+    directory); with backend "scripted", a script name.
+    """
+    backend: Literal["auto", "hf", "vllm", "scripted"] = "auto"
+    """Which engine: "auto" = vllm with a GPU and vllm installed, else hf; "scripted" answers instantly
+    from a script (benchmarks)."""
+    replicas: int = Field(1, ge=1, le=16)
+    """Server processes, each with its own copy of the model."""
+    name: str = ""
+    """Served model name (default: the directory's name, e.g. "tiny")."""
+    dtype: str = "auto"
+    """Model dtype: "auto", "float32", "bfloat16" or "float16"."""
+    max_batch_size: int = Field(32, ge=1)
+    """Sequences per forward pass (hf backend)."""
+    extra_args: list[str] = Field(default_factory=list)
+    """More `rollmesh inference serve` flags, e.g. ["--max-model-len", "2048"]."""
+
+
+class MeshRubricConfig(Section):
+    config: str = ""
+    """A rubric service TOML file ([[rubric]] ...), or the same content inline under `inline`."""
+    inline: dict[str, Any] = Field(default_factory=dict)
+    """The rubric service file's content, inline (written to the mesh directory)."""
+    extra_args: list[str] = Field(default_factory=list)
+    """More `rollmesh rubric serve` flags."""
+
+
+class MeshConfig(Section):
+    dir: str = DEFAULT_DIR
+    """Logs, mesh.json, the embedded NATS store."""
+    host: str = "127.0.0.1"
+    """Interface every server of the mesh binds."""
+    nats: NatsConfig = Field(default_factory=NatsConfig)
+    envs: list[EnvServerConfig] = Field(default_factory=list)
+    inference: InferenceConfig | None = None
+    rubric: MeshRubricConfig | None = None
+    startup_timeout_s: float = Field(300.0, gt=0)
+    """How long each server may take to report ready."""
+    grace_s: float = Field(5.0, ge=0)
+    """Seconds each server gets to finish in-flight work when the mesh stops."""
+    max_restarts: int = Field(3, ge=0)
+    """A server (or the embedded nats-server) that dies is started again, at most this many times each; past that the
+    mesh reports it dead. Servers come back on new ports and re-register, so clients that find them through the
+    registry follow; the nats-server keeps its port and store.
+    """
+
+
+def default_config() -> MeshConfig:
+    """`rollmesh up` with no file: the built-in environments in one server and the tiny model."""
+    return MeshConfig(
+        envs=[EnvServerConfig(target=["arithmetic", "guess-number", "wiki-search"])],
+        inference=InferenceConfig(model="tiny"),
+    )
+
+
+def load_mesh_config(path: str | Path | None, overrides: Sequence[str] = ()) -> MeshConfig:
+    """A mesh TOML file: the MeshConfig keys at the top level, or under [mesh] (a run file)."""
+    from ..config import apply_overrides, load_config, read_toml
+
+    if path is None:
+        data = default_config().model_dump(exclude_none=True)
+        return load_config(MeshConfig, None, overrides, defaults=data)
+    raw = read_toml(path)
+    data = raw["mesh"] if isinstance(raw.get("mesh"), dict) else raw
+    try:
+        return load_config(MeshConfig, None, [], defaults=apply_overrides(data, overrides))
+    except InvalidArgumentError as e:
+        raise InvalidArgumentError(f"{path}: {e}", reason=e.reason) from e
+
+
+# ---- the tiny model --------------------------------------------------------------------------
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("ROLLMESH_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "rollmesh"
+    )
+    return Path(root)
+
+
+def ensure_tiny_model(timeout_s: float = 300.0) -> Path:
+    """<cache>/models/tiny, built on first use by `rollmesh model tiny` in a subprocess (this
+    process stays free of torch). Concurrent builders race benignly: each builds in its own
+    directory and the first rename wins."""
+    target = cache_dir() / "models" / "tiny"
+    if (target / "config.json").is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.parent / f".tiny-{os.getpid()}-{threading.get_ident()}"
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "rollmesh.cli", "model", "tiny", "--out", str(tmp)],
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+        )
+        if proc.returncode != 0:
+            raise FailedPreconditionError(f"building the tiny model failed:\n{proc.stderr[-LOG_TAIL_BYTES:]}")
+        with contextlib.suppress(OSError):  # another process renamed its copy first
+            os.rename(tmp, target)
+    finally:
+        if tmp.exists():
+            import shutil
+
+            shutil.rmtree(tmp, ignore_errors=True)
+    if not (target / "config.json").is_file():
+        raise FailedPreconditionError(f"the tiny model is missing from {target} after building it")
+    return target
+
+
+def resolve_model_path(spec: str, backend: str = "auto") -> str:
+    """What `rollmesh inference serve --model` gets: "tiny" becomes the cached tiny model."""
+    if backend != "scripted" and spec == "tiny" and not Path(spec).exists():
+        return str(ensure_tiny_model())
+    return spec
+
+
+# ---- one service subprocess ------------------------------------------------------------------
+
+
+def rollmesh_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "rollmesh.cli", *args]
+
+
+class ServiceProcess:
+    """A server subprocess: log to a file, ready when it prints its address and answers health
+    checks, stopped with SIGTERM (it deregisters and drains) and SIGKILL after the grace."""
+
+    def __init__(self, name: str, kind: str, argv: Sequence[str], log_path: Path, env: dict[str, str] | None = None):
+        self.name = name
+        self.kind = kind
+        self.argv = list(argv)
+        self.log_path = log_path
+        self.env = env
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.address = ""
+
+    def start(self) -> ServiceProcess:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, "GRPC_VERBOSITY": "ERROR", **(self.env or {})}
+        with self.log_path.open("ab") as logf:
+            logf.write(f"\n==== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(self.argv)}\n".encode())
+            logf.flush()
+            self.proc = subprocess.Popen(
+                dies_with_parent(self.argv),
+                stdin=subprocess.DEVNULL,
+                stdout=logf,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                env=env,
+            )
+        self._log_start = self.log_path.stat().st_size
+        return self
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc else None
+
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def log_tail(self, max_bytes: int = LOG_TAIL_BYTES) -> str:
+        try:
+            data = self.log_path.read_bytes()
+        except FileNotFoundError:
+            return ""
+        return data[max(getattr(self, "_log_start", 0), len(data) - max_bytes) :].decode(errors="replace")
+
+    async def wait_ready(self, timeout_s: float) -> str:
+        from ..rpc import wait_for_ready
+
+        assert self.proc is not None, "start() first"
+        deadline = time.monotonic() + timeout_s
+        while not self.address:
+            rc = self.proc.poll()
+            if m := ADDRESS_RE.search(self.log_tail(64 * 1024)):
+                self.address = m.group(1)
+                break
+            if rc is not None:
+                raise UnavailableError(
+                    f"{self.name} exited with code {rc} while starting; its log ({self.log_path}) ends with:\n"
+                    f"{self.log_tail()}",
+                    reason="SERVICE_FAILED",
+                )
+            if time.monotonic() > deadline:
+                raise UnavailableError(
+                    f"{self.name} did not start within {timeout_s:g}s; its log ({self.log_path}) ends with:\n"
+                    f"{self.log_tail()}",
+                    reason="SERVICE_TIMEOUT",
+                )
+            await asyncio.sleep(0.1)
+        await wait_for_ready(self.address, max(1.0, deadline - time.monotonic()))
+        return self.address
+
+    def signal(self, sig: int) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, sig)  # the group: workers it spawned (vLLM) go too
+
+    async def stop(self, grace_s: float) -> int | None:
+        """SIGTERM, wait grace + 5 s, then SIGKILL the process group. Returns the exit code."""
+        if self.proc is None:
+            return None
+        self.signal(signal.SIGTERM)
+        try:
+            await asyncio.to_thread(self.proc.wait, grace_s + 5.0)
+        except subprocess.TimeoutExpired:
+            log.warning("%s did not stop within %.0fs of SIGTERM; killing it", self.name, grace_s + 5.0)
+            self.signal(signal.SIGKILL)
+            await asyncio.to_thread(self.proc.wait)
+        # Children of the server that are still around (its group) get no second chance.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        return self.proc.returncode
+
+
+# ---- commands of each service ----------------------------------------------------------------
+
+
+def env_command(spec: EnvServerConfig, *, host: str, nats_url: str | None, grace_s: float) -> list[str]:
+    argv = rollmesh_command("env", "serve", *spec.targets, "--host", host, "--port", "0", "--grace", f"{grace_s:g}")
+    if nats_url:
+        argv += ["--nats", nats_url]
+    for key, value in spec.args.items():
+        argv += ["--arg", f"{key}={json.dumps(value)}"]
+    return argv + spec.extra_args
+
+
+def inference_command(spec: InferenceConfig, *, host: str, nats_url: str | None, grace_s: float) -> list[str]:
+    argv = rollmesh_command(
+        "inference",
+        "serve",
+        "--model",
+        resolve_model_path(spec.model, spec.backend),
+        "--backend",
+        spec.backend,
+        "--host",
+        host,
+        "--port",
+        "0",
+        "--dtype",
+        spec.dtype,
+        "--max-batch-size",
+        str(spec.max_batch_size),
+        "--grace",
+        f"{grace_s:g}",
+    )
+    if spec.name:
+        argv += ["--name", spec.name]
+    if nats_url:
+        argv += ["--nats", nats_url]
+    return argv + spec.extra_args
+
+
+def rubric_command(spec: MeshRubricConfig, *, host: str, run_dir: Path, nats_url: str | None) -> list[str]:
+    path = spec.config
+    if spec.inline:
+        inline = dict(spec.inline)
+        path = str(run_dir / "rubric.toml")
+        Path(path).write_text(to_toml(inline))
+    if not path:
+        raise FailedPreconditionError("rubric: set `config` (a rubric TOML file) or `inline`")
+    argv = rollmesh_command("rubric", "serve", "--config", path, "--host", host, "--port", "0", "--dashboard-port", "0")
+    if nats_url:
+        argv += ["--nats", nats_url]
+    return argv + spec.extra_args
+
+
+# ---- the mesh --------------------------------------------------------------------------------
+
+
+def _port_free(host: str, port: int) -> bool:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+class Mesh:
+    """`async with Mesh(config) as mesh:` or start()/stop(). mesh.nats_url, mesh.services."""
+
+    def __init__(self, config: MeshConfig) -> None:
+        self.config = config
+        self.dir = Path(config.dir)
+        self.nats_url = config.nats.url
+        self.services: list[ServiceProcess] = []
+        self._nats: Any = None  # natsd.EmbeddedNats
+        self.restarts: dict[str, int] = {}  # by service name ("nats" for the embedded server)
+
+    def addresses(self, kind: str) -> list[str]:
+        return [s.address for s in self.services if s.kind == kind and s.address]
+
+    async def start(self) -> Mesh:
+        try:
+            await self._start()
+        except BaseException:
+            await self.stop()
+            raise
+        return self
+
+    async def _start(self) -> None:
+        cfg = self.config
+        self.dir.mkdir(parents=True, exist_ok=True)
+        await self._start_nats()
+        logs = self.dir / "logs"
+        for spec in cfg.envs:
+            label = "-".join(spec.targets)
+            for i in range(spec.replicas):
+                argv = env_command(spec, host=cfg.host, nats_url=self.nats_url, grace_s=cfg.grace_s)
+                self.services.append(
+                    ServiceProcess(f"env-{label}-{i}", "environment", argv, logs / f"env-{label}-{i}.log")
+                )
+        if cfg.inference is not None:
+            spec_i = cfg.inference
+            argv = await asyncio.to_thread(
+                inference_command, spec_i, host=cfg.host, nats_url=self.nats_url, grace_s=cfg.grace_s
+            )
+            for i in range(spec_i.replicas):
+                self.services.append(ServiceProcess(f"inference-{i}", "inference", argv, logs / f"inference-{i}.log"))
+        if cfg.rubric is not None:
+            argv_r = rubric_command(cfg.rubric, host=cfg.host, run_dir=self.dir, nats_url=self.nats_url)
+            self.services.append(ServiceProcess("rubric", "rubric", argv_r, logs / "rubric.log"))
+        for service in self.services:
+            service.start()
+        await asyncio.gather(*(s.wait_ready(cfg.startup_timeout_s) for s in self.services))
+        self._write_state()
+
+    async def _start_nats(self) -> None:
+        cfg = self.config.nats
+        if cfg.url:
+            from .. import bus
+
+            nc = await bus.connect(cfg.url, name="rollmesh-mesh", connect_timeout_s=2.0)  # NATS_DOWN
+            await nc.close()
+            self.nats_url = cfg.url
+            return
+        from ..natsd import EmbeddedNats, free_port
+
+        if cfg.port is None:
+            port = DEFAULT_NATS_PORT if _port_free(cfg.host, DEFAULT_NATS_PORT) else free_port(cfg.host)
+        elif cfg.port and not _port_free(cfg.host, cfg.port):
+            raise FailedPreconditionError(
+                f"port {cfg.port} on {cfg.host} is taken; pick another nats.port (0 = any free port) or point "
+                "nats.url at the NATS server already running there",
+                reason="PORT_TAKEN",
+            )
+        else:
+            port = cfg.port or free_port(cfg.host)
+        store = Path(cfg.store_dir) if cfg.store_dir else self.dir / "nats"
+        server = EmbeddedNats(host=cfg.host, port=port, store_dir=store)
+        server.start()  # from this (main) thread, so that nats-server dies with the mesh
+        self._nats = server
+        self.nats_url = server.url
+
+    def _write_state(self) -> None:
+        state = {
+            "nats_url": self.nats_url,
+            "nats_pid": self._nats.proc.pid if self._nats is not None and self._nats.proc else None,
+            "pid": os.getpid(),
+            "services": [
+                {"name": s.name, "kind": s.kind, "address": s.address, "pid": s.pid, "log": str(s.log_path)}
+                for s in self.services
+            ],
+        }
+        (self.dir / "mesh.json").write_text(json.dumps(state, indent=2) + "\n")
+
+    def dead(self) -> list[ServiceProcess]:
+        """Services that exited on their own."""
+        return [s for s in self.services if s.proc is not None and not s.running()]
+
+    async def supervise(self) -> None:
+        """Starts again what died: the embedded nats-server (same port and store: clients reconnect
+        to what they had, acknowledged messages are on disk) and each server (it re-registers).
+        Raises UnavailableError once something died more than max_restarts times or does not come
+        back. Call it periodically from the event loop of the main thread (the restarted processes
+        are tied to it, so they die with the mesh)."""
+        nats = self._nats
+        if nats is not None and (rc := nats.exited()) is not None:
+            tail = nats.log_tail(2000)
+            self._count_restart("nats", f"the embedded nats-server exited (code {rc}); its log ends with:\n{tail}")
+            log.warning("the embedded nats-server exited (code %s); restarting it on %s", rc, nats.url)
+            try:
+                nats.restart()
+            except (OSError, RuntimeError, TimeoutError) as e:
+                raise UnavailableError(
+                    f"the embedded nats-server could not be restarted: {e}", reason="NATS_DOWN"
+                ) from e
+            self._write_state()
+        for service in self.dead():
+            rc = service.proc.returncode if service.proc else None
+            self._count_restart(
+                service.name,
+                f"{service.name} exited (code {rc}); its log ({service.log_path}) ends with:\n{service.log_tail()}",
+            )
+            log.warning("%s exited (code %s); starting it again", service.name, rc)
+            service.address = ""
+            service.start()
+            await service.wait_ready(self.config.startup_timeout_s)
+            self._write_state()
+
+    def _count_restart(self, name: str, what: str) -> None:
+        done = self.restarts.get(name, 0)
+        if done >= self.config.max_restarts:
+            raise UnavailableError(
+                f"{what}\n(it was restarted {done} times already: mesh.max_restarts)",
+                reason="NATS_DOWN" if name == "nats" else "SERVICE_FAILED",
+            )
+        self.restarts[name] = done + 1
+
+    async def stop(self) -> None:
+        """Stops every service (all at once: each deregisters and drains), then NATS. Idempotent."""
+        await asyncio.gather(*(s.stop(self.config.grace_s) for s in self.services), return_exceptions=True)
+        self.services = []
+        nats, self._nats = self._nats, None
+        if nats is not None:
+            await asyncio.to_thread(nats.stop)
+        with contextlib.suppress(FileNotFoundError):
+            (self.dir / "mesh.json").unlink()
+
+    def kill(self) -> None:
+        """Immediate SIGKILL of everything (a second ctrl-C while stopping)."""
+        for s in self.services:
+            s.signal(signal.SIGKILL)
+        if self._nats is not None and self._nats.proc is not None:
+            with contextlib.suppress(ProcessLookupError):
+                self._nats.proc.kill()
+
+    async def __aenter__(self) -> Mesh:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+
+# ---- `rollmesh up` ---------------------------------------------------------------------------
+
+
+def _services_table(mesh: Mesh) -> Any:
+    from rich.table import Table
+
+    table = Table(title=f"rollmesh mesh (NATS {mesh.nats_url})")
+    for col in ("service", "kind", "address", "pid", "log"):
+        table.add_column(col, no_wrap=col != "log")
+    for s in mesh.services:
+        table.add_row(s.name, s.kind, s.address, str(s.pid), str(s.log_path))
+    return table
+
+
+async def serve_mesh(config: MeshConfig, console: Any) -> int:
+    """Starts the mesh, waits for ctrl-C / SIGTERM (or a service that dies), stops everything.
+    Exit code: 0 after a signal, 1 when the mesh failed to start or a service died."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    mesh = Mesh(config)
+    signals = 0
+
+    def on_signal() -> None:
+        nonlocal signals
+        signals += 1
+        if signals == 1:
+            console.print("stopping the mesh (ctrl-C again to kill it at once) ...")
+            stop.set()
+        else:
+            mesh.kill()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, on_signal)
+    try:
+        starting = asyncio.create_task(mesh.start())
+        stopped = asyncio.create_task(stop.wait())
+        await asyncio.wait({starting, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        if not starting.done():
+            starting.cancel()  # Mesh.start stops what it started
+            await asyncio.gather(starting, return_exceptions=True)
+            return 0
+        stopped.cancel()
+        if (error := starting.exception()) is not None:
+            console.print(f"[red]error: the mesh did not start: {error}[/]", highlight=False)
+            return 1
+        console.print(_services_table(mesh))
+        where = (
+            "clients find it with no setting"
+            if mesh.nats_url == f"nats://127.0.0.1:{DEFAULT_NATS_PORT}"
+            else f"export ROLLMESH_NATS_URL={mesh.nats_url}"
+        )
+        console.print(
+            f"ready. {where}; then e.g. `rollmesh eval --env NAME --model NAME`; ctrl-C stops the mesh",
+            highlight=False,
+        )
+        code = 0
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 0.5)
+            try:
+                await mesh.supervise()
+            except UnavailableError as e:
+                console.print(f"[red]{e}[/]", highlight=False)
+                code = 1
+                break
+        await mesh.stop()
+        console.print("mesh stopped")
+        return code
+    finally:
+        await mesh.stop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+
+
+def run_up(config: MeshConfig) -> int:
+    """`rollmesh up`."""
+    from rich.console import Console
+
+    return asyncio.run(serve_mesh(config, Console()))
+
+
+__all__ = [
+    "EnvServerConfig",
+    "InferenceConfig",
+    "Mesh",
+    "MeshConfig",
+    "MeshRubricConfig",
+    "NatsConfig",
+    "ServiceProcess",
+    "cache_dir",
+    "default_config",
+    "ensure_tiny_model",
+    "load_mesh_config",
+    "run_up",
+    "serve_mesh",
+]

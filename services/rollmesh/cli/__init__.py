@@ -1,0 +1,334 @@
+"""The `rollmesh` command line. Imports are lazy so that `rollmesh --help` stays fast."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(
+    rich_markup_mode=None,
+    help="rollmesh: environments, inference, rubrics and training over gRPC + NATS.",
+    no_args_is_help=True,
+)
+env_app = typer.Typer(rich_markup_mode=None, help="Serve and inspect environments.", no_args_is_help=True)
+bench_app = typer.Typer(
+    rich_markup_mode=None,
+    help="Benchmarks: each prints a ratio against a reference run side by side.",
+    no_args_is_help=True,
+)
+inference_app = typer.Typer(
+    rich_markup_mode=None, help="Serve models: token-exact generation and weight updates.", no_args_is_help=True
+)
+model_app = typer.Typer(
+    rich_markup_mode=None, help="Local models: build the tiny test model, import GGUF files.", no_args_is_help=True
+)
+app.add_typer(env_app, name="env")
+app.add_typer(inference_app, name="inference")
+app.add_typer(model_app, name="model")
+app.add_typer(bench_app, name="bench")
+
+NatsOpt = Annotated[
+    str | None,
+    typer.Option("--nats", envvar="ROLLMESH_NATS_URL", help="NATS URL of the registry (e.g. nats://127.0.0.1:4222)."),
+]
+
+
+def _fail(message: str, code: int = 2) -> None:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code)
+
+
+@env_app.command("serve")
+def env_serve(
+    targets: Annotated[
+        list[str],
+        typer.Argument(help="Modules (rollmesh.examples.arithmetic), entry point names (arithmetic) or .py files."),
+    ],
+    host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port; 0 picks a free one.")] = 50051,
+    arg: Annotated[
+        list[str] | None, typer.Option("--arg", help="k=v passed to load_environment (JSON values parsed).")
+    ] = None,
+    nats: NatsOpt = None,
+    advertise_host: Annotated[
+        str | None, typer.Option(help="Host other machines reach this server at (registry).")
+    ] = None,
+    max_episodes: Annotated[int, typer.Option(help="Concurrent episodes before RESOURCE_EXHAUSTED.")] = 1024,
+    idle_timeout: Annotated[
+        float, typer.Option(help="Seconds an episode may wait for the client's next message.")
+    ] = 300.0,
+    max_message_mb: Annotated[float, typer.Option(help="Largest gRPC message, MiB.")] = 16.0,
+    grace: Annotated[float, typer.Option(help="Seconds in-flight episodes get to finish on SIGTERM.")] = 10.0,
+) -> None:
+    """Host one or more environments on a gRPC port."""
+    from ..env.loader import load_environments, parse_args
+    from ..env.server import EnvironmentServer, EpisodeLimits
+    from ..errors import RollmeshError
+    from ..rpc import RpcLimits
+    from ..telemetry import setup_logging, setup_tracing
+
+    setup_logging("rollmesh-env")
+    setup_tracing("rollmesh-env")
+    try:
+        kwargs = parse_args(arg or [])
+        envs = [e for t in targets for e in load_environments(t, kwargs)]
+    except (RollmeshError, ValueError, TypeError) as e:
+        _fail(str(e))
+
+    async def main() -> None:
+        server = EnvironmentServer(
+            envs,
+            host=host,
+            port=port,
+            limits=EpisodeLimits(max_concurrent_episodes=max_episodes, idle_timeout_s=idle_timeout),
+            rpc_limits=RpcLimits(max_message_bytes=int(max_message_mb * 1024 * 1024)),
+            nats_url=nats,
+            advertise_host=advertise_host,
+        )
+        await server.start()
+        typer.echo(f"rollmesh env server on {server.address}: {', '.join(e.name for e in envs)}", err=True)
+        await server.serve_until_signal(grace)
+
+    try:
+        asyncio.run(main())
+    except RuntimeError as e:  # e.g. the port is taken
+        _fail(str(e))
+
+
+@env_app.command("list")
+def env_list() -> None:
+    """Environments installed through the `rollmesh.environments` entry point group."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from ..env.loader import available
+
+    table = Table("name", "module")
+    for name, module in sorted(available().items()):
+        table.add_row(name, module)
+    Console().print(table)
+
+
+@inference_app.command("serve")
+def inference_serve(
+    model: Annotated[str, typer.Option(help="A Hugging Face directory, a .gguf file, or 'smollm2'.")],
+    backend: Annotated[
+        str,
+        typer.Option(
+            help="vllm | hf | auto (vllm with a GPU, else hf) | scripted (instant scripted replies, for "
+            "benchmarks; --model wiki-search|guess-number|arithmetic|echo|FILE.json)."
+        ),
+    ] = "auto",
+    host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="gRPC port; 0 picks a free one.")] = 50061,
+    openai_port: Annotated[int | None, typer.Option(help="Also serve the OpenAI-compatible HTTP API here.")] = None,
+    name: Annotated[str | None, typer.Option(help="Model name reported to clients (default: the path's name).")] = None,
+    dtype: Annotated[str, typer.Option(help="auto | float32 | bfloat16 | float16.")] = "auto",
+    max_model_len: Annotated[int | None, typer.Option(help="Context length (vllm; default: the model's).")] = None,
+    max_batch_size: Annotated[int, typer.Option(help="Sequences per forward pass (hf).")] = 32,
+    max_weights_mb: Annotated[float, typer.Option(help="Largest UpdateWeights payload, MiB.")] = 65536.0,
+    nats: NatsOpt = None,
+    advertise_host: Annotated[str | None, typer.Option(help="Host other machines reach this server at.")] = None,
+    grace: Annotated[float, typer.Option(help="Seconds in-flight requests get on SIGTERM.")] = 30.0,
+) -> None:
+    """Serve a model over gRPC (InferenceService), optionally with an OpenAI-compatible API."""
+    from ..errors import RollmeshError
+    from ..inference.backends import create_backend
+    from ..inference.server import InferenceServer
+    from ..telemetry import setup_logging, setup_tracing
+
+    setup_logging("rollmesh-inference")
+    setup_tracing("rollmesh-inference")
+
+    async def main() -> None:
+        try:
+            engine = await create_backend(
+                backend, model, dtype=dtype, max_model_len=max_model_len, max_batch_size=max_batch_size, name=name
+            )
+        except RollmeshError as e:
+            _fail(str(e))
+        server = InferenceServer(
+            engine,
+            host=host,
+            port=port,
+            openai_port=openai_port,
+            nats_url=nats,
+            advertise_host=advertise_host,
+            max_weights_bytes=int(max_weights_mb * 1024 * 1024),
+        )
+        await server.start()
+        extra = f", OpenAI API on http://{server.openai_address}/v1" if server.openai_address else ""
+        typer.echo(f"rollmesh inference server on {server.address}: {engine.model} ({engine.name}){extra}", err=True)
+        await server.serve_until_signal(grace)
+
+    asyncio.run(main())
+
+
+@model_app.command("tiny")
+def model_tiny(
+    out: Annotated[str, typer.Option(help="Directory to write the model and tokenizer to.")],
+    seed: Annotated[int, typer.Option(help="Weights seed.")] = 0,
+) -> None:
+    """Write a small deterministic Llama-style model and tokenizer (head size 64, chat template)."""
+    from ..inference.tiny import build_tiny_model
+
+    path = build_tiny_model(out, seed=seed)
+    typer.echo(f"tiny model written to {path}")
+
+
+@model_app.command("import")
+def model_import(
+    gguf: Annotated[str, typer.Argument(help="A .gguf file, or 'smollm2'.")],
+    out: Annotated[str, typer.Option(help="Directory for the Hugging Face model.")],
+    dtype: Annotated[str, typer.Option(help="bfloat16 | float32 | float16.")] = "bfloat16",
+) -> None:
+    """Convert a GGUF file into a Hugging Face directory (that vLLM loads too)."""
+    from ..errors import RollmeshError
+    from ..inference.models import import_gguf
+
+    try:
+        path = import_gguf(gguf, out, dtype=dtype)
+    except RollmeshError as e:
+        _fail(str(e))
+    typer.echo(f"imported {gguf} to {path}")
+
+
+@app.command()
+def conformance(
+    address: Annotated[str, typer.Argument(help="host:port of an environment server, in any language.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")] = False,
+    timeout: Annotated[float, typer.Option(help="Seconds per check.")] = 30.0,
+) -> None:
+    """Check that an environment server speaks the rollmesh protocol correctly (exit 0 = all pass)."""
+    from ..apps.conformance import run_cli
+
+    raise typer.Exit(run_cli(address, as_json=as_json, timeout_s=timeout))
+
+
+@app.command("ls")
+def ls(nats: NatsOpt = "nats://127.0.0.1:4222") -> None:
+    """List the live servers in the registry."""
+    from ..registry import print_services
+
+    try:
+        asyncio.run(print_services(nats or "nats://127.0.0.1:4222"))
+    except OSError as e:
+        _fail(f"cannot reach NATS at {nats}: {e}")
+
+
+@app.command("nats")
+def nats_cmd(
+    port: Annotated[int, typer.Option(help="Client port.")] = 4222,
+    store: Annotated[str | None, typer.Option(help="JetStream storage directory (default: a temporary one).")] = None,
+) -> None:
+    """Run the embedded NATS server (JetStream on) in the foreground."""
+    from ..natsd import run_foreground
+
+    raise typer.Exit(run_foreground(port=port, store_dir=store))
+
+
+@bench_app.command("env-step")
+def bench_env_step(
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    episodes: Annotated[int, typer.Option(help="Concurrent episodes for the throughput run.")] = 64,
+    seconds: Annotated[float, typer.Option(help="Seconds per measurement.")] = 3.0,
+) -> None:
+    """Environment steps in-process versus through the gRPC server on loopback."""
+    from ..apps.bench.env_step import main as bench_main
+
+    bench_main(as_json=as_json, concurrency=episodes, seconds=seconds)
+
+
+@bench_app.command("inference")
+def bench_inference(
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    model: Annotated[
+        str | None, typer.Option(help="Model directory (default: the tiny model, built on the fly).")
+    ] = None,
+    requests: Annotated[int, typer.Option(help="Requests per measurement.")] = 64,
+    concurrency: Annotated[int, typer.Option(help="Concurrent requests.")] = 16,
+    max_tokens: Annotated[int, typer.Option(help="Tokens generated per request.")] = 64,
+) -> None:
+    """Generated tokens/s: rollmesh+vllm vs vLLM's OpenAI server; hf dynamic batching vs sequential."""
+    from ..apps.bench.inference import main as bench_main
+
+    bench_main(as_json=as_json, model=model, requests=requests, concurrency=concurrency, max_tokens=max_tokens)
+
+
+@bench_app.command("weights")
+def bench_weights(
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    backend: Annotated[list[str] | None, typer.Option("--backend", help="hf and/or vllm (default: both).")] = None,
+    model: Annotated[list[str] | None, typer.Option("--model", help="tiny and/or 100m (default: both).")] = None,
+) -> None:
+    """Seconds and MB/s to push full weights into a serving engine, vs loading them from disk."""
+    from ..apps.bench.weights import main as bench_main
+
+    bench_main(as_json=as_json, backends=backend or ["hf", "vllm"], models=model or ["tiny", "100m"])
+
+
+@app.command()
+def demo() -> None:
+    """The embedded quickstart: local NATS, the built-in environments, conformance and episodes."""
+    from ..apps.demo import run
+
+    raise typer.Exit(run())
+
+
+@app.command()
+def train(
+    config: Annotated[
+        str | None,
+        typer.Argument(
+            help="Run TOML (e.g. deploy/train.smollm2-arithmetic.toml); default: the built-in quickstart, "
+            "services/rollmesh/configs/train-quickstart.toml."
+        ),
+    ] = None,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="Override a key: steps=50, trainer.lr=1e-5 (JSON values parsed).")
+    ] = None,
+) -> None:
+    """RL end to end: the embedded mesh, the orchestrator and the DeepSpeed trainer, with live progress,
+    metrics.jsonl and a reward-curve PNG in the run directory."""
+    from rich.console import Console
+
+    from ..apps.train import QUICKSTART, load_train_config
+    from ..apps.train import train as run_train
+    from ..errors import RollmeshError
+    from ..telemetry import setup_logging
+
+    setup_logging("rollmesh-train")
+    try:
+        cfg = load_train_config(config or QUICKSTART, set_ or [])
+    except RollmeshError as e:
+        _fail(str(e))
+    raise typer.Exit(asyncio.run(run_train(cfg, Console())))
+
+
+def _register_subsystems() -> None:
+    """Each subsystem owns its commands in its own cli module (imports there stay lazy too)."""
+    from .rubric import register as rubric_commands
+    from .runs import register as orchestrator_commands
+    from .trainer import register as trainer_commands
+
+    for register in (rubric_commands, orchestrator_commands, trainer_commands):
+        register(app, bench_app)
+
+
+_register_subsystems()
+
+
+def main() -> None:
+    # grpc's C core logs fork/epoll chatter to stderr by default; keep the CLI quiet.
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+    if not sys.stdout.isatty():  # logs and CI: rich would wrap tables at 80 columns
+        os.environ.setdefault("COLUMNS", "120")
+    app(prog_name="rollmesh")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,66 @@
+"""The benchmarks run end to end and report their fields. Figures are not asserted here: a
+benchmark is read, side by side with its reference, not timed in a unit test."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+
+def test_env_step_bench_reports_both_paths() -> None:
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "rollmesh.cli",
+            "bench",
+            "env-step",
+            "--json",
+            "--seconds",
+            "0.5",
+            "--episodes",
+            "8",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout
+    result = json.loads(out.strip().splitlines()[-1])
+    for key in (
+        "inproc_steps_per_s",
+        "grpc_steps_per_s",
+        "grpc_p50_us",
+        "grpc_p99_us",
+        "ratio_grpc_vs_inproc",
+    ):
+        assert result[key] > 0, key
+    assert result["grpc_p50_us"] <= result["grpc_p99_us"]
+
+
+def test_rollouts_bench_reports_mesh_and_inprocess() -> None:
+    code = "from rollmesh.apps.bench.rollouts import main; main(True, episodes=16, concurrency=8)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True).stdout
+    result = json.loads(out.strip().splitlines()[-1])
+    assert result["inproc_eps"] > 0 and result["cpu_ms_per_episode"]["inproc"] > 0
+    for replicas in ("1", "2"):
+        assert result["mesh_eps"][replicas] > 0
+        assert result["ratio"][replicas] > 0
+        assert result["cpu_ms_per_episode"][replicas] > 0
+        assert result["errors"][replicas] == 0
+
+
+def test_rubric_bench_reports_live_and_inprocess() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "rollmesh.cli", "bench", "rubric", "--json", "--traces", "200"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    ).stdout
+    result = json.loads(out.strip().splitlines()[-1])
+    assert result["traces"] == 200 and result["service"] == "subprocess"
+    for key in ("traces_per_s", "p50_ms", "p99_ms", "paced_p50_ms", "inproc_traces_per_s", "ratio"):
+        assert result[key] > 0, key
+    assert result["p50_ms"] <= result["p99_ms"]
