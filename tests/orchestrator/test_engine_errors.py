@@ -15,7 +15,7 @@ from rollmesh.orchestrator.config import RolloutConfig
 from rollmesh.orchestrator.engine import RolloutEngine
 from rollmesh.proto.v1 import trajectory_pb2 as traj_pb
 
-from .mesh_helpers import env, env_server, scripted_inference
+from .local_servers import env, env_server, scripted_inference
 
 
 def _cfg(env_name: str, **kw) -> RolloutConfig:
@@ -118,7 +118,7 @@ async def test_a_trajectory_over_max_payload_is_an_unpublished_error(nats_url: s
 
 
 async def test_pools_follow_the_registry(nats_url: str) -> None:
-    from .mesh_helpers import wait_until
+    from .local_servers import wait_until
 
     model = f"scripted-{uuid.uuid4().hex[:6]}"
     name = f"guess-{uuid.uuid4().hex[:6]}"  # an environment name no other test registers

@@ -12,7 +12,7 @@ from rollmesh.inference.client import InferenceClient
 from rollmesh.orchestrator.config import RolloutConfig
 from rollmesh.orchestrator.engine import RolloutEngine
 
-from .mesh_helpers import env, env_server, scripted_inference, wait_until
+from .local_servers import env, env_server, scripted_inference, wait_until
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ from rollmesh.orchestrator.config import RolloutConfig, SamplingConfig
 from rollmesh.orchestrator.engine import RolloutEngine, trajectory_id
 from rollmesh.proto.v1 import trajectory_pb2 as traj_pb
 
-from .mesh_helpers import env, env_server, scripted_inference
+from .local_servers import env, env_server, scripted_inference
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")

@@ -19,7 +19,7 @@ from rollmesh.orchestrator.config import RolloutConfig
 from rollmesh.orchestrator.engine import RolloutEngine
 from rollmesh.proto.v1 import trajectory_pb2 as traj_pb
 
-from .mesh_helpers import env_server, scripted_inference, wait_until
+from .local_servers import env_server, scripted_inference, wait_until
 
 TARGET = "rollmesh.examples.guess_number"
 UNAVAILABLE = grpc.StatusCode.UNAVAILABLE.value[0]

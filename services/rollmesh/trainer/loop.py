@@ -35,7 +35,7 @@ from .batching import InvalidTrajectory, Sample, StepPlan, plan_step, trajectory
 from .checkpoint import HF_DIR, Checkpoint, CheckpointStore
 from .config import TrainerConfig
 from .consumer import Delivery, FileSource, RolloutConsumer, decode
-from .model import DS_TAG, PolicyEngine, StepStats
+from .model import DS_TAG, DeepSpeedPolicy, StepStats
 from .weights_push import PushReport, WeightsPusher
 
 log = get_logger(__name__)
@@ -76,7 +76,7 @@ class Trainer:
 
     def __init__(self, cfg: TrainerConfig) -> None:
         self.cfg = cfg
-        self.engine = PolicyEngine(cfg)
+        self.engine = DeepSpeedPolicy(cfg)
         self.rank, self.world_size = self.engine.rank, self.engine.world_size
         self.store = CheckpointStore(cfg.checkpoint.dir, cfg.checkpoint.keep)
         self.step = 0

@@ -128,7 +128,7 @@ class StepStats:
         return {k: self.sums[k] / n for k in SUM_NAMES if k != "tokens"}
 
 
-class PolicyEngine:
+class DeepSpeedPolicy:
     """One DeepSpeed engine on the policy (every rank builds one), plus the frozen reference model
     when the loss has a KL term."""
 

@@ -56,7 +56,7 @@ def _trajectories(n: int, seq_len: int, seed: int = 0) -> list[Any]:
 class RollmeshStep:
     def __init__(self, model_dir: Path, trajectories: list[Any], seq_len: int, work: Path) -> None:
         from ...trainer.config import TrainerConfig
-        from ...trainer.model import PolicyEngine
+        from ...trainer.model import DeepSpeedPolicy
 
         self.trajectories = trajectories
         self.cfg = TrainerConfig(
@@ -66,7 +66,7 @@ class RollmeshStep:
             batch={"max_tokens_per_micro_batch": len(trajectories) * seq_len, "max_seq_len": seq_len},
             checkpoint={"dir": str(work / "ck")},
         )
-        self.engine = PolicyEngine(self.cfg)
+        self.engine = DeepSpeedPolicy(self.cfg)
 
     def step(self) -> float:
         from ...trainer.batching import plan_step, trajectory_samples

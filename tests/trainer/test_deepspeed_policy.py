@@ -12,7 +12,7 @@ pytest.importorskip("deepspeed")
 from rollmesh.proto.v1 import trajectory_pb2 as traj_pb  # noqa: E402
 from rollmesh.trainer.batching import plan_step, trajectory_samples  # noqa: E402
 from rollmesh.trainer.config import TrainerConfig  # noqa: E402
-from rollmesh.trainer.model import PolicyEngine, deepspeed_config  # noqa: E402
+from rollmesh.trainer.model import DeepSpeedPolicy, deepspeed_config  # noqa: E402
 
 PROMPT = [1, 5, 40, 41, 42, 6]  # <s> <|user|> ... <|assistant|>
 GOOD = [60, 61, 62, 2]
@@ -24,11 +24,11 @@ def _cfg(tmp_path, **kw) -> TrainerConfig:
 
 
 @pytest.fixture(scope="module")
-def engine(tiny_model_dir, tmp_path_factory) -> PolicyEngine:
-    return PolicyEngine(_cfg(tmp_path_factory.mktemp("ckpt"), model=str(tiny_model_dir)))
+def engine(tiny_model_dir, tmp_path_factory) -> DeepSpeedPolicy:
+    return DeepSpeedPolicy(_cfg(tmp_path_factory.mktemp("ckpt"), model=str(tiny_model_dir)))
 
 
-def _samples(engine: PolicyEngine, advantages: dict[str, float]):
+def _samples(engine: DeepSpeedPolicy, advantages: dict[str, float]):
     """One sequence per completion, with the current policy's logprobs as the sampler's (ratio 1)."""
     out = []
     for tid, completion in (("good", GOOD), ("bad", BAD)):
@@ -45,7 +45,7 @@ def _samples(engine: PolicyEngine, advantages: dict[str, float]):
     return out
 
 
-def _completion_logprob(engine: PolicyEngine, samples) -> dict[str, float]:
+def _completion_logprob(engine: DeepSpeedPolicy, samples) -> dict[str, float]:
     plan = plan_step(samples, pad_id=engine.pad_id)
     mb = plan.ranks[0][0]
     lp = engine.eval_logprobs(mb)
@@ -83,7 +83,7 @@ def test_split_micro_batches_give_the_same_update(tiny_model_dir, tmp_path) -> N
     results = []
     init: dict = {}
     for budget in (64, 10):  # one micro-batch of both rows / one row per micro-batch
-        eng = PolicyEngine(_cfg(tmp_path / str(budget), model=str(tiny_model_dir)))
+        eng = DeepSpeedPolicy(_cfg(tmp_path / str(budget), model=str(tiny_model_dir)))
         init = eng.full_state_dict()
         samples = _samples(eng, {"good": 1.0, "bad": -0.5})
         plan = plan_step(samples, pad_id=eng.pad_id, max_tokens_per_micro_batch=budget)
@@ -99,7 +99,7 @@ def test_split_micro_batches_give_the_same_update(tiny_model_dir, tmp_path) -> N
 
 
 def test_kl_to_the_reference_model(tiny_model_dir, tmp_path) -> None:
-    eng = PolicyEngine(_cfg(tmp_path, model=str(tiny_model_dir), loss={"kl_coef": 0.5}))
+    eng = DeepSpeedPolicy(_cfg(tmp_path, model=str(tiny_model_dir), loss={"kl_coef": 0.5}))
     assert eng.ref is not None
     samples = _samples(eng, {"good": 1.0, "bad": -1.0})
     first = eng.train_step(plan_step(samples, pad_id=eng.pad_id).ranks[0])
@@ -109,7 +109,7 @@ def test_kl_to_the_reference_model(tiny_model_dir, tmp_path) -> None:
 
 
 def test_checkpoint_restores_weights_and_optimizer(tiny_model_dir, tmp_path) -> None:
-    eng = PolicyEngine(_cfg(tmp_path, model=str(tiny_model_dir)))
+    eng = DeepSpeedPolicy(_cfg(tmp_path, model=str(tiny_model_dir)))
     samples = _samples(eng, {"good": 1.0, "bad": -1.0})
     plan = plan_step(samples, pad_id=eng.pad_id)
     eng.train_step(plan.ranks[0])
