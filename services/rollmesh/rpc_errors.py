@@ -12,7 +12,7 @@ from grpc_status import rpc_status
 
 from . import errors
 
-DOMAIN = "rollmesh.v1"
+DOMAIN = "rollmesh.dev"  # ErrorInfo.domain of every rollmesh error (protos/rollmesh/v1/errors.proto)
 
 STATUS_FOR: dict[type[errors.RollmeshError], grpc.StatusCode] = {
     errors.NotFoundError: grpc.StatusCode.NOT_FOUND,

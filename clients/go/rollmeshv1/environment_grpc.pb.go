@@ -26,7 +26,8 @@ type EnvironmentServiceClient interface {
 	// Environment-specific reward logic for a finished conversation.
 	Score(ctx context.Context, in *ScoreRequest, opts ...grpc.CallOption) (*ScoreResponse, error)
 	// Optional: the environment drives a whole episode itself against the given inference server
-	// (for harnesses that own their agent loop). UNIMPLEMENTED where not supported.
+	// (for harnesses that own their agent loop). Offered when EnvironmentInfo.has_run_episode;
+	// UNIMPLEMENTED (NOT_SUPPORTED) otherwise.
 	RunEpisode(ctx context.Context, in *RunEpisodeRequest, opts ...grpc.CallOption) (*RunEpisodeResponse, error)
 }
 
@@ -141,7 +142,8 @@ type EnvironmentServiceServer interface {
 	// Environment-specific reward logic for a finished conversation.
 	Score(context.Context, *ScoreRequest) (*ScoreResponse, error)
 	// Optional: the environment drives a whole episode itself against the given inference server
-	// (for harnesses that own their agent loop). UNIMPLEMENTED where not supported.
+	// (for harnesses that own their agent loop). Offered when EnvironmentInfo.has_run_episode;
+	// UNIMPLEMENTED (NOT_SUPPORTED) otherwise.
 	RunEpisode(context.Context, *RunEpisodeRequest) (*RunEpisodeResponse, error)
 	mustEmbedUnimplementedEnvironmentServiceServer()
 }

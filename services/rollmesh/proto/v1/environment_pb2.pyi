@@ -51,7 +51,7 @@ class ServerInfo(_message.Message):
     def __init__(self, protocol_version: _Optional[str] = ..., language: _Optional[str] = ..., sdk_version: _Optional[str] = ..., instance_id: _Optional[str] = ...) -> None: ...
 
 class EnvironmentInfo(_message.Message):
-    __slots__ = ("name", "version", "description", "kind", "tools", "max_turns", "splits", "reward_names", "has_score", "digest", "default_sampling")
+    __slots__ = ("name", "version", "description", "kind", "tools", "max_turns", "splits", "reward_names", "has_score", "digest", "default_sampling", "has_run_episode", "default_split")
     class SplitsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -70,6 +70,8 @@ class EnvironmentInfo(_message.Message):
     HAS_SCORE_FIELD_NUMBER: _ClassVar[int]
     DIGEST_FIELD_NUMBER: _ClassVar[int]
     DEFAULT_SAMPLING_FIELD_NUMBER: _ClassVar[int]
+    HAS_RUN_EPISODE_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_SPLIT_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: str
     description: str
@@ -81,7 +83,9 @@ class EnvironmentInfo(_message.Message):
     has_score: bool
     digest: str
     default_sampling: _messages_pb2.SamplingParams
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., description: _Optional[str] = ..., kind: _Optional[_Union[EnvironmentKind, str]] = ..., tools: _Optional[_Iterable[_Union[_messages_pb2.ToolSpec, _Mapping]]] = ..., max_turns: _Optional[int] = ..., splits: _Optional[_Mapping[str, int]] = ..., reward_names: _Optional[_Iterable[str]] = ..., has_score: _Optional[bool] = ..., digest: _Optional[str] = ..., default_sampling: _Optional[_Union[_messages_pb2.SamplingParams, _Mapping]] = ...) -> None: ...
+    has_run_episode: bool
+    default_split: str
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., description: _Optional[str] = ..., kind: _Optional[_Union[EnvironmentKind, str]] = ..., tools: _Optional[_Iterable[_Union[_messages_pb2.ToolSpec, _Mapping]]] = ..., max_turns: _Optional[int] = ..., splits: _Optional[_Mapping[str, int]] = ..., reward_names: _Optional[_Iterable[str]] = ..., has_score: _Optional[bool] = ..., digest: _Optional[str] = ..., default_sampling: _Optional[_Union[_messages_pb2.SamplingParams, _Mapping]] = ..., has_run_episode: _Optional[bool] = ..., default_split: _Optional[str] = ...) -> None: ...
 
 class ServerLimits(_message.Message):
     __slots__ = ("max_concurrent_episodes", "max_message_bytes", "episode_idle_timeout_s")

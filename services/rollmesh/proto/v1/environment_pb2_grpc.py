@@ -29,13 +29,16 @@ if _version_not_supported:
 class EnvironmentServiceStub:
     """An environment server hosts one or more environments: tasks + a harness + rewards.
 
-    Episode protocol: one Episode stream is one episode. The client's first message is `start`;
-    the server answers with `started` (the prompt and the tools). Then each client `action` (one
-    assistant message) gets exactly one `step` in reply, in order. After a step with done = true the
-    server rejects further actions with FAILED_PRECONDITION and ends the stream with OK when the
-    client half-closes. A dropped or cancelled stream ends the episode and frees its resources.
-    Errors end the stream with a gRPC status (NOT_FOUND, INVALID_ARGUMENT, FAILED_PRECONDITION,
-    RESOURCE_EXHAUSTED, DEADLINE_EXCEEDED, INTERNAL).
+    The rules below are summaries; docs/protocol.md is the specification (its section numbers are
+    cited as "spec 3.2"). Every error status carries a google.rpc.ErrorInfo with domain
+    "rollmesh.dev" and a reason from rollmesh.v1.ErrorReason (errors.proto).
+
+    Episode protocol (spec 3): one Episode stream is one episode. The client's first message is
+    `start`; the server answers with `started` (the prompt and the tools). Then each client `action`
+    (one assistant message) gets exactly one `step` in reply, in order. After a step with done = true
+    the server rejects further actions with FAILED_PRECONDITION (EPISODE_DONE) and ends the stream
+    with OK when the client half-closes. A dropped or cancelled stream ends the episode and frees
+    its resources.
     """
 
     def __init__(self, channel):
@@ -74,13 +77,16 @@ class EnvironmentServiceStub:
 class EnvironmentServiceServicer:
     """An environment server hosts one or more environments: tasks + a harness + rewards.
 
-    Episode protocol: one Episode stream is one episode. The client's first message is `start`;
-    the server answers with `started` (the prompt and the tools). Then each client `action` (one
-    assistant message) gets exactly one `step` in reply, in order. After a step with done = true the
-    server rejects further actions with FAILED_PRECONDITION and ends the stream with OK when the
-    client half-closes. A dropped or cancelled stream ends the episode and frees its resources.
-    Errors end the stream with a gRPC status (NOT_FOUND, INVALID_ARGUMENT, FAILED_PRECONDITION,
-    RESOURCE_EXHAUSTED, DEADLINE_EXCEEDED, INTERNAL).
+    The rules below are summaries; docs/protocol.md is the specification (its section numbers are
+    cited as "spec 3.2"). Every error status carries a google.rpc.ErrorInfo with domain
+    "rollmesh.dev" and a reason from rollmesh.v1.ErrorReason (errors.proto).
+
+    Episode protocol (spec 3): one Episode stream is one episode. The client's first message is
+    `start`; the server answers with `started` (the prompt and the tools). Then each client `action`
+    (one assistant message) gets exactly one `step` in reply, in order. After a step with done = true
+    the server rejects further actions with FAILED_PRECONDITION (EPISODE_DONE) and ends the stream
+    with OK when the client half-closes. A dropped or cancelled stream ends the episode and frees
+    its resources.
     """
 
     def Describe(self, request, context):
@@ -113,7 +119,8 @@ class EnvironmentServiceServicer:
 
     def RunEpisode(self, request, context):
         """Optional: the environment drives a whole episode itself against the given inference server
-        (for harnesses that own their agent loop). UNIMPLEMENTED where not supported.
+        (for harnesses that own their agent loop). Offered when EnvironmentInfo.has_run_episode;
+        UNIMPLEMENTED (NOT_SUPPORTED) otherwise.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -158,13 +165,16 @@ def add_EnvironmentServiceServicer_to_server(servicer, server):
 class EnvironmentService:
     """An environment server hosts one or more environments: tasks + a harness + rewards.
 
-    Episode protocol: one Episode stream is one episode. The client's first message is `start`;
-    the server answers with `started` (the prompt and the tools). Then each client `action` (one
-    assistant message) gets exactly one `step` in reply, in order. After a step with done = true the
-    server rejects further actions with FAILED_PRECONDITION and ends the stream with OK when the
-    client half-closes. A dropped or cancelled stream ends the episode and frees its resources.
-    Errors end the stream with a gRPC status (NOT_FOUND, INVALID_ARGUMENT, FAILED_PRECONDITION,
-    RESOURCE_EXHAUSTED, DEADLINE_EXCEEDED, INTERNAL).
+    The rules below are summaries; docs/protocol.md is the specification (its section numbers are
+    cited as "spec 3.2"). Every error status carries a google.rpc.ErrorInfo with domain
+    "rollmesh.dev" and a reason from rollmesh.v1.ErrorReason (errors.proto).
+
+    Episode protocol (spec 3): one Episode stream is one episode. The client's first message is
+    `start`; the server answers with `started` (the prompt and the tools). Then each client `action`
+    (one assistant message) gets exactly one `step` in reply, in order. After a step with done = true
+    the server rejects further actions with FAILED_PRECONDITION (EPISODE_DONE) and ends the stream
+    with OK when the client half-closes. A dropped or cancelled stream ends the episode and frees
+    its resources.
     """
 
     @staticmethod

@@ -112,14 +112,26 @@ export interface EnvironmentInfo {
   maxTurns: number;
   /** Number of tasks per split. */
   splits: { [key: string]: number };
-  /** Names of the rewards the environment reports inline or from Score. */
+  /**
+   * Names of the rewards the environment reports inline (Step.rewards) or from Score. Their
+   * weights are the environment's own: Step.reward and ScoreResponse.reward are already weighted.
+   */
   rewardNames: string[];
-  /** True when the environment implements Score. */
+  /**
+   * True when the environment implements Score; Score answers UNIMPLEMENTED (NOT_SUPPORTED)
+   * otherwise.
+   */
   hasScore: boolean;
   /** Content digest of the environment's code and data. */
   digest: string;
   /** Sampling defaults the environment recommends. */
-  defaultSampling: SamplingParams | undefined;
+  defaultSampling:
+    | SamplingParams
+    | undefined;
+  /** True when RunEpisode works for this environment. */
+  hasRunEpisode: boolean;
+  /** The split used when a request leaves `split` empty; one of the keys of `splits`. */
+  defaultSplit: string;
 }
 
 export interface EnvironmentInfo_SplitsEntry {
@@ -130,7 +142,10 @@ export interface EnvironmentInfo_SplitsEntry {
 export interface ServerLimits {
   maxConcurrentEpisodes: number;
   maxMessageBytes: number;
-  /** An episode with no client message for this long is closed with DEADLINE_EXCEEDED. */
+  /**
+   * An episode with no client message for this long (before `start`, between actions, or after
+   * the final step) is closed with DEADLINE_EXCEEDED (IDLE_TIMEOUT). 0 = no idle timeout.
+   */
   episodeIdleTimeoutS: number;
 }
 
@@ -138,17 +153,20 @@ export interface ListTasksRequest {
   env: string;
   /** Empty = the environment's default split. */
   split: string;
-  /** Maximum number of tasks in this call; 0 = all remaining. */
+  /** Maximum number of tasks in this call; 0 = all remaining; < 0 is INVALID_PAGE_SIZE. */
   pageSize: number;
-  /** From a previous response's next_page_token; empty = from the start. */
+  /**
+   * Opaque: a previous response's next_page_token for the same env and split; empty = from the
+   * start. Anything else is INVALID_ARGUMENT (INVALID_PAGE_TOKEN).
+   */
   pageToken: string;
 }
 
 export interface ListTasksResponse {
   tasks: Task[];
-  /** Set on the last message of the call when more tasks remain. */
+  /** Set on the last message of the call when more tasks remain; empty otherwise. */
   nextPageToken: string;
-  /** Number of tasks in the split. */
+  /** Number of tasks in the split, the same on every message of the call. */
   total: number;
 }
 
@@ -158,7 +176,10 @@ export interface EpisodeRequest {
 
 export interface StartEpisode {
   env: string;
-  /** Either a task of the environment's dataset (task_id, split) or an inline task. */
+  /**
+   * Either a task of the environment's dataset (task_id, split; empty split = the default split)
+   * or an inline task. An inline task takes precedence: task_id and split are then ignored.
+   */
   taskId: string;
   split: string;
   task:
@@ -172,7 +193,11 @@ export interface StartEpisode {
   options: { [key: string]: any } | undefined;
 }
 
-/** The policy's move: one assistant message (text and/or tool calls). */
+/**
+ * The policy's move: one assistant message (text and/or tool calls). An action without a message
+ * is INVALID_ARGUMENT (EMPTY_ACTION); an assistant message with empty content and no tool calls is
+ * a valid move that the environment answers like any other (usually as a failed turn).
+ */
 export interface Action {
   message: Message | undefined;
 }
@@ -183,10 +208,17 @@ export interface EpisodeResponse {
 
 export interface EpisodeStarted {
   episodeId: string;
+  /**
+   * The task being played, as the environment holds it. It may include the reference answer: the
+   * client, not the environment, decides what the policy sees (only `messages`).
+   */
   task:
     | Task
     | undefined;
-  /** Messages the policy sees first (system prompt and the task's prompt). */
+  /**
+   * Messages the policy sees first: the full prompt, system prompt included. The client sends
+   * these to the model as they are and adds nothing.
+   */
   messages: Message[];
   tools: ToolSpec[];
   maxTurns: number;
@@ -197,12 +229,21 @@ export interface Step {
   /** New messages from the environment (tool results, feedback, the next user turn). */
   messages: Message[];
   done: boolean;
+  /**
+   * Set on the final step: DONE when the environment ended the episode (a single-turn
+   * environment's only step included), MAX_TURNS when the turn limit did.
+   */
   stopReason: StopReason;
-  /** Inline rewards, when the environment computes them. */
+  /** Inline rewards, when the environment computes them (normally on the final step). */
   rewards: { [key: string]: number };
-  /** Weighted total of the inline rewards; meaningful when has_reward. */
+  /** Weighted total of the inline rewards; meaningful only when has_reward. */
   reward: number;
+  /**
+   * True when this step carries the environment's reward. False means "not scored here" (score
+   * with Score or a rubric), never "reward 0".
+   */
   hasReward: boolean;
+  /** Measurements that are reported, not rewarded. */
   metrics: { [key: string]: number };
   /** Environment state at the end of the episode (set when done), for Score. */
   state:
@@ -584,6 +625,8 @@ function createBaseEnvironmentInfo(): EnvironmentInfo {
     hasScore: false,
     digest: "",
     defaultSampling: undefined,
+    hasRunEpisode: false,
+    defaultSplit: "",
   };
 }
 
@@ -621,6 +664,12 @@ export const EnvironmentInfo: MessageFns<EnvironmentInfo> = {
     }
     if (message.defaultSampling !== undefined) {
       SamplingParams.encode(message.defaultSampling, writer.uint32(90).fork()).join();
+    }
+    if (message.hasRunEpisode !== false) {
+      writer.uint32(96).bool(message.hasRunEpisode);
+    }
+    if (message.defaultSplit !== "") {
+      writer.uint32(106).string(message.defaultSplit);
     }
     return writer;
   },
@@ -729,6 +778,22 @@ export const EnvironmentInfo: MessageFns<EnvironmentInfo> = {
             message.defaultSampling = SamplingParams.decode(reader, reader.uint32());
             continue;
           }
+          case 12: {
+            if (tag !== 96) {
+              break;
+            }
+
+            message.hasRunEpisode = reader.bool();
+            continue;
+          }
+          case 13: {
+            if (tag !== 106) {
+              break;
+            }
+
+            message.defaultSplit = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -783,6 +848,16 @@ export const EnvironmentInfo: MessageFns<EnvironmentInfo> = {
         : isSet(object.default_sampling)
         ? SamplingParams.fromJSON(object.default_sampling)
         : undefined,
+      hasRunEpisode: isSet(object.hasRunEpisode)
+        ? globalThis.Boolean(object.hasRunEpisode)
+        : isSet(object.has_run_episode)
+        ? globalThis.Boolean(object.has_run_episode)
+        : false,
+      defaultSplit: isSet(object.defaultSplit)
+        ? globalThis.String(object.defaultSplit)
+        : isSet(object.default_split)
+        ? globalThis.String(object.default_split)
+        : "",
     };
   },
 
@@ -827,6 +902,12 @@ export const EnvironmentInfo: MessageFns<EnvironmentInfo> = {
     if (message.defaultSampling !== undefined) {
       obj.defaultSampling = SamplingParams.toJSON(message.defaultSampling);
     }
+    if (message.hasRunEpisode !== false) {
+      obj.hasRunEpisode = message.hasRunEpisode;
+    }
+    if (message.defaultSplit !== "") {
+      obj.defaultSplit = message.defaultSplit;
+    }
     return obj;
   },
 
@@ -856,6 +937,8 @@ export const EnvironmentInfo: MessageFns<EnvironmentInfo> = {
     message.defaultSampling = (object.defaultSampling !== undefined && object.defaultSampling !== null)
       ? SamplingParams.fromPartial(object.defaultSampling)
       : undefined;
+    message.hasRunEpisode = object.hasRunEpisode ?? false;
+    message.defaultSplit = object.defaultSplit ?? "";
     return message;
   },
 };
@@ -2963,13 +3046,16 @@ export const RunEpisodeResponse: MessageFns<RunEpisodeResponse> = {
 /**
  * An environment server hosts one or more environments: tasks + a harness + rewards.
  *
- * Episode protocol: one Episode stream is one episode. The client's first message is `start`;
- * the server answers with `started` (the prompt and the tools). Then each client `action` (one
- * assistant message) gets exactly one `step` in reply, in order. After a step with done = true the
- * server rejects further actions with FAILED_PRECONDITION and ends the stream with OK when the
- * client half-closes. A dropped or cancelled stream ends the episode and frees its resources.
- * Errors end the stream with a gRPC status (NOT_FOUND, INVALID_ARGUMENT, FAILED_PRECONDITION,
- * RESOURCE_EXHAUSTED, DEADLINE_EXCEEDED, INTERNAL).
+ * The rules below are summaries; docs/protocol.md is the specification (its section numbers are
+ * cited as "spec 3.2"). Every error status carries a google.rpc.ErrorInfo with domain
+ * "rollmesh.dev" and a reason from rollmesh.v1.ErrorReason (errors.proto).
+ *
+ * Episode protocol (spec 3): one Episode stream is one episode. The client's first message is
+ * `start`; the server answers with `started` (the prompt and the tools). Then each client `action`
+ * (one assistant message) gets exactly one `step` in reply, in order. After a step with done = true
+ * the server rejects further actions with FAILED_PRECONDITION (EPISODE_DONE) and ends the stream
+ * with OK when the client half-closes. A dropped or cancelled stream ends the episode and frees
+ * its resources.
  */
 export type EnvironmentServiceService = typeof EnvironmentServiceService;
 export const EnvironmentServiceService = {
@@ -3015,7 +3101,8 @@ export const EnvironmentServiceService = {
   },
   /**
    * Optional: the environment drives a whole episode itself against the given inference server
-   * (for harnesses that own their agent loop). UNIMPLEMENTED where not supported.
+   * (for harnesses that own their agent loop). Offered when EnvironmentInfo.has_run_episode;
+   * UNIMPLEMENTED (NOT_SUPPORTED) otherwise.
    */
   runEpisode: {
     path: "/rollmesh.v1.EnvironmentService/RunEpisode" as const,
@@ -3039,7 +3126,8 @@ export interface EnvironmentServiceServer extends UntypedServiceImplementation {
   score: handleUnaryCall<ScoreRequest, ScoreResponse>;
   /**
    * Optional: the environment drives a whole episode itself against the given inference server
-   * (for harnesses that own their agent loop). UNIMPLEMENTED where not supported.
+   * (for harnesses that own their agent loop). Offered when EnvironmentInfo.has_run_episode;
+   * UNIMPLEMENTED (NOT_SUPPORTED) otherwise.
    */
   runEpisode: handleUnaryCall<RunEpisodeRequest, RunEpisodeResponse>;
 }
@@ -3090,7 +3178,8 @@ export interface EnvironmentServiceClient extends Client {
   ): ClientUnaryCall;
   /**
    * Optional: the environment drives a whole episode itself against the given inference server
-   * (for harnesses that own their agent loop). UNIMPLEMENTED where not supported.
+   * (for harnesses that own their agent loop). Offered when EnvironmentInfo.has_run_episode;
+   * UNIMPLEMENTED (NOT_SUPPORTED) otherwise.
    */
   runEpisode(
     request: RunEpisodeRequest,
