@@ -14,6 +14,7 @@ class ErrorReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     DRAINING: _ClassVar[ErrorReason]
     MESSAGE_TOO_LARGE: _ClassVar[ErrorReason]
     NOT_SUPPORTED: _ClassVar[ErrorReason]
+    RPC_LIMIT: _ClassVar[ErrorReason]
     NO_ENVIRONMENT: _ClassVar[ErrorReason]
     UNKNOWN_ENVIRONMENT: _ClassVar[ErrorReason]
     UNKNOWN_SPLIT: _ClassVar[ErrorReason]
@@ -40,6 +41,8 @@ class ErrorReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     FILE_NOT_FOUND: _ClassVar[ErrorReason]
     UPDATE_IN_PROGRESS: _ClassVar[ErrorReason]
     BACKEND_FAILED: _ClassVar[ErrorReason]
+    WEIGHTS_TOO_LARGE: _ClassVar[ErrorReason]
+    ENGINE_STOPPED: _ClassVar[ErrorReason]
     UNKNOWN_RUBRIC: _ClassVar[ErrorReason]
     NO_RUBRIC: _ClassVar[ErrorReason]
     BAD_RUBRIC: _ClassVar[ErrorReason]
@@ -55,6 +58,7 @@ INVALID_FIELD: ErrorReason
 DRAINING: ErrorReason
 MESSAGE_TOO_LARGE: ErrorReason
 NOT_SUPPORTED: ErrorReason
+RPC_LIMIT: ErrorReason
 NO_ENVIRONMENT: ErrorReason
 UNKNOWN_ENVIRONMENT: ErrorReason
 UNKNOWN_SPLIT: ErrorReason
@@ -81,6 +85,8 @@ CHECKSUM_MISMATCH: ErrorReason
 FILE_NOT_FOUND: ErrorReason
 UPDATE_IN_PROGRESS: ErrorReason
 BACKEND_FAILED: ErrorReason
+WEIGHTS_TOO_LARGE: ErrorReason
+ENGINE_STOPPED: ErrorReason
 UNKNOWN_RUBRIC: ErrorReason
 NO_RUBRIC: ErrorReason
 BAD_RUBRIC: ErrorReason

@@ -43,6 +43,11 @@ export enum ErrorReason {
    * (Score when has_score is false, RunEpisode when run_episode is false).
    */
   NOT_SUPPORTED = 6,
+  /**
+   * RPC_LIMIT - RESOURCE_EXHAUSTED: the server is at its limit of concurrent requests; retry later or elsewhere.
+   * metadata: limit.
+   */
+  RPC_LIMIT = 7,
   /** NO_ENVIRONMENT - INVALID_ARGUMENT: `start.env` (or ListTasks/Score `env`) is empty. metadata: environments. */
   NO_ENVIRONMENT = 20,
   /** UNKNOWN_ENVIRONMENT - NOT_FOUND: no environment of that name on this server. metadata: environments. */
@@ -95,6 +100,10 @@ export enum ErrorReason {
   UPDATE_IN_PROGRESS = 58,
   /** BACKEND_FAILED - INTERNAL: the model backend failed while generating. */
   BACKEND_FAILED = 59,
+  /** WEIGHTS_TOO_LARGE - RESOURCE_EXHAUSTED: an UpdateWeights stream larger than the server accepts. metadata: limit_bytes. */
+  WEIGHTS_TOO_LARGE = 60,
+  /** ENGINE_STOPPED - UNAVAILABLE: the model engine stopped while the request waited or ran; retry on another replica. */
+  ENGINE_STOPPED = 61,
   /** UNKNOWN_RUBRIC - NOT_FOUND: no configured rubric of that name. metadata: rubrics. */
   UNKNOWN_RUBRIC = 70,
   /** NO_RUBRIC - INVALID_ARGUMENT: neither a rubric name nor an inline spec. */
@@ -103,7 +112,7 @@ export enum ErrorReason {
   BAD_RUBRIC = 72,
   /** UNKNOWN_FUNCTION - INVALID_ARGUMENT: a function that is neither built in nor importable. */
   UNKNOWN_FUNCTION = 73,
-  /** IMPORTS_NOT_ALLOWED - PERMISSION_DENIED: an inline spec names a Python import path and the server does not allow it. */
+  /** IMPORTS_NOT_ALLOWED - INVALID_ARGUMENT: an inline spec names a Python import path and the server does not allow it. */
   IMPORTS_NOT_ALLOWED = 74,
   /** TOO_MANY_FUNCTIONS - INVALID_ARGUMENT: more functions in an inline spec than the server accepts. metadata: limit. */
   TOO_MANY_FUNCTIONS = 75,
@@ -137,6 +146,9 @@ export function errorReasonFromJSON(object: any): ErrorReason {
     case 6:
     case "NOT_SUPPORTED":
       return ErrorReason.NOT_SUPPORTED;
+    case 7:
+    case "RPC_LIMIT":
+      return ErrorReason.RPC_LIMIT;
     case 20:
     case "NO_ENVIRONMENT":
       return ErrorReason.NO_ENVIRONMENT;
@@ -215,6 +227,12 @@ export function errorReasonFromJSON(object: any): ErrorReason {
     case 59:
     case "BACKEND_FAILED":
       return ErrorReason.BACKEND_FAILED;
+    case 60:
+    case "WEIGHTS_TOO_LARGE":
+      return ErrorReason.WEIGHTS_TOO_LARGE;
+    case 61:
+    case "ENGINE_STOPPED":
+      return ErrorReason.ENGINE_STOPPED;
     case 70:
     case "UNKNOWN_RUBRIC":
       return ErrorReason.UNKNOWN_RUBRIC;
@@ -262,6 +280,8 @@ export function errorReasonToJSON(object: ErrorReason): string {
       return "MESSAGE_TOO_LARGE";
     case ErrorReason.NOT_SUPPORTED:
       return "NOT_SUPPORTED";
+    case ErrorReason.RPC_LIMIT:
+      return "RPC_LIMIT";
     case ErrorReason.NO_ENVIRONMENT:
       return "NO_ENVIRONMENT";
     case ErrorReason.UNKNOWN_ENVIRONMENT:
@@ -314,6 +334,10 @@ export function errorReasonToJSON(object: ErrorReason): string {
       return "UPDATE_IN_PROGRESS";
     case ErrorReason.BACKEND_FAILED:
       return "BACKEND_FAILED";
+    case ErrorReason.WEIGHTS_TOO_LARGE:
+      return "WEIGHTS_TOO_LARGE";
+    case ErrorReason.ENGINE_STOPPED:
+      return "ENGINE_STOPPED";
     case ErrorReason.UNKNOWN_RUBRIC:
       return "UNKNOWN_RUBRIC";
     case ErrorReason.NO_RUBRIC:
