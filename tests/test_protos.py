@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import filecmp
+import re
 import shutil
 import subprocess
 import sys
@@ -62,3 +63,15 @@ def test_python_stubs_are_fresh(tmp_path: Path) -> None:
     assert fresh == checked_in, "stub files differ: run `make protos`"
     _, mismatch, errors = filecmp.cmpfiles(out, STUBS, fresh, shallow=False)
     assert not mismatch and not errors, f"stale stubs {mismatch + errors}: run `make protos`"
+
+
+def test_the_reasons_the_spec_names_are_values_of_error_reason() -> None:
+    """docs/protocol.md's reason table and the ErrorReason enum name the same things."""
+    from rollmesh.proto.v1 import errors_pb2
+
+    spec = (ROOT / "docs" / "protocol.md").read_text()
+    table = spec.split("### 2.2 Reasons")[1].split("### 2.3")[0]
+    named = set(re.findall(r"^\| `([A-Z_]+)`(?:, `([A-Z_]+)`)?", table, re.MULTILINE))
+    reasons = {name for pair in named for name in pair if name}
+    assert len(reasons) > 15
+    assert reasons <= set(errors_pb2.ErrorReason.keys())

@@ -74,6 +74,12 @@ class DeadlineExceededError(RollmeshError):
     reason = "DEADLINE_EXCEEDED"
 
 
+class UnimplementedError(RollmeshError):
+    """A method the server knows but does not offer here (Score of an environment without one)."""
+
+    reason = "NOT_SUPPORTED"
+
+
 class InternalError(RollmeshError):
     """Code behind the server (an environment, a reward function) failed."""
 

@@ -21,6 +21,7 @@ STATUS_FOR: dict[type[errors.RollmeshError], grpc.StatusCode] = {
     errors.ResourceExhaustedError: grpc.StatusCode.RESOURCE_EXHAUSTED,
     errors.UnavailableError: grpc.StatusCode.UNAVAILABLE,
     errors.DeadlineExceededError: grpc.StatusCode.DEADLINE_EXCEEDED,
+    errors.UnimplementedError: grpc.StatusCode.UNIMPLEMENTED,
     errors.InternalError: grpc.StatusCode.INTERNAL,
     errors.DataLossError: grpc.StatusCode.DATA_LOSS,
 }

@@ -435,8 +435,6 @@ async def test_max_turns_stop_reason() -> None:
     [
         ({"role": "user", "content": "hi"}, "role 'user'"),
         ({"role": "tool", "content": "hi"}, "role 'tool'"),
-        ({"role": "assistant", "content": ""}, "empty message"),
-        ({"role": "assistant"}, "empty message"),
         ({"role": "assistant", "content": ["parts"]}, "must be a string"),
         (
             {"role": "assistant", "tool_calls": [{"id": "1", "function": {"arguments": "{}"}}]},
@@ -452,6 +450,17 @@ async def test_invalid_actions(action, match: str) -> None:
         await ep.step(action)
     assert ep.turn == 0 and len(ep.messages) == 1  # nothing recorded
     assert not (await ep.step({"content": "valid"})).done
+
+
+@pytest.mark.parametrize("action", [{"role": "assistant", "content": ""}, {"role": "assistant"}, {}])
+async def test_an_empty_assistant_message_is_a_move(action) -> None:
+    """A model that said nothing made a (bad) move: the environment answers it, like any reply."""
+    env = CountdownEnv()
+    ep = env.episode(env.get_task("c"))
+    await ep.start()
+    result = await ep.step(action)
+    assert result.turn == 1 and result.messages == [{"role": "user", "content": "reply 1"}]
+    assert ep.messages[-2] == {"role": "assistant", "content": ""}
 
 
 async def test_cleanup_runs_exactly_once() -> None:

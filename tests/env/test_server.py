@@ -18,7 +18,7 @@ import grpc
 import pytest
 from rollmesh.env import MultiTurnEnv, SingleTurnEnv, Task, ToolEnv
 from rollmesh.env.client import EnvClient
-from rollmesh.env.server import EnvironmentServer, EpisodeLimits
+from rollmesh.env.server import EnvironmentServer, EpisodeLimits, page_token
 from rollmesh.errors import (
     DeadlineExceededError,
     FailedPreconditionError,
@@ -28,12 +28,14 @@ from rollmesh.errors import (
     ResourceExhaustedError,
     RollmeshError,
     UnavailableError,
+    UnimplementedError,
 )
 from rollmesh.examples import arithmetic, guess_number
 from rollmesh.proto.v1 import bus_pb2
 from rollmesh.proto.v1 import environment_pb2 as env_pb
 from rollmesh.registry import Registry
 from rollmesh.rpc import RpcLimits
+from rollmesh.rpc_errors import error_info
 
 ROLLMESH = Path(sys.executable).parent / "rollmesh"
 TIMEOUT = 10.0  # generous upper bound for anything that should happen "soon"
@@ -227,29 +229,42 @@ async def test_list_tasks_paging(served) -> None:
 
     first = await _pages(client, env="arithmetic", page_size=100)
     assert [len(r.tasks) for r in first] == [64, 36]
-    assert [r.next_page_token for r in first] == ["", "100"]  # on the last message of the call
+    assert first[0].next_page_token == "" and first[1].next_page_token  # on the last message of the call
     rest = await _pages(client, env="arithmetic", page_size=100, page_token=first[-1].next_page_token)
     assert [len(r.tasks) for r in rest] == [50] and rest[-1].next_page_token == ""
     got = [t.task_id for r in first + rest for t in r.tasks]
     assert got == expected
 
-    small = await _pages(client, env="arithmetic", page_size=10, page_token="140")
+    small = await _pages(client, env="arithmetic", page_size=10, page_token=page_token("arithmetic", "train", 140))
     assert [len(r.tasks) for r in small] == [10] and small[0].next_page_token == ""
-    end = await _pages(client, env="arithmetic", page_token="150")
+    end = await _pages(client, env="arithmetic", page_token=page_token("arithmetic", "train", 150))
     assert [(len(r.tasks), r.total, r.next_page_token) for r in end] == [(0, 150, "")]
-    [empty] = await _pages(client, env="tracked", split="train", page_size=5, page_token="1")
+    [empty] = await _pages(
+        client, env="tracked", split="train", page_size=5, page_token=page_token("tracked", "train", 1)
+    )
     assert (len(empty.tasks), empty.total) == (0, 1)
 
 
-@pytest.mark.parametrize("token", ["abc", "-1", "151", "1.5"])
+@pytest.mark.parametrize(
+    "token",
+    [
+        "abc",
+        "100",  # a decimal offset is not a token (spec 5: page tokens are opaque)
+        page_token("arithmetic", "train", 151),  # past the end
+        page_token("arithmetic", "test", 10),  # another split's token
+        page_token("tracked", "train", 0),  # another environment's token
+    ],
+)
 async def test_list_tasks_bad_page_token(served, token: str) -> None:
     _, client = served
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await _pages(client, env="arithmetic", page_token=token)
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "page_token" in info.value.details()
-    with pytest.raises(InvalidArgumentError, match="page_token"):  # the same through EnvClient
+    assert error_info(info.value).reason == "INVALID_PAGE_TOKEN"
+    with pytest.raises(InvalidArgumentError, match="page_token") as raised:  # the same through EnvClient
         [t async for t in client.list_tasks("arithmetic", page_token=token)]
+    assert raised.value.reason == "INVALID_PAGE_TOKEN"
 
 
 async def test_list_tasks_errors(served) -> None:
@@ -386,10 +401,9 @@ async def test_score(served) -> None:
 async def test_score_unimplemented(served) -> None:
     srv, client = served
     task = _env(srv, "tracked").tasks()[0]
-    with pytest.raises(grpc.aio.AioRpcError) as info:
+    with pytest.raises(UnimplementedError, match="'tracked' does not implement Score") as info:
         await client.score("tracked", task, task.prompt)
-    assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
-    assert "'tracked' does not implement Score" in info.value.details()
+    assert info.value.reason == "NOT_SUPPORTED"
 
 
 @pytest.mark.parametrize("fail_in", ["env_response", "setup_state"])
@@ -429,7 +443,7 @@ async def test_score_unimplemented_is_not_logged_as_a_failure(served, caplog) ->
     srv, client = served
     task = _env(srv, "tracked").tasks()[0]
     caplog.set_level(logging.ERROR)
-    with pytest.raises(grpc.aio.AioRpcError):
+    with pytest.raises(UnimplementedError):
         await client.score("tracked", task, task.prompt)
     # rollmesh's own loggers only: asyncio may report garbage of earlier tests at any moment.
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR and r.name.startswith("rollmesh")]

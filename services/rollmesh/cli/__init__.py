@@ -202,11 +202,21 @@ def conformance(
     address: Annotated[str, typer.Argument(help="host:port of an environment server, in any language.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")] = False,
     timeout: Annotated[float, typer.Option(help="Seconds per check.")] = 30.0,
+    max_wait: Annotated[
+        float, typer.Option(help="Longest wait a check may make (the idle-timeout check); longer ones are skipped.")
+    ] = 15.0,
+    drain_pid: Annotated[
+        int | None, typer.Option(help="The server's process id: the last check sends it SIGTERM (stops it).")
+    ] = None,
+    inference: Annotated[
+        str | None, typer.Option(help="An inference server for RunEpisode, when an environment offers it.")
+    ] = None,
 ) -> None:
-    """Check that an environment server speaks the rollmesh protocol correctly (exit 0 = all pass)."""
-    from ..apps.conformance import run_cli
+    """Check that an environment server follows docs/protocol.md (exit 0 = no rule failed)."""
+    from ..apps.conformance import Options, run_cli
 
-    raise typer.Exit(run_cli(address, as_json=as_json, timeout_s=timeout))
+    options = Options(timeout_s=timeout, max_wait_s=max_wait, drain_pid=drain_pid, inference=inference)
+    raise typer.Exit(run_cli(address, as_json=as_json, options=options))
 
 
 @app.command("ls")

@@ -26,18 +26,28 @@ class EpisodeHooks(Protocol):
 
 
 def validate_action(action: Message) -> Message:
+    """An action is one assistant message. Empty content with no tool calls is a valid move (a model
+    that said nothing): the environment answers it like any other reply (spec 3.3)."""
     role = action.get("role") or "assistant"
     if role != "assistant":
-        raise InvalidArgumentError(f"an action is an assistant message, got role {quoted(role)}")
+        raise InvalidArgumentError(
+            f"an action is an assistant message, got role {quoted(role)}",
+            reason="INVALID_FIELD",
+            metadata={"field": "action.message.role"},
+        )
     content = action.get("content")
     if content is not None and not isinstance(content, str):
-        raise InvalidArgumentError("action content must be a string")
+        raise InvalidArgumentError(
+            "action content must be a string", reason="INVALID_FIELD", metadata={"field": "action.message.content"}
+        )
     for call in action.get("tool_calls") or ():
         if not call.get("function", {}).get("name"):
-            raise InvalidArgumentError("every tool call needs a function name")
-    if not content and not action.get("tool_calls"):
-        raise InvalidArgumentError("an action needs content or tool calls; got an empty message")
-    return {**action, "role": "assistant"}
+            raise InvalidArgumentError(
+                "every tool call needs a function name",
+                reason="INVALID_FIELD",
+                metadata={"field": "action.message.tool_calls.name"},
+            )
+    return {**action, "role": "assistant", "content": content or ""}
 
 
 class Episode:
@@ -68,7 +78,7 @@ class Episode:
 
     async def step(self, action: Message) -> StepResult:
         if not self.started:
-            raise FailedPreconditionError("the episode has not started")
+            raise FailedPreconditionError("the episode has not started", reason="NOT_STARTED")
         if self.done:
             raise FailedPreconditionError(
                 f"episode {self.episode_id} is done (turn {self.turn}); start a new episode", reason="EPISODE_DONE"

@@ -8,6 +8,8 @@ deadline, and message sizes (enforced by gRPC, see rpc.RpcLimits).
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 import logging
 import uuid
 from collections.abc import AsyncIterator, Sequence
@@ -25,6 +27,7 @@ from ..errors import (
     ResourceExhaustedError,
     RollmeshError,
     UnavailableError,
+    UnimplementedError,
     quoted,
 )
 from ..hosting import HostedServer
@@ -54,6 +57,29 @@ class EpisodeLimits:
     idle_timeout_s: float = 300.0
 
 
+def page_token(env: str, split: str, offset: int) -> str:
+    """An opaque ListTasks page token (spec 5): clients pass it back, never build one."""
+    return base64.urlsafe_b64encode(json.dumps([env, split, offset]).encode()).decode().rstrip("=")
+
+
+def page_offset(token: str, env: str, split: str, total: int) -> int:
+    """The offset a page token stands for; INVALID_PAGE_TOKEN unless it came from this listing."""
+    if not token:
+        return 0
+    try:
+        got_env, got_split, offset = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+        if (got_env, got_split) == (env, split) and isinstance(offset, int) and 0 <= offset <= total:
+            return offset
+    except (ValueError, TypeError):
+        pass
+    raise InvalidArgumentError(
+        f"invalid page_token {quoted(token)} for {quoted(env)}/{quoted(split)}; pass a previous next_page_token "
+        "of the same environment and split",
+        reason="INVALID_PAGE_TOKEN",
+        metadata={"field": "page_token"},
+    )
+
+
 class EnvironmentServicer(env_grpc.EnvironmentServiceServicer):
     def __init__(
         self,
@@ -77,7 +103,9 @@ class EnvironmentServicer(env_grpc.EnvironmentServiceServicer):
     def env(self, name: str) -> Environment:
         if not name:
             raise InvalidArgumentError(
-                f"no environment named; this server hosts {sorted(self.envs)}", reason="NO_ENVIRONMENT"
+                f"no environment named; this server hosts {sorted(self.envs)}",
+                reason="NO_ENVIRONMENT",
+                metadata={"environments": ",".join(sorted(self.envs))},
             )
         env = self.envs.get(name)
         if env is None:
@@ -99,6 +127,8 @@ class EnvironmentServicer(env_grpc.EnvironmentServiceServicer):
             reward_names=env.reward_names,
             has_score=env.has_score,
             digest=env.digest,
+            has_run_episode=False,
+            default_split=env.default_split,
         )
         info.splits.update({k: len(v) for k, v in env.splits.items()})
         for key in ("temperature", "top_p", "top_k", "max_tokens"):
@@ -132,17 +162,15 @@ class EnvironmentServicer(env_grpc.EnvironmentServiceServicer):
     ) -> AsyncIterator[env_pb.ListTasksResponse]:
         try:
             env = self.env(request.env)
-            tasks = env.tasks(request.split or None)
+            split = request.split or env.default_split
+            tasks = env.tasks(split)
             if request.page_size < 0:
-                raise InvalidArgumentError(f"page_size must be >= 0, got {request.page_size}")
-            try:
-                start = int(request.page_token or 0)
-                if not 0 <= start <= len(tasks):
-                    raise ValueError
-            except ValueError:
                 raise InvalidArgumentError(
-                    f"invalid page_token {request.page_token!r}; pass a previous next_page_token"
-                ) from None
+                    f"page_size must be >= 0, got {request.page_size}",
+                    reason="INVALID_PAGE_SIZE",
+                    metadata={"field": "page_size"},
+                )
+            start = page_offset(request.page_token, env.name, split, len(tasks))
         except RollmeshError as e:
             await abort(context, e)
         end = len(tasks) if request.page_size == 0 else min(len(tasks), start + request.page_size)
@@ -153,7 +181,7 @@ class EnvironmentServicer(env_grpc.EnvironmentServiceServicer):
             last = j == end
             yield env_pb.ListTasksResponse(
                 tasks=[convert.task_to_pb(t, env.name) for t in tasks[i:j]],
-                next_page_token=str(end) if last and end < len(tasks) else "",
+                next_page_token=page_token(env.name, split, end) if last and end < len(tasks) else "",
                 total=len(tasks),
             )
 
@@ -162,9 +190,9 @@ class EnvironmentServicer(env_grpc.EnvironmentServiceServicer):
             env = self.env(request.env)
         except RollmeshError as e:
             await abort(context, e)
-        if not env.has_score:
-            await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"environment {env.name!r} does not implement Score")
         try:
+            if not env.has_score:
+                raise UnimplementedError(f"environment {env.name!r} does not implement Score (has_score is false)")
             task = self._task_for_score(env, request)
             messages = convert.messages_from_pb(request.messages)
             result = await env.score(task, messages, convert.from_struct(request.state))
@@ -172,9 +200,11 @@ class EnvironmentServicer(env_grpc.EnvironmentServiceServicer):
             await abort(context, e)
         except Exception as e:
             log.exception("Score failed in environment %s", request.env)
-            await context.abort(
-                grpc.StatusCode.INTERNAL,
-                f"environment {request.env!r} failed in score(): {type(e).__name__}: {e}",
+            await abort(
+                context,
+                InternalError(
+                    f"environment {env.name!r} failed in score(): {type(e).__name__}: {e}", reason="ENVIRONMENT_FAILED"
+                ),
             )
         rewards = result if isinstance(result, dict) else {"score": float(result)}
         weights = dict(zip(env.rubric.names, env.rubric.weights, strict=True)) if env.rubric else {}
@@ -187,14 +217,17 @@ class EnvironmentServicer(env_grpc.EnvironmentServiceServicer):
             return convert.task_from_pb(request.task)
         if request.task.task_id:
             return env.get_task(request.task.task_id, request.task.split or None)
-        raise InvalidArgumentError("Score needs the task (inline, or its task_id and split)")
+        raise InvalidArgumentError("Score needs the task (inline, or its task_id and split)", reason="NO_TASK")
 
     async def RunEpisode(
         self, request: env_pb.RunEpisodeRequest, context: grpc.aio.ServicerContext
     ) -> env_pb.RunEpisodeResponse:
-        await context.abort(
-            grpc.StatusCode.UNIMPLEMENTED,
-            "this Python server does not drive episodes itself; drive them with the Episode stream",
+        await abort(
+            context,
+            UnimplementedError(
+                "this Python server does not drive episodes itself (has_run_episode is false); "
+                "drive them with the Episode stream"
+            ),
         )
 
     async def Episode(
@@ -215,6 +248,7 @@ class EnvironmentServicer(env_grpc.EnvironmentServiceServicer):
                     f"server at its limit of {self.limits.max_concurrent_episodes} concurrent episodes; "
                     "retry later or use another replica",
                     reason="EPISODE_LIMIT",
+                    metadata={"limit": str(self.limits.max_concurrent_episodes)},
                 )
             self.active += 1
             counted = True
@@ -234,9 +268,11 @@ class EnvironmentServicer(env_grpc.EnvironmentServiceServicer):
             )
             while (request := await self._read(context)) is not None:
                 if request.WhichOneof("kind") != "action":
-                    raise InvalidArgumentError("the episode has started; send actions, not another start")
+                    raise InvalidArgumentError(
+                        "the episode has started; send actions, not another start", reason="ALREADY_STARTED"
+                    )
                 if not request.action.HasField("message"):
-                    raise InvalidArgumentError("an action needs a message")
+                    raise InvalidArgumentError("an action needs a message", reason="EMPTY_ACTION")
                 result = await episode.step(convert.message_from_pb(request.action.message))
                 await self._write(context, env_pb.EpisodeResponse(step=convert.step_to_pb(result)))
         except RollmeshError as e:
@@ -257,36 +293,41 @@ class EnvironmentServicer(env_grpc.EnvironmentServiceServicer):
         # gRPC would refuse an oversized reply with an opaque internal error; name the cause instead
         if (size := response.ByteSize()) > self.max_message_bytes:
             raise ResourceExhaustedError(
-                f"the environment's reply is {size} bytes, over the {self.max_message_bytes}-byte message limit"
+                f"the environment's reply is {size} bytes, over the {self.max_message_bytes}-byte message limit",
+                reason="MESSAGE_TOO_LARGE",
+                metadata={"limit_bytes": str(self.max_message_bytes)},
             )
         await context.write(response)
 
     async def _read(self, context: grpc.aio.ServicerContext) -> env_pb.EpisodeRequest | None:
         try:
-            async with asyncio.timeout(self.limits.idle_timeout_s):
+            async with asyncio.timeout(self.limits.idle_timeout_s or None):
                 request = await context.read()
         except TimeoutError:
             raise DeadlineExceededError(
                 f"no message from the client for {self.limits.idle_timeout_s:g} s; episode closed",
                 reason="IDLE_TIMEOUT",
+                metadata={"idle_timeout_s": f"{self.limits.idle_timeout_s:g}"},
             ) from None
         except DecodeError:
-            raise InvalidArgumentError("the message is not a valid rollmesh.v1.EpisodeRequest") from None
+            raise InvalidArgumentError(
+                "the message is not a valid rollmesh.v1.EpisodeRequest", reason="MALFORMED_REQUEST"
+            ) from None
         return None if request is grpc.aio.EOF else request
 
     def _new_episode(self, request: env_pb.EpisodeRequest) -> Episode:
         if request.WhichOneof("kind") != "start":
-            raise InvalidArgumentError("the first message of an episode must be `start`")
+            raise InvalidArgumentError("the first message of an episode must be `start`", reason="NOT_STARTED")
         start = request.start
         env = self.env(start.env)
         if start.HasField("task"):
             if not start.task.prompt:
-                raise InvalidArgumentError("an inline task needs a prompt")
+                raise InvalidArgumentError("an inline task needs a prompt", reason="INVALID_TASK")
             task = convert.task_from_pb(start.task)
         elif start.task_id:
             task = env.get_task(start.task_id, start.split or None)
         else:
-            raise InvalidArgumentError("start needs a task_id (see ListTasks) or an inline task")
+            raise InvalidArgumentError("start needs a task_id (see ListTasks) or an inline task", reason="NO_TASK")
         return env.episode(
             task, seed=start.seed, options=convert.from_struct(start.options), episode_id=start.episode_id
         )
