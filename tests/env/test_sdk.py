@@ -387,7 +387,7 @@ async def test_single_turn_episode() -> None:
 async def test_step_before_start() -> None:
     env = _single()
     ep = env.episode(env.get_task("t1"))
-    with pytest.raises(FailedPreconditionError, match="not started"):
+    with pytest.raises(InvalidArgumentError, match="not started"):
         await ep.step({"role": "assistant", "content": "2"})
 
 

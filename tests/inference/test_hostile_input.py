@@ -41,7 +41,7 @@ async def _fails(call, code: grpc.StatusCode, reason: str | None = None) -> grpc
     assert err.value.code() == code, err.value.details()
     if reason is not None:
         info = error_info(err.value)
-        assert info is not None and info.reason == reason
+        assert info is not None and info.reason == reason and info.domain == "rollmesh.dev"
     assert len(err.value.details()) < 2500
     return err.value
 
@@ -102,9 +102,51 @@ async def test_megabyte_names_and_paths_are_not_echoed(served) -> None:
     )
     assert "1000000 chars" in err.details()
     err = await _fails(
-        stub.LoadWeights(inf_pb.LoadWeightsRequest(path="/" + "p" * 1_000_000), timeout=10), grpc.StatusCode.NOT_FOUND
+        stub.LoadWeights(inf_pb.LoadWeightsRequest(path="/" + "p" * 1_000_000), timeout=10),
+        grpc.StatusCode.NOT_FOUND,
+        "FILE_NOT_FOUND",
     )
     assert "chars" in err.details()
+
+
+async def test_stream_and_weights_faults_name_their_field_or_reason(served) -> None:
+    _, stub, _ = served
+    err = await _fails(
+        _drain(stub.GenerateStream(inf_pb.GenerateStreamRequest(request=inf_pb.GenerateRequest()), timeout=10)),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "MISSING_FIELD",
+    )
+    assert dict(error_info(err).metadata) == {"field": "request.input"}
+    bad_sampling = inf_pb.GenerateRequest(chat=_chat(), sampling=msg_pb.SamplingParams(top_p=0.0))
+    err = await _fails(
+        _drain(stub.GenerateStream(inf_pb.GenerateStreamRequest(request=bad_sampling), timeout=10)),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "BAD_PARAMS",
+    )
+    assert dict(error_info(err).metadata) == {"field": "sampling.top_p"}
+    err = await _fails(
+        stub.LoadWeights(inf_pb.LoadWeightsRequest(), timeout=10), grpc.StatusCode.INVALID_ARGUMENT, "MISSING_FIELD"
+    )
+    assert dict(error_info(err).metadata) == {"field": "path"}
+    huge = inf_pb.WeightsHeader(
+        total_bytes=1 << 50, sha256="0" * 64, tensors=[inf_pb.TensorInfo(name="lm_head.weight")]
+    )
+    err = await _fails(
+        stub.UpdateWeights(iter([inf_pb.UpdateWeightsRequest(header=huge)]), timeout=10),
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        "WEIGHTS_TOO_LARGE",
+    )
+    assert int(error_info(err).metadata["limit_bytes"]) < 1 << 50
+    await _fails(
+        stub.UpdateWeights(iter([inf_pb.UpdateWeightsRequest(chunk=b"x")]), timeout=10),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "CHECKPOINT_INVALID",
+    )
+
+
+async def _drain(call) -> None:
+    async for _ in call:
+        pass
 
 
 async def test_undecodable_bytes_on_every_kind_of_method(served) -> None:

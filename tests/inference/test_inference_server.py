@@ -17,6 +17,7 @@ from rollmesh.inference.weights import encode
 from rollmesh.proto.v1 import inference_pb2 as inf_pb
 from rollmesh.proto.v1 import inference_pb2_grpc as inf_grpc
 from rollmesh.registry import Registry
+from rollmesh.rpc_errors import error_info
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
@@ -91,20 +92,25 @@ async def test_model_info(served) -> None:
 )
 async def test_invalid_sampling_is_invalid_argument(served, kwargs, field) -> None:
     _, client = served
-    with pytest.raises(InvalidArgumentError, match=f"sampling.{field}"):
+    with pytest.raises(InvalidArgumentError, match=f"sampling.{field}") as e:
         await client.generate(CHAT, **kwargs)
+    assert e.value.reason == "BAD_PARAMS" and e.value.metadata == {"field": f"sampling.{field}"}
 
 
 async def test_bad_prompts(served) -> None:
     server, client = served
-    with pytest.raises(NotFoundError, match="serves 'tiny'"):
+    with pytest.raises(NotFoundError, match="serves 'tiny'") as e:
         await client.generate(CHAT, model="gpt-9")
-    with pytest.raises(InvalidArgumentError, match="does not fit the model's context"):
+    assert e.value.reason == "UNKNOWN_MODEL"
+    with pytest.raises(InvalidArgumentError, match="does not fit the model's context") as e:
         await client.generate(prompt_ids=[5] * server.core.backend.context_length)
-    with pytest.raises(InvalidArgumentError, match="out of the vocabulary"):
+    assert e.value.reason == "PROMPT_TOO_LONG"
+    with pytest.raises(InvalidArgumentError, match="out of the vocabulary") as e:
         await client.generate(prompt_ids=[10**7])
-    with pytest.raises(InvalidArgumentError, match="needs an input"):
+    assert e.value.reason == "INVALID_FIELD" and e.value.metadata == {"field": "tokens.prompt_ids"}
+    with pytest.raises(InvalidArgumentError, match="needs an input") as e:
         await client._unary(client.stub.Generate, inf_pb.GenerateRequest())
+    assert e.value.reason == "MISSING_FIELD" and e.value.metadata == {"field": "input"}
 
 
 async def test_weight_update_changes_outputs_and_bumps_the_version(served) -> None:
@@ -147,24 +153,28 @@ async def test_bad_weight_streams_change_nothing(served, defect) -> None:
     tensor = _param(backend, name).detach().clone() * 3.0
     header, payload = encode({name: tensor})
     expected: type[Exception] = InvalidArgumentError
+    reason = "CHECKPOINT_INVALID"
     if defect == "checksum":
         header.sha256 = hashlib.sha256(b"something else").hexdigest()
-        expected = DataLossError
+        expected, reason = DataLossError, "CHECKSUM_MISMATCH"
     elif defect == "partial":
         payload = payload[: len(payload) // 2]
-        expected = DataLossError
+        expected, reason = DataLossError, "CHECKSUM_MISMATCH"
     elif defect == "shape":
         header, payload = encode({name: tensor[:, :-1].contiguous()})
+        reason = "CHECKPOINT_MISMATCH"
     elif defect == "unknown-name":
         header, payload = encode({"not.a.weight": tensor})
+        reason = "CHECKPOINT_MISMATCH"
     elif defect == "not-safetensors":
         payload = b"x" * len(payload)
         header.sha256 = hashlib.sha256(payload).hexdigest()
     requests = [inf_pb.UpdateWeightsRequest(chunk=payload)]
     if defect != "no-header":
         requests.insert(0, inf_pb.UpdateWeightsRequest(header=header))
-    with pytest.raises(expected):
+    with pytest.raises(expected) as e:
         await _raw_update(client, requests)
+    assert e.value.reason == reason
     assert backend.policy_version == version
     assert await _greedy_ids(client) == before
 
@@ -176,10 +186,12 @@ async def test_load_weights_from_a_checkpoint(served, tiny_model_dir) -> None:
     response = await client.load_weights(str(tiny_model_dir))
     assert response.policy_version == version + 1 and response.tensors_updated > 0
     assert await _greedy_ids(client) == before  # same weights as served
-    with pytest.raises(NotFoundError):
+    with pytest.raises(NotFoundError) as e:
         await client.load_weights("/no/such/checkpoint")
-    with pytest.raises(InvalidArgumentError, match="not newer"):
+    assert e.value.reason == "FILE_NOT_FOUND"
+    with pytest.raises(InvalidArgumentError, match="not newer") as e:
         await client.load_weights(str(tiny_model_dir), policy_version=1)
+    assert e.value.reason == "INVALID_FIELD" and e.value.metadata == {"field": "policy_version"}
 
 
 async def test_pause_holds_new_requests_until_resume(served) -> None:
@@ -256,6 +268,20 @@ async def test_concurrent_requests_share_forward_passes(served) -> None:
     assert concurrent < 16 * 16 / 2, concurrent
 
 
+async def test_a_stopped_engine_answers_unavailable_engine_stopped(tiny_model_dir) -> None:
+    from rollmesh.inference.backends.hf import HFBackend
+
+    backend = await HFBackend.create(str(tiny_model_dir), dtype="float32", name="tiny")
+    async with InferenceServer(backend) as server, await InferenceClient.connect(server.address, timeout_s=30) as c:
+        ids = await c.tokenize(CHAT)
+        await backend.close()  # the engine goes away under a running server
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await c.stub.Generate(inf_pb.GenerateRequest(tokens=inf_pb.TokenInput(prompt_ids=ids)), timeout=10)
+    assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+    detail = error_info(info.value)
+    assert detail is not None and detail.reason == "ENGINE_STOPPED" and detail.domain == "rollmesh.dev"
+
+
 async def test_raw_request_without_sampling_uses_defaults(served) -> None:
     """A raw stub request without sampling still gets server defaults."""
     _, client = served
@@ -266,3 +292,5 @@ async def test_raw_request_without_sampling_uses_defaults(served) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await stub.Generate(inf_pb.GenerateRequest(tokens=inf_pb.TokenInput(prompt_ids=ids), model="nope"))
     assert info.value.code() == grpc.StatusCode.NOT_FOUND
+    detail = error_info(info.value)
+    assert detail is not None and detail.reason == "UNKNOWN_MODEL" and detail.domain == "rollmesh.dev"

@@ -89,7 +89,7 @@ async def test_unknown_rubric_is_not_found_with_the_known_names(served) -> None:
     )
     assert raw.code() == grpc.StatusCode.NOT_FOUND and "math" in raw.details()
     info = error_info(raw)
-    assert info is not None and info.reason == "UNKNOWN_RUBRIC"
+    assert info is not None and info.reason == "UNKNOWN_RUBRIC" and info.domain == "rollmesh.dev"
 
 
 @pytest.mark.parametrize(
@@ -134,14 +134,25 @@ async def test_unknown_rubric_is_not_found_with_the_known_names(served) -> None:
             "no functions",
         ),
         (
+            rubric_pb.ScoreTrajectoryRequest(
+                spec=rubric_pb.RubricSpec(
+                    functions=[rubric_pb.RewardFunctionSpec(name=f"f{i}", function="exact_match") for i in range(65)]
+                ),
+                trajectory=trajectory("1"),
+            ),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "TOO_MANY_FUNCTIONS",
+            "inline spec has 65 functions; the limit is 64",
+        ),
+        (
             rubric_pb.ScoreGroupRequest(rubric="math"),
             grpc.StatusCode.INVALID_ARGUMENT,
-            "INVALID_ARGUMENT",
+            "MISSING_FIELD",
             "empty group",
         ),
         (
             rubric_pb.ScoreGroupRequest(rubric="math", trajectories=[trajectory("1")] * 9),
-            grpc.StatusCode.INVALID_ARGUMENT,
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
             "GROUP_TOO_LARGE",
             "group of 9 trajectories is over the limit of 8",
         ),
@@ -158,7 +169,15 @@ async def test_bad_requests(served, request_, code: grpc.StatusCode, reason: str
     method = "ScoreGroup" if isinstance(request_, rubric_pb.ScoreGroupRequest) else "ScoreTrajectory"
     raw = await _status(server.address, method, request_)
     assert raw.code() == code and message in raw.details(), raw.details()
-    assert error_info(raw).reason == reason
+    info = error_info(raw)
+    assert info.reason == reason and info.domain == "rollmesh.dev"
+    expected_metadata = {
+        "MISSING_FIELD": {"field": "trajectories"},
+        "GROUP_TOO_LARGE": {"limit": "8"},
+        "TOO_MANY_FUNCTIONS": {"limit": "64"},
+    }
+    if reason in expected_metadata:
+        assert dict(info.metadata) == expected_metadata[reason]
 
 
 async def test_client_maps_errors_to_domain_errors(served) -> None:
@@ -201,6 +220,8 @@ async def test_default_deadline_when_the_client_sets_none() -> None:
                 )
     assert e.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     assert "deadline of 0.2 s" in e.value.details()
+    info = error_info(e.value)
+    assert info is not None and info.reason == "TIMEOUT" and dict(info.metadata) == {"timeout_s": "0.2"}
     reward_functions._waiting.pop("server", None)
 
 

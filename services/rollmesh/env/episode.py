@@ -78,7 +78,7 @@ class Episode:
 
     async def step(self, action: Message) -> StepResult:
         if not self.started:
-            raise FailedPreconditionError("the episode has not started", reason="NOT_STARTED")
+            raise InvalidArgumentError("the episode has not started", reason="NOT_STARTED")
         if self.done:
             raise FailedPreconditionError(
                 f"episode {self.episode_id} is done (turn {self.turn}); start a new episode", reason="EPISODE_DONE"

@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ..errors import InvalidArgumentError, NotFoundError, quoted
+from ..errors import InvalidArgumentError, NotFoundError, UnimplementedError, quoted
 from .backend import Backend, GenerationRequest, Sampling, TokenDelta
 
 if TYPE_CHECKING:
@@ -149,10 +149,14 @@ class InferenceCore:
         template_kwargs: Mapping[str, Any] | None,
     ) -> list[int]:
         if not messages:
-            raise InvalidArgumentError("a chat prompt needs at least one message")
+            raise InvalidArgumentError(
+                "a chat prompt needs at least one message", reason="MISSING_FIELD", metadata={"field": "chat.messages"}
+            )
         tok = self.backend.tokenizer
         if not getattr(tok, "chat_template", None):
-            raise InvalidArgumentError(f"model {self.backend.model!r} has no chat template; send token ids instead")
+            raise UnimplementedError(
+                f"model {self.backend.model!r} has no chat template; send token ids instead", reason="NOT_SUPPORTED"
+            )
         try:
             text = tok.apply_chat_template(
                 [_template_message(m) for m in messages],
@@ -162,22 +166,33 @@ class InferenceCore:
                 **dict(template_kwargs or {}),
             )
         except Exception as e:  # jinja errors: the messages do not fit the template
-            raise InvalidArgumentError(f"the chat template rejected these messages: {e}") from None
+            raise InvalidArgumentError(
+                f"the chat template rejected these messages: {e}",
+                reason="INVALID_FIELD",
+                metadata={"field": "chat.messages"},
+            ) from None
         ids = list(tok(text, add_special_tokens=False)["input_ids"])
         self.check_prompt(ids)
         return ids
 
     def check_prompt(self, ids: Sequence[int]) -> None:
         if not ids:
-            raise InvalidArgumentError("the prompt is empty")
+            raise InvalidArgumentError(
+                "the prompt is empty", reason="MISSING_FIELD", metadata={"field": "tokens.prompt_ids"}
+            )
         vocab = self.vocab_size
         bad = [i for i in ids if not 0 <= i < vocab]
         if bad:
-            raise InvalidArgumentError(f"token ids out of the vocabulary [0, {vocab}): {bad[:5]}")
+            raise InvalidArgumentError(
+                f"token ids out of the vocabulary [0, {vocab}): {bad[:5]}",
+                reason="INVALID_FIELD",
+                metadata={"field": "tokens.prompt_ids"},
+            )
         if len(ids) >= self.backend.context_length:
             raise InvalidArgumentError(
                 f"prompt of {len(ids)} tokens does not fit the model's context of {self.backend.context_length} "
-                "(leave room for at least one generated token)"
+                "(leave room for at least one generated token)",
+                reason="PROMPT_TOO_LONG",
             )
 
     def check_model(self, requested: str) -> None:
@@ -194,7 +209,11 @@ class InferenceCore:
 
         def check(name: str, ok: bool, rule: str) -> None:
             if not ok:
-                raise InvalidArgumentError(f"sampling.{name}={quoted(p.get(name))}: {rule}")
+                raise InvalidArgumentError(
+                    f"sampling.{name}={quoted(p.get(name))}: {rule}",
+                    reason="BAD_PARAMS",
+                    metadata={"field": f"sampling.{name}"},
+                )
 
         # JSON callers (the OpenAI facade) can send any type: refuse what is not a number here,
         # with the field's name, instead of failing later in int()/float().
@@ -271,20 +290,24 @@ class InferenceCore:
 
     # ---- weights -------------------------------------------------------------------------------
 
-    def next_version(self, requested: int) -> int:
+    def next_version(self, requested: int, field: str = "policy_version") -> int:
         current = self.backend.policy_version
         if requested and requested <= current:
-            raise InvalidArgumentError(f"policy_version {requested} is not newer than the served {current}")
+            raise InvalidArgumentError(
+                f"policy_version {requested} is not newer than the served {current}",
+                reason="INVALID_FIELD",
+                metadata={"field": field},
+            )
         return requested or current + 1
 
     async def update_weights(self, tensors: Mapping[str, torch.Tensor], requested_version: int) -> tuple[int, int]:
-        version = self.next_version(requested_version)
+        version = self.next_version(requested_version, "header.policy_version")
         applied = await self.backend.update_weights(tensors, version)
         return version, applied
 
     async def load_weights(self, path: str, requested_version: int) -> tuple[int, int]:
         if not os.path.exists(path):  # noqa: ASYNC240 (one stat; not worth a thread)
-            raise NotFoundError(f"no checkpoint at {quoted(path)} on the inference server")
+            raise NotFoundError(f"no checkpoint at {quoted(path)} on the inference server", reason="FILE_NOT_FOUND")
         version = self.next_version(requested_version)
         applied = await self.backend.load_weights(path, version)
         return version, applied

@@ -14,11 +14,13 @@ from typing import Any
 from aiohttp import web
 
 from ..errors import (
+    FailedPreconditionError,
     InvalidArgumentError,
     NotFoundError,
     ResourceExhaustedError,
     RollmeshError,
     UnavailableError,
+    UnimplementedError,
 )
 from .backend import Sampling
 from .core import InferenceCore
@@ -27,6 +29,8 @@ log = logging.getLogger(__name__)
 
 HTTP_STATUS = {
     InvalidArgumentError: 400,
+    FailedPreconditionError: 400,
+    UnimplementedError: 400,  # e.g. chat input to a model without a chat template: send token ids
     NotFoundError: 404,
     ResourceExhaustedError: 429,
     UnavailableError: 503,
@@ -87,9 +91,9 @@ class OpenAIApp:
         try:
             body = await request.json()
         except (json.JSONDecodeError, UnicodeDecodeError):
-            raise InvalidArgumentError("the request body is not valid JSON") from None
+            raise InvalidArgumentError("the request body is not valid JSON", reason="MALFORMED_REQUEST") from None
         if not isinstance(body, dict):
-            raise InvalidArgumentError("the request body must be a JSON object")
+            raise InvalidArgumentError("the request body must be a JSON object", reason="MALFORMED_REQUEST")
         self.core.check_model(body.get("model") or "")
         return body
 
@@ -98,13 +102,19 @@ class OpenAIApp:
             body = await self._body(request)
             messages = body.get("messages")
             if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
-                raise InvalidArgumentError("messages must be a list of message objects")
+                raise InvalidArgumentError(
+                    "messages must be a list of message objects", reason="INVALID_FIELD", metadata={"field": "messages"}
+                )
             tools = body.get("tools") or []
             if not isinstance(tools, list) or not all(isinstance(t, dict) for t in tools):
-                raise InvalidArgumentError("tools must be a list of tool objects")
+                raise InvalidArgumentError(
+                    "tools must be a list of tool objects", reason="INVALID_FIELD", metadata={"field": "tools"}
+                )
             tools = [t.get("function", t) for t in tools]
             if not all(isinstance(t, dict) for t in tools):
-                raise InvalidArgumentError("each tool's function must be an object")
+                raise InvalidArgumentError(
+                    "each tool's function must be an object", reason="INVALID_FIELD", metadata={"field": "tools"}
+                )
             continues = bool(messages) and messages[-1].get("role") == "assistant"
             ids = await self.core.render_chat(messages, tools, add_generation_prompt=not continues)
             sampling = self.core.sampling(len(ids), **_sampling_params(body, None))
@@ -142,7 +152,11 @@ class OpenAIApp:
                 ids = list(prompt)
                 self.core.check_prompt(ids)
             else:
-                raise InvalidArgumentError("prompt must be a string or a list of token ids")
+                raise InvalidArgumentError(
+                    "prompt must be a string or a list of token ids",
+                    reason="INVALID_FIELD",
+                    metadata={"field": "prompt"},
+                )
             sampling = self.core.sampling(len(ids), **_sampling_params(body, 16))
         except RollmeshError as e:
             return _error(e)

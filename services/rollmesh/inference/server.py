@@ -12,7 +12,7 @@ from typing import Any
 import grpc
 
 from .. import convert
-from ..errors import FailedPreconditionError, InvalidArgumentError, RollmeshError, UnavailableError, quoted
+from ..errors import InternalError, InvalidArgumentError, RollmeshError, UnavailableError, quoted
 from ..hosting import HostedServer
 from ..proto.v1 import bus_pb2 as bus_pb
 from ..proto.v1 import inference_pb2 as inf_pb
@@ -59,7 +59,9 @@ class InferenceServicer(inf_grpc.InferenceServiceServicer):
     def backend(self) -> Backend:
         return self.core.backend
 
-    async def _prepare(self, request: inf_pb.GenerateRequest) -> tuple[list[int], Sampling]:
+    async def _prepare(self, request: inf_pb.GenerateRequest, path: str = "") -> tuple[list[int], Sampling]:
+        """Prompt ids and validated sampling; `path` prefixes field names in errors (GenerateStream
+        nests the request)."""
         if self.draining:
             raise UnavailableError("server is shutting down; send the request to another replica", reason="DRAINING")
         self.core.check_model(request.model)
@@ -77,7 +79,11 @@ class InferenceServicer(inf_grpc.InferenceServiceServicer):
             ids = list(request.tokens.prompt_ids)
             self.core.check_prompt(ids)
         else:
-            raise InvalidArgumentError("a GenerateRequest needs an input: chat messages or token ids")
+            raise InvalidArgumentError(
+                "a GenerateRequest needs an input: chat messages or token ids",
+                reason="MISSING_FIELD",
+                metadata={"field": f"{path}input"},
+            )
         return ids, self.core.sampling(len(ids), **_sampling_kwargs(request.sampling))
 
     async def Generate(
@@ -88,6 +94,8 @@ class InferenceServicer(inf_grpc.InferenceServiceServicer):
             samples = await self.core.generate(ids, sampling, request.request_id)
         except RollmeshError as e:
             await abort(context, e)
+        except Exception as e:
+            await abort(context, _backend_failed(e))
         return inf_pb.GenerateResponse(
             model=self.backend.model,
             prompt_ids=ids,
@@ -109,21 +117,23 @@ class InferenceServicer(inf_grpc.InferenceServiceServicer):
         self, request: inf_pb.GenerateStreamRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[inf_pb.GenerateStreamResponse]:
         try:
-            ids, sampling = await self._prepare(request.request)
+            ids, sampling = await self._prepare(request.request, "request.")
+            first = True
+            async for d in self.core.stream(ids, sampling, request.request.request_id):
+                yield inf_pb.GenerateStreamResponse(
+                    prompt_ids=ids if first else (),
+                    index=d.index,
+                    text_delta=d.text,
+                    token_ids=d.token_ids,
+                    logprobs=d.logprobs,
+                    finish_reason=d.finish_reason or "",
+                    policy_version=d.policy_version,
+                )
+                first = False
         except RollmeshError as e:
             await abort(context, e)
-        first = True
-        async for d in self.core.stream(ids, sampling, request.request.request_id):
-            yield inf_pb.GenerateStreamResponse(
-                prompt_ids=ids if first else (),
-                index=d.index,
-                text_delta=d.text,
-                token_ids=d.token_ids,
-                logprobs=d.logprobs,
-                finish_reason=d.finish_reason or "",
-                policy_version=d.policy_version,
-            )
-            first = False
+        except Exception as e:
+            await abort(context, _backend_failed(e))
 
     async def GetModelInfo(
         self, request: inf_pb.GetModelInfoRequest, context: grpc.aio.ServicerContext
@@ -171,16 +181,26 @@ class InferenceServicer(inf_grpc.InferenceServiceServicer):
                 kind = request.WhichOneof("kind")
                 if kind == "header":
                     if assembler is not None:
-                        raise InvalidArgumentError("a weights stream has exactly one header, first")
+                        raise InvalidArgumentError(
+                            "a weights stream has exactly one header, first", reason="CHECKPOINT_INVALID"
+                        )
                     assembler = WeightsAssembler(request.header, self.backend.param_specs(), self.max_weights_bytes)
                 elif kind == "chunk":
                     if assembler is None:
-                        raise InvalidArgumentError("a weights stream starts with its header")
+                        raise InvalidArgumentError(
+                            "a weights stream starts with its header", reason="CHECKPOINT_INVALID"
+                        )
                     assembler.add(request.chunk)
                 else:
-                    raise InvalidArgumentError("empty UpdateWeightsRequest")
+                    raise InvalidArgumentError(
+                        "an UpdateWeightsRequest needs a header or a chunk",
+                        reason="MISSING_FIELD",
+                        metadata={"field": "kind"},
+                    )
             if assembler is None:
-                raise InvalidArgumentError("empty weights stream: send a header, then the safetensors chunks")
+                raise InvalidArgumentError(
+                    "empty weights stream: send a header, then the safetensors chunks", reason="CHECKPOINT_INVALID"
+                )
             tensors = assembler.finish()
             version, applied = await self.core.update_weights(tensors, assembler.header.policy_version)
         except RollmeshError as e:
@@ -196,12 +216,17 @@ class InferenceServicer(inf_grpc.InferenceServiceServicer):
         t0 = time.perf_counter()
         try:
             if not request.path:
-                raise InvalidArgumentError("LoadWeights needs a path")
+                raise InvalidArgumentError(
+                    "LoadWeights needs a path", reason="MISSING_FIELD", metadata={"field": "path"}
+                )
             version, applied = await self.core.load_weights(request.path, request.policy_version)
         except RollmeshError as e:
             await abort(context, e)
-        except Exception as e:  # a checkpoint that does not fit the model
-            await abort(context, FailedPreconditionError(f"could not load {quoted(request.path)}: {e}"))
+        except Exception as e:  # the checkpoint's own reader failed on it (corrupt or foreign files)
+            await abort(
+                context,
+                InvalidArgumentError(f"could not load {quoted(request.path)}: {e}", reason="CHECKPOINT_INVALID"),
+            )
         return inf_pb.LoadWeightsResponse(
             policy_version=version, tensors_updated=applied, apply_s=time.perf_counter() - t0
         )
@@ -213,6 +238,12 @@ class InferenceServicer(inf_grpc.InferenceServiceServicer):
     async def Resume(self, request: inf_pb.ResumeRequest, context: grpc.aio.ServicerContext) -> inf_pb.ResumeResponse:
         await self.backend.resume()
         return inf_pb.ResumeResponse()
+
+
+def _backend_failed(e: Exception) -> InternalError:
+    """An exception the backend did not turn into a domain error: a fault of the server, not the request."""
+    log.exception("generation failed")
+    return InternalError(f"generation failed: {type(e).__name__}: {e}", reason="SERVER_FAILED")
 
 
 def registry_name(model: str) -> str:

@@ -33,16 +33,26 @@ def _listing(names: list[str], limit: int = 5) -> str:
 class WeightsAssembler:
     def __init__(self, header: inf_pb.WeightsHeader, params: Mapping[str, ParamSpec], max_bytes: int) -> None:
         if header.total_bytes <= 0:
-            raise InvalidArgumentError("weights header needs total_bytes > 0")
+            raise InvalidArgumentError(
+                "weights header needs total_bytes > 0", reason="INVALID_FIELD", metadata={"field": "header.total_bytes"}
+            )
         if header.total_bytes > max_bytes:
             raise ResourceExhaustedError(
                 f"weights payload of {header.total_bytes} bytes exceeds this server's limit of {max_bytes}; "
-                "send a subset of tensors per update or raise --max-weights-mb"
+                "send a subset of tensors per update or raise --max-weights-mb",
+                reason="WEIGHTS_TOO_LARGE",
+                metadata={"limit_bytes": str(max_bytes)},
             )
         if len(header.sha256) != 64:
-            raise InvalidArgumentError("weights header needs the hex sha256 of the payload")
+            raise InvalidArgumentError(
+                "weights header needs the hex sha256 of the payload",
+                reason="INVALID_FIELD",
+                metadata={"field": "header.sha256"},
+            )
         if not header.tensors:
-            raise InvalidArgumentError("weights header lists no tensors")
+            raise InvalidArgumentError(
+                "weights header lists no tensors", reason="MISSING_FIELD", metadata={"field": "header.tensors"}
+            )
         self.header = header
         self.params = params
         self._check_manifest()
@@ -52,18 +62,28 @@ class WeightsAssembler:
     def _check_manifest(self) -> None:
         unknown = [t.name for t in self.header.tensors if t.name not in self.params]
         if unknown:
-            raise InvalidArgumentError(f"unknown tensor names (not weights of the served model): {_listing(unknown)}")
-        for t in self.header.tensors:
+            raise InvalidArgumentError(
+                f"unknown tensor names (not weights of the served model): {_listing(unknown)}",
+                reason="CHECKPOINT_MISMATCH",
+            )
+        for i, t in enumerate(self.header.tensors):
             spec = self.params[t.name]
             if tuple(t.shape) != spec.shape:
-                raise InvalidArgumentError(f"tensor {t.name}: shape {list(t.shape)} != served {list(spec.shape)}")
+                raise InvalidArgumentError(
+                    f"tensor {t.name}: shape {list(t.shape)} != served {list(spec.shape)}", reason="CHECKPOINT_MISMATCH"
+                )
             if t.dtype not in DTYPES:
-                raise InvalidArgumentError(f"tensor {t.name}: unspecified or unknown dtype")
+                raise InvalidArgumentError(
+                    f"tensor {t.name}: unspecified or unknown dtype",
+                    reason="INVALID_FIELD",
+                    metadata={"field": f"header.tensors[{i}].dtype"},
+                )
 
     def add(self, chunk: bytes) -> None:
         if len(self._buf) + len(chunk) > self.header.total_bytes:
             raise InvalidArgumentError(
-                f"weights stream longer than the header's total_bytes ({self.header.total_bytes})"
+                f"weights stream longer than the header's total_bytes ({self.header.total_bytes})",
+                reason="CHECKPOINT_INVALID",
             )
         self._buf += chunk
         self._sha.update(chunk)
@@ -73,18 +93,20 @@ class WeightsAssembler:
 
         if len(self._buf) != self.header.total_bytes:
             raise DataLossError(
-                f"partial weights stream: got {len(self._buf)} of {self.header.total_bytes} bytes; nothing applied"
+                f"partial weights stream: got {len(self._buf)} of {self.header.total_bytes} bytes; nothing applied",
+                reason="CHECKSUM_MISMATCH",  # fewer bytes than the header vouches for: they cannot match it
             )
         if self._sha.hexdigest() != self.header.sha256.lower():
-            raise DataLossError("weights checksum mismatch (sha256); nothing applied")
+            raise DataLossError("weights checksum mismatch (sha256); nothing applied", reason="CHECKSUM_MISMATCH")
         try:
             tensors = load(bytes(self._buf))
         except Exception as e:  # safetensors raises its own error types
-            raise InvalidArgumentError(f"payload is not a safetensors file: {e}") from None
+            raise InvalidArgumentError(f"payload is not a safetensors file: {e}", reason="CHECKPOINT_INVALID") from None
         declared = {t.name: t for t in self.header.tensors}
         if set(tensors) != set(declared):
             raise InvalidArgumentError(
-                f"payload tensors {_listing(sorted(tensors))} differ from the header's {_listing(sorted(declared))}"
+                f"payload tensors {_listing(sorted(tensors))} differ from the header's {_listing(sorted(declared))}",
+                reason="CHECKPOINT_INVALID",
             )
         for name, tensor in tensors.items():
             want = declared[name]
@@ -92,7 +114,8 @@ class WeightsAssembler:
             if tuple(tensor.shape) != tuple(want.shape) or dtype != DTYPES[want.dtype]:
                 raise InvalidArgumentError(
                     f"tensor {name}: payload has {list(tensor.shape)} {tensor.dtype}, header says "
-                    f"{list(want.shape)} {DTYPES[want.dtype]}"
+                    f"{list(want.shape)} {DTYPES[want.dtype]}",
+                    reason="CHECKPOINT_INVALID",
                 )
         return tensors
 

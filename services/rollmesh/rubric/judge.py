@@ -103,7 +103,9 @@ def check_template(template: str, where: str) -> None:
     try:
         fields = {f for _, f, _, _ in string.Formatter().parse(template) if f is not None}
     except ValueError as e:
-        raise InvalidArgumentError(f"{where}: bad prompt template: {e} (double literal braces: {{{{ }}}})") from e
+        raise InvalidArgumentError(
+            f"{where}: bad prompt template: {e} (double literal braces: {{{{ }}}})", reason="BAD_PARAMS"
+        ) from e
     bad = sorted(f for f in fields if f not in TEMPLATE_FIELDS)
     if bad:
         raise InvalidArgumentError(
@@ -204,7 +206,9 @@ class JudgeEndpoint:
             text = await self._generate(messages, sampling, timeout_s)
         except BaseException as e:
             if not fut.done():
-                fut.set_exception(e if isinstance(e, Exception) else UnavailableError("judge call cancelled"))
+                # the callers sharing a cancelled request see a judge that did not answer (and retry)
+                shared = e if isinstance(e, Exception) else None
+                fut.set_exception(shared or UnavailableError("judge call cancelled", reason="INFERENCE_UNREACHABLE"))
                 fut.exception()  # retrieved: no "never retrieved" warning when nobody else waits
             raise
         finally:
@@ -230,7 +234,9 @@ class JudgeEndpoint:
                     out = await client.generate(messages, **sampling)
             except TimeoutError:
                 raise DeadlineExceededError(
-                    f"judge at {client.address} did not answer within {timeout_s:g} s"
+                    f"judge at {client.address} did not answer within {timeout_s:g} s",
+                    reason="TIMEOUT",
+                    metadata={"timeout_s": f"{timeout_s:g}"},
                 ) from None
         return out.samples[0].text if out.samples else ""
 

@@ -10,7 +10,7 @@ from typing import Any
 from .. import convert
 from ..env.client import EnvClient
 from ..env.client import resolve as resolve_env
-from ..errors import InvalidArgumentError, UnavailableError
+from ..errors import InvalidArgumentError, NotFoundError, UnavailableError
 from ..inference.client import InferenceClient
 from ..inference.client import resolve as resolve_model
 from .judge import JudgeEndpoint, TokenBucket
@@ -72,7 +72,12 @@ class Resources:
             for info in described.environments:
                 self._env_tools[(client.address, info.name)] = [convert.tool_spec_from_pb(t) for t in info.tools]
             if key not in self._env_tools:
-                raise InvalidArgumentError(f"the server at {client.address} does not host environment {env!r}")
+                hosted = sorted(name for address, name in self._env_tools if address == client.address)
+                raise NotFoundError(
+                    f"the server at {client.address} does not host environment {env!r} (it hosts {hosted})",
+                    reason="UNKNOWN_ENVIRONMENT",
+                    metadata={"environments": ",".join(hosted)},
+                )
         return self._env_tools[key]
 
     # ---- judges ---------------------------------------------------------------------------------

@@ -67,6 +67,7 @@ class RubricServicer(rubric_grpc.RubricServiceServicer):
                 raise InvalidArgumentError(
                     f"inline spec has {len(spec.functions)} functions; the limit is {self.limits.max_functions}",
                     reason="TOO_MANY_FUNCTIONS",
+                    metadata={"limit": str(self.limits.max_functions)},
                 )
             if not spec.name and name:
                 named = rubric_pb.RubricSpec()
@@ -102,7 +103,11 @@ class RubricServicer(rubric_grpc.RubricServiceServicer):
                 async with asyncio.timeout(budget):
                     return await work()
             except TimeoutError:
-                raise DeadlineExceededError(f"scoring did not finish within the deadline of {budget:.3g} s") from None
+                raise DeadlineExceededError(
+                    f"scoring did not finish within the deadline of {budget:.3g} s",
+                    reason="TIMEOUT",
+                    metadata={"timeout_s": f"{budget:.3g}"},
+                ) from None
             finally:
                 self.active -= 1
         except RollmeshError as e:
@@ -111,7 +116,7 @@ class RubricServicer(rubric_grpc.RubricServiceServicer):
             raise
         except Exception as e:
             log.exception("scoring failed")
-            await abort(context, InternalError(f"scoring failed: {type(e).__name__}: {e}"))
+            await abort(context, InternalError(f"scoring failed: {type(e).__name__}: {e}", reason="SERVER_FAILED"))
 
     async def ScoreTrajectory(
         self, request: rubric_pb.ScoreTrajectoryRequest, context: grpc.aio.ServicerContext
@@ -131,11 +136,16 @@ class RubricServicer(rubric_grpc.RubricServiceServicer):
             rubric = self._rubric(request.rubric, request.spec, request.HasField("spec"))
             n = len(request.trajectories)
             if n == 0:
-                raise InvalidArgumentError("ScoreGroup needs at least one trajectory; got an empty group")
-            if n > self.limits.max_group_size:
                 raise InvalidArgumentError(
+                    "ScoreGroup needs at least one trajectory; got an empty group",
+                    reason="MISSING_FIELD",
+                    metadata={"field": "trajectories"},
+                )
+            if n > self.limits.max_group_size:
+                raise ResourceExhaustedError(
                     f"group of {n} trajectories is over the limit of {self.limits.max_group_size}; split it",
                     reason="GROUP_TOO_LARGE",
+                    metadata={"limit": str(self.limits.max_group_size)},
                 )
             results, advantages = await rubric.score_group(request.trajectories)
             return rubric_pb.ScoreGroupResponse(results=results, advantages=advantages)

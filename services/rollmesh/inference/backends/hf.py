@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 
-from ...errors import InvalidArgumentError, NotFoundError, UnavailableError, quoted
+from ...errors import InvalidArgumentError, NotFoundError, UnavailableError, UnimplementedError, quoted
 from ..backend import GenerationRequest, ParamSpec, Sampling, TokenDelta
 from ..models import load_model, load_tokenizer, resolve_model
 from .sampling import RowSampling, pick_tokens, sample_seed
@@ -135,8 +135,9 @@ class BatchCache:
     def __init__(self, kv: Any, mask: torch.Tensor, lengths: torch.Tensor) -> None:
         for layer in kv.layers:
             if type(layer).__name__ != "DynamicLayer":
-                raise InvalidArgumentError(
-                    f"the hf backend batches full-attention caches only; this model uses {type(layer).__name__}"
+                raise UnimplementedError(
+                    f"the hf backend batches full-attention caches only; this model uses {type(layer).__name__}",
+                    reason="NOT_SUPPORTED",
                 )
         self.kv, self.mask, self.lengths = kv, mask, lengths
 
@@ -268,22 +269,32 @@ class HFBackend:
 
     def _check(self, request: GenerationRequest) -> None:
         ids, s = request.prompt_ids, request.sampling
+        # InferenceCore checks the same before a request gets here; this guards direct callers
         if not ids:
-            raise InvalidArgumentError("the prompt is empty")
+            raise InvalidArgumentError(
+                "the prompt is empty", reason="MISSING_FIELD", metadata={"field": "tokens.prompt_ids"}
+            )
         if len(ids) >= self.context_length:
             raise InvalidArgumentError(
-                f"prompt of {len(ids)} tokens does not fit the model's context of {self.context_length}"
+                f"prompt of {len(ids)} tokens does not fit the model's context of {self.context_length}",
+                reason="PROMPT_TOO_LONG",
             )
         bad = [i for i in ids if not 0 <= i < self.vocab_size]
         if bad:
-            raise InvalidArgumentError(f"token ids out of the vocabulary [0, {self.vocab_size}): {bad[:5]}")
+            raise InvalidArgumentError(
+                f"token ids out of the vocabulary [0, {self.vocab_size}): {bad[:5]}",
+                reason="INVALID_FIELD",
+                metadata={"field": "tokens.prompt_ids"},
+            )
         if s.n < 1 or s.max_tokens < 1 or s.temperature < 0:
-            raise InvalidArgumentError("sampling needs n >= 1, max_tokens >= 1 and temperature >= 0")
+            raise InvalidArgumentError(
+                "sampling needs n >= 1, max_tokens >= 1 and temperature >= 0", reason="BAD_PARAMS"
+            )
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[TokenDelta]:
         self._check(request)
         if self._closed:
-            raise UnavailableError("the hf backend is closed")
+            raise UnavailableError("the hf backend is closed", reason="ENGINE_STOPPED")
         req = await self._admit(request)
         try:
             remaining = request.sampling.n
@@ -361,7 +372,9 @@ class HFBackend:
     def _fail_all(self, requests: Sequence[_Request], error: Exception) -> None:
         self._rows, self._cache = [], None
         for req in set(requests):
-            req.queue.put_nowait(UnavailableError(f"generation failed in the hf backend: {error}"))
+            req.queue.put_nowait(
+                UnavailableError(f"generation failed in the hf backend: {error}", reason="BACKEND_FAILED")
+            )
             self._release(req)
 
     def _deliver(self, deliveries: list[tuple[_Request, TokenDelta]]) -> None:
@@ -537,12 +550,15 @@ class HFBackend:
     def _check_tensors(self, tensors: Mapping[str, torch.Tensor]) -> None:
         unknown = [n for n in tensors if n not in self._params]
         if unknown:
-            raise InvalidArgumentError(f"unknown tensor names (not weights of the served model): {unknown[:5]}")
+            raise InvalidArgumentError(
+                f"unknown tensor names (not weights of the served model): {unknown[:5]}", reason="CHECKPOINT_MISMATCH"
+            )
         wrong = [n for n, t in tensors.items() if tuple(t.shape) != tuple(self._params[n].shape)]
         if wrong:
             n = wrong[0]
             raise InvalidArgumentError(
-                f"tensor {n}: shape {list(tensors[n].shape)} != served {list(self._params[n].shape)}"
+                f"tensor {n}: shape {list(tensors[n].shape)} != served {list(self._params[n].shape)}",
+                reason="CHECKPOINT_MISMATCH",
             )
 
     @torch.no_grad()
@@ -582,7 +598,7 @@ class HFBackend:
             self._loop_task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._loop_task
-        error = UnavailableError("the hf backend closed before this generation finished")
+        error = UnavailableError("the hf backend closed before this generation finished", reason="ENGINE_STOPPED")
         for req in [*self._pending, *{s.req for s in self._rows}]:
             req.queue.put_nowait(error)
             self._release(req)
@@ -598,10 +614,12 @@ def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     p = Path(path)
     if p.is_file():
         if p.suffix != ".safetensors":
-            raise InvalidArgumentError(f"{quoted(path)}: load a .safetensors file or a Hugging Face directory")
+            raise InvalidArgumentError(
+                f"{quoted(path)}: load a .safetensors file or a Hugging Face directory", reason="CHECKPOINT_INVALID"
+            )
         return load_file(str(p))
     if not p.is_dir():
-        raise NotFoundError(f"no checkpoint at {quoted(path)}")
+        raise NotFoundError(f"no checkpoint at {quoted(path)}", reason="FILE_NOT_FOUND")
     files = sorted(p.glob("*.safetensors"))
     if files:
         tensors: dict[str, torch.Tensor] = {}
@@ -614,4 +632,6 @@ def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
         for f in bins:
             tensors.update(torch.load(f, map_location="cpu", weights_only=True))
         return tensors
-    raise NotFoundError(f"{quoted(path)} holds no *.safetensors or pytorch_model*.bin weights")
+    raise InvalidArgumentError(
+        f"{quoted(path)} holds no *.safetensors or pytorch_model*.bin weights", reason="CHECKPOINT_INVALID"
+    )

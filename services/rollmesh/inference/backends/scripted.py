@@ -108,7 +108,7 @@ class ScriptedBackend:
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[TokenDelta]:
         if self._closed:
-            raise UnavailableError("the scripted backend is closed")
+            raise UnavailableError("the scripted backend is closed", reason="ENGINE_STOPPED")
         await self._running.wait()  # paused: hold new generations until resume
         self.calls += 1
         if self.delay_s:

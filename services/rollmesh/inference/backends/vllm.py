@@ -244,14 +244,14 @@ class VLLMBackend:
                 output_kind=RequestOutputKind.DELTA if stream else RequestOutputKind.FINAL_ONLY,
             )
         except _client_errors() as e:
-            raise InvalidArgumentError(f"sampling parameters: {e}") from None
+            raise InvalidArgumentError(f"sampling parameters: {e}", reason="BAD_PARAMS") from None
 
     async def _admit(self) -> int:
         """Waits while paused or updating; returns the policy version the request will see."""
         async with self._cond:
             await self._cond.wait_for(lambda: not (self._paused or self._updating) or self._closed)
             if self._closed:
-                raise UnavailableError("the vllm engine is shut down")
+                raise UnavailableError("the vllm engine is shut down", reason="ENGINE_STOPPED")
             self._inflight += 1
             return self.policy_version
 
@@ -293,9 +293,9 @@ class VLLMBackend:
                         policy_version=version,
                     )
         except _client_errors() as e:  # vLLM validates prompts and parameters when the request is added
-            raise InvalidArgumentError(str(e)) from None
+            raise InvalidArgumentError(str(e), reason="BAD_PARAMS") from None
         except _dead_errors() as e:
-            raise UnavailableError(f"the vllm engine died: {e}") from None
+            raise UnavailableError(f"the vllm engine died: {e}", reason="ENGINE_STOPPED") from None
         finally:
             if pending and not self._closed:
                 await self.engine.abort(request_id)  # the caller went away
@@ -344,7 +344,7 @@ class VLLMBackend:
     async def load_weights(self, path: str, version: int) -> int:
         files = safetensors_files(path)
         if not files:
-            raise InvalidArgumentError(f"no safetensors weights at {quoted(path)}")
+            raise InvalidArgumentError(f"no safetensors weights at {quoted(path)}", reason="CHECKPOINT_INVALID")
         specs = self.param_specs()
         found: dict[str, ParamSpec] = {}
         for f in files:
@@ -352,10 +352,15 @@ class VLLMBackend:
                 found[name] = ParamSpec(tuple(info["shape"]), info["dtype"])
         unknown = sorted(set(found) - set(specs))
         if unknown:
-            raise InvalidArgumentError(f"{path}: tensors that are not weights of the served model: {unknown[:5]}")
+            raise InvalidArgumentError(
+                f"{quoted(path)}: tensors that are not weights of the served model: {unknown[:5]}",
+                reason="CHECKPOINT_MISMATCH",
+            )
         bad = [f"{k} {list(v.shape)} != {list(specs[k].shape)}" for k, v in found.items() if v.shape != specs[k].shape]
         if bad:
-            raise InvalidArgumentError(f"{path}: wrong shapes: {'; '.join(bad[:5])}")
+            raise InvalidArgumentError(
+                f"{quoted(path)}: wrong shapes: {'; '.join(bad[:5])}", reason="CHECKPOINT_MISMATCH"
+            )
         return await self._apply("rm_load_safetensors_files", [str(f) for f in files], version)
 
     # ---- pause / resume / close ----------------------------------------------------------------

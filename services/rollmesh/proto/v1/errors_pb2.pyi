@@ -15,6 +15,8 @@ class ErrorReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     MESSAGE_TOO_LARGE: _ClassVar[ErrorReason]
     NOT_SUPPORTED: _ClassVar[ErrorReason]
     RPC_LIMIT: _ClassVar[ErrorReason]
+    TIMEOUT: _ClassVar[ErrorReason]
+    SERVER_FAILED: _ClassVar[ErrorReason]
     NO_ENVIRONMENT: _ClassVar[ErrorReason]
     UNKNOWN_ENVIRONMENT: _ClassVar[ErrorReason]
     UNKNOWN_SPLIT: _ClassVar[ErrorReason]
@@ -39,7 +41,6 @@ class ErrorReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     CHECKPOINT_INVALID: _ClassVar[ErrorReason]
     CHECKSUM_MISMATCH: _ClassVar[ErrorReason]
     FILE_NOT_FOUND: _ClassVar[ErrorReason]
-    UPDATE_IN_PROGRESS: _ClassVar[ErrorReason]
     BACKEND_FAILED: _ClassVar[ErrorReason]
     WEIGHTS_TOO_LARGE: _ClassVar[ErrorReason]
     ENGINE_STOPPED: _ClassVar[ErrorReason]
@@ -59,6 +60,8 @@ DRAINING: ErrorReason
 MESSAGE_TOO_LARGE: ErrorReason
 NOT_SUPPORTED: ErrorReason
 RPC_LIMIT: ErrorReason
+TIMEOUT: ErrorReason
+SERVER_FAILED: ErrorReason
 NO_ENVIRONMENT: ErrorReason
 UNKNOWN_ENVIRONMENT: ErrorReason
 UNKNOWN_SPLIT: ErrorReason
@@ -83,7 +86,6 @@ CHECKPOINT_MISMATCH: ErrorReason
 CHECKPOINT_INVALID: ErrorReason
 CHECKSUM_MISMATCH: ErrorReason
 FILE_NOT_FOUND: ErrorReason
-UPDATE_IN_PROGRESS: ErrorReason
 BACKEND_FAILED: ErrorReason
 WEIGHTS_TOO_LARGE: ErrorReason
 ENGINE_STOPPED: ErrorReason
