@@ -81,8 +81,11 @@ func (ServiceKind) EnumDescriptor() ([]byte, []int) {
 	return file_rollmesh_v1_bus_proto_rawDescGZIP(), []int{0}
 }
 
-// A live server, in KV bucket "rollmesh-registry" under "<kind>.<name>.<instance_id>",
-// refreshed by a heartbeat and expired by the bucket's TTL.
+// A live server, in KV bucket "rollmesh-registry" (history 1, TTL 15 s when created) under
+// "<kind>.<name>.<instance_id>", kind = the lowercase ServiceKind name without its prefix
+// ("environment", "inference", ...). One record per environment a server hosts. Re-put every
+// TTL / 3 (the bucket's TTL, read from its status), deleted on shutdown, expired by the TTL when
+// a server dies (spec 11.3).
 type ServiceRecord struct {
 	state         protoimpl.MessageState
 	sizeCache     protoimpl.SizeCache
@@ -278,7 +281,8 @@ func (x *PolicyVersion) GetCheckpoint() string {
 	return ""
 }
 
-// A production agent's interaction, published on "rollmesh.monitor.<app>".
+// A production agent's interaction, published on "rollmesh.monitor.<app>" (stream MONITOR) with
+// header Nats-Msg-Id = trace_id, by a JetStream publish that waits for the ack (spec 11.2).
 type MonitorTrace struct {
 	state         protoimpl.MessageState
 	sizeCache     protoimpl.SizeCache
@@ -375,7 +379,8 @@ func (x *MonitorTrace) GetCreatedAt() *timestamppb.Timestamp {
 	return nil
 }
 
-// The score of one trace, published on "rollmesh.scores.<app>".
+// The score of one trace, published on "rollmesh.scores.<app>" (stream SCORES) with
+// Nats-Msg-Id = trace_id.
 type MonitorScore struct {
 	state         protoimpl.MessageState
 	sizeCache     protoimpl.SizeCache

@@ -73,8 +73,11 @@ export function serviceKindToJSON(object: ServiceKind): string {
 }
 
 /**
- * A live server, in KV bucket "rollmesh-registry" under "<kind>.<name>.<instance_id>",
- * refreshed by a heartbeat and expired by the bucket's TTL.
+ * A live server, in KV bucket "rollmesh-registry" (history 1, TTL 15 s when created) under
+ * "<kind>.<name>.<instance_id>", kind = the lowercase ServiceKind name without its prefix
+ * ("environment", "inference", ...). One record per environment a server hosts. Re-put every
+ * TTL / 3 (the bucket's TTL, read from its status), deleted on shutdown, expired by the TTL when
+ * a server dies (spec 11.3).
  */
 export interface ServiceRecord {
   kind: ServiceKind;
@@ -108,7 +111,10 @@ export interface PolicyVersion {
   checkpoint: string;
 }
 
-/** A production agent's interaction, published on "rollmesh.monitor.<app>". */
+/**
+ * A production agent's interaction, published on "rollmesh.monitor.<app>" (stream MONITOR) with
+ * header Nats-Msg-Id = trace_id, by a JetStream publish that waits for the ack (spec 11.2).
+ */
 export interface MonitorTrace {
   traceId: string;
   app: string;
@@ -125,7 +131,10 @@ export interface MonitorTrace_LabelsEntry {
   value: string;
 }
 
-/** The score of one trace, published on "rollmesh.scores.<app>". */
+/**
+ * The score of one trace, published on "rollmesh.scores.<app>" (stream SCORES) with
+ * Nats-Msg-Id = trace_id.
+ */
 export interface MonitorScore {
   traceId: string;
   app: string;

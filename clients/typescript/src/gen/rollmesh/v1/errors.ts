@@ -48,6 +48,13 @@ export enum ErrorReason {
    * metadata: limit.
    */
   RPC_LIMIT = 7,
+  /**
+   * TIMEOUT - DEADLINE_EXCEEDED: a time limit of the server's own ran out (not the client's deadline), e.g.
+   * the rubric service's scoring deadline or a judge's answer. metadata: timeout_s.
+   */
+  TIMEOUT = 8,
+  /** SERVER_FAILED - INTERNAL: the server's own code failed (a bug); it logged the failure and keeps serving. */
+  SERVER_FAILED = 9,
   /** NO_ENVIRONMENT - INVALID_ARGUMENT: `start.env` (or ListTasks/Score `env`) is empty. metadata: environments. */
   NO_ENVIRONMENT = 20,
   /** UNKNOWN_ENVIRONMENT - NOT_FOUND: no environment of that name on this server. metadata: environments. */
@@ -78,7 +85,7 @@ export enum ErrorReason {
   INVALID_PAGE_TOKEN = 33,
   /** INVALID_PAGE_SIZE - INVALID_ARGUMENT: ListTasks page_size < 0. */
   INVALID_PAGE_SIZE = 34,
-  /** INFERENCE_UNREACHABLE - UNAVAILABLE: RunEpisode could not reach the inference server it was given. */
+  /** INFERENCE_UNREACHABLE - UNAVAILABLE: an inference server this call depends on (RunEpisode's, a judge's) is unreachable. */
   INFERENCE_UNREACHABLE = 35,
   /** UNKNOWN_MODEL - NOT_FOUND: the request names a model this server does not serve. */
   UNKNOWN_MODEL = 50,
@@ -92,13 +99,14 @@ export enum ErrorReason {
   CHECKPOINT_MISMATCH = 54,
   /** CHECKPOINT_INVALID - INVALID_ARGUMENT: a checkpoint or weights stream is unreadable or incomplete. */
   CHECKPOINT_INVALID = 55,
-  /** CHECKSUM_MISMATCH - DATA_LOSS: the weights received do not match their checksum. */
+  /** CHECKSUM_MISMATCH - DATA_LOSS: the weights received do not match their header (total_bytes or sha256). */
   CHECKSUM_MISMATCH = 56,
   /** FILE_NOT_FOUND - NOT_FOUND: LoadWeights names a path the server cannot see. */
   FILE_NOT_FOUND = 57,
-  /** UPDATE_IN_PROGRESS - FAILED_PRECONDITION: another weight update is in progress. */
-  UPDATE_IN_PROGRESS = 58,
-  /** BACKEND_FAILED - INTERNAL: the model backend failed while generating. */
+  /**
+   * BACKEND_FAILED - UNAVAILABLE: the model backend failed while generating (the batch was dropped); retry,
+   * possibly on another replica.
+   */
   BACKEND_FAILED = 59,
   /** WEIGHTS_TOO_LARGE - RESOURCE_EXHAUSTED: an UpdateWeights stream larger than the server accepts. metadata: limit_bytes. */
   WEIGHTS_TOO_LARGE = 60,
@@ -149,6 +157,12 @@ export function errorReasonFromJSON(object: any): ErrorReason {
     case 7:
     case "RPC_LIMIT":
       return ErrorReason.RPC_LIMIT;
+    case 8:
+    case "TIMEOUT":
+      return ErrorReason.TIMEOUT;
+    case 9:
+    case "SERVER_FAILED":
+      return ErrorReason.SERVER_FAILED;
     case 20:
     case "NO_ENVIRONMENT":
       return ErrorReason.NO_ENVIRONMENT;
@@ -221,9 +235,6 @@ export function errorReasonFromJSON(object: any): ErrorReason {
     case 57:
     case "FILE_NOT_FOUND":
       return ErrorReason.FILE_NOT_FOUND;
-    case 58:
-    case "UPDATE_IN_PROGRESS":
-      return ErrorReason.UPDATE_IN_PROGRESS;
     case 59:
     case "BACKEND_FAILED":
       return ErrorReason.BACKEND_FAILED;
@@ -282,6 +293,10 @@ export function errorReasonToJSON(object: ErrorReason): string {
       return "NOT_SUPPORTED";
     case ErrorReason.RPC_LIMIT:
       return "RPC_LIMIT";
+    case ErrorReason.TIMEOUT:
+      return "TIMEOUT";
+    case ErrorReason.SERVER_FAILED:
+      return "SERVER_FAILED";
     case ErrorReason.NO_ENVIRONMENT:
       return "NO_ENVIRONMENT";
     case ErrorReason.UNKNOWN_ENVIRONMENT:
@@ -330,8 +345,6 @@ export function errorReasonToJSON(object: ErrorReason): string {
       return "CHECKSUM_MISMATCH";
     case ErrorReason.FILE_NOT_FOUND:
       return "FILE_NOT_FOUND";
-    case ErrorReason.UPDATE_IN_PROGRESS:
-      return "UPDATE_IN_PROGRESS";
     case ErrorReason.BACKEND_FAILED:
       return "BACKEND_FAILED";
     case ErrorReason.WEIGHTS_TOO_LARGE:
