@@ -1,10 +1,11 @@
-"""The TypeScript package (clients/typescript) end to end: it builds, its generated code is fresh,
-its own tests pass, and its example Wordle server passes `rollmesh conformance`, plays full
-episodes with the Python EnvClient, registers in the NATS registry and exits 0 on SIGTERM. Traces
-published by its NATS helper decode as rollmesh.v1.MonitorTrace in Python. Real processes only:
-node, a gRPC server on 127.0.0.1, a nats-server of this module's own (the TypeScript tests make
-streams of their own on rollmesh.monitor subjects, which must not overlap the rest of the suite's
-MONITOR stream)."""
+"""The TypeScript package (clients/typescript) end to end, against real processes only: it builds,
+its generated code is fresh, its own tests pass, and it packs into a tarball that installs into an
+empty project and plays an episode. Its Wordle server passes `rollmesh conformance`, plays with the
+Python EnvClient, sends ErrorInfo reasons Python reads, registers in the NATS registry and exits 0
+on SIGTERM. Its clients and examples work against the Python servers (environment, inference with
+the tiny local model, rubric), and a trace published from TypeScript is scored live by the rubric
+service and read back from TypeScript. nats-servers of this module's own: the TypeScript tests make
+the MONITOR and SCORES streams themselves."""
 
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
+import tarfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -23,15 +26,28 @@ from pathlib import Path
 import nats
 import pytest
 from rollmesh import bus
-from rollmesh.apps.conformance import CHECKS, Status, run_conformance
 from rollmesh.env.client import EnvClient
+from rollmesh.errors import NotFoundError
+from rollmesh.inference.client import InferenceClient
 from rollmesh.natsd import EmbeddedNats
 from rollmesh.proto.v1 import bus_pb2
 
 TS = Path(__file__).resolve().parents[1] / "clients" / "typescript"
+BIN = Path(sys.executable).parent
 WORDLE = TS / "dist" / "examples" / "wordle" / "server.js"
-SERVER_LINE = re.compile(r"rollmesh env server on (\S+):")
+EXAMPLES = TS / "dist" / "examples"
+SERVER_LINE = re.compile(r"server on (\S+:\d+)")
 FEEDBACK = re.compile(r"^([A-Z]{5}): ([GY-]{5})\.")
+SERVE_FLAGS = [
+    "--host",
+    "--port",
+    "--max-episodes",
+    "--idle-timeout",
+    "--max-message-mb",
+    "--grace",
+    "--nats",
+    "--advertise-host",
+]
 
 pytestmark = pytest.mark.skipif(
     shutil.which("node") is None or shutil.which("npm") is None,
@@ -39,18 +55,52 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def run(*cmd: str | Path, timeout: float, env: dict[str, str] | None = None) -> str:
+def run(*cmd: str | Path, timeout: float, env: dict[str, str] | None = None, cwd: Path = TS) -> str:
     proc = subprocess.run(
         [str(c) for c in cmd],
         capture_output=True,
         text=True,
         timeout=timeout,
         env={**os.environ, **(env or {})},
-        cwd=TS,
+        cwd=cwd,
     )
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, f"{cmd} exited with {proc.returncode}:\n{output[-6000:]}"
     return output
+
+
+def node_json(script: str, *, timeout: float = 60, cwd: Path = TS, **env: str) -> dict:
+    """Runs a CommonJS script with node; returns the JSON object of its last stdout line."""
+    out = subprocess.run(
+        ["node", "-e", script], capture_output=True, text=True, timeout=timeout, env={**os.environ, **env}, cwd=cwd
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def start(
+    cmd: list[str | Path], log: Path, *, ready: str = "server on ", timeout_s: float = 90
+) -> tuple[subprocess.Popen[bytes], str]:
+    """Starts a server; returns it and the address of its "... server on HOST:PORT" line, once `ready` is logged."""
+    proc = subprocess.Popen([str(c) for c in cmd], stdout=subprocess.DEVNULL, stderr=log.open("wb"))
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        text = log.read_text(errors="replace")
+        if ready in text and (m := SERVER_LINE.search(text)):
+            return proc, m.group(1)
+        assert proc.poll() is None, f"{cmd} exited with {proc.returncode}: {text[-4000:]}"
+        time.sleep(0.05)
+    proc.kill()
+    raise TimeoutError(f"{cmd} did not start within {timeout_s} s: {log.read_text(errors='replace')[-4000:]}")
+
+
+def stop(proc: subprocess.Popen[bytes]) -> int:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise
 
 
 @pytest.fixture(scope="module")
@@ -65,36 +115,78 @@ def built() -> Path:
     return TS
 
 
-def start_wordle(log: Path, *args: str) -> tuple[subprocess.Popen[bytes], str]:
-    """Starts the Wordle server; returns it and the address from its "server on" line."""
-    proc = subprocess.Popen(["node", str(WORDLE), "--port", "0", *args], stderr=log.open("wb"))
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        if m := SERVER_LINE.search(log.read_text()):
-            return proc, m.group(1)
-        assert proc.poll() is None, f"the server exited with {proc.returncode}: {log.read_text()}"
-        time.sleep(0.05)
-    proc.kill()
-    raise TimeoutError(f"no address from the Wordle server: {log.read_text()}")
-
-
-def stop(proc: subprocess.Popen[bytes]) -> int:
-    proc.send_signal(signal.SIGTERM)
-    try:
-        return proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        raise
-
-
 @pytest.fixture(scope="module")
 def wordle(built: Path, nats_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     log = tmp_path_factory.mktemp("wordle") / "server.log"
-    proc, address = start_wordle(log, "--max-episodes", "200", "--idle-timeout", "30", "--nats", nats_url)
+    cmd = ["node", WORDLE, "--port", "0", "--max-episodes", "200", "--idle-timeout", "30", "--nats", nats_url]
+    proc, address = start(cmd, log)
     try:
         yield address
     finally:
         assert stop(proc) == 0, log.read_text()
+
+
+@pytest.fixture(scope="module")
+def guess_number(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The Python reference environment server with guess-number."""
+    log = tmp_path_factory.mktemp("guess-number") / "server.log"
+    proc, address = start([BIN / "rollmesh", "env", "serve", "guess-number", "--port", "0", "--grace", "1"], log)
+    try:
+        yield address
+    finally:
+        assert stop(proc) == 0, log.read_text()
+
+
+@pytest.fixture(scope="module")
+def inference(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The Python inference server on the tiny local model (hf backend, CPU, no downloads)."""
+    log = tmp_path_factory.mktemp("inference") / "server.log"
+    cmd = [BIN / "rollmesh", "inference", "serve", "--model", tiny_model_dir, "--backend", "hf", "--port", "0"]
+    proc, address = start([*cmd, "--dtype", "float32", "--grace", "1"], log, timeout_s=180)
+    try:
+        yield address
+    finally:
+        assert stop(proc) == 0, log.read_text()
+
+
+RUBRICS = """
+[server]
+port = 0
+
+[monitor]
+durable = "{durable}"
+filter_subjects = ["rollmesh.monitor.{app}"]
+apps = {{ {app} = "rules" }}
+
+[[rubric]]
+name = "rules"
+
+[[rubric.function]]
+name = "correct"
+function = "exact_match"
+params = {{ extract = "last_number" }}
+
+[[rubric.function]]
+name = "polite"
+function = "regex"
+weight = 0.5
+params = {{ pattern = "(?i)thanks" }}
+"""
+
+
+@pytest.fixture(scope="module")
+def rubric(nats_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
+    """The rubric service, scoring the traces of its own app live; (address, app)."""
+    app = f"ts-{uuid.uuid4().hex[:8]}"
+    folder = tmp_path_factory.mktemp("rubric")
+    config = folder / "rubrics.toml"
+    config.write_text(RUBRICS.format(app=app, durable=f"ts-{uuid.uuid4().hex[:8]}"))
+    cmd = [BIN / "rollmesh", "rubric", "serve", "--config", config, "--nats", nats_url, "--port", "0", "--no-dashboard"]
+    proc, address = start(cmd, folder / "server.log", ready="live scoring on ")
+    try:
+        yield address, app
+    finally:
+        assert stop(proc) == 0, (folder / "server.log").read_text()
 
 
 # --- the package ---------------------------------------------------------------------------------
@@ -114,18 +206,168 @@ def test_typescript_unit_tests_pass(built: Path, nats_url: str) -> None:
     output = run(TS / "test.sh", timeout=300, env={"NATS_URL": nats_url})
     counts = {k: int(v) for k, v in re.findall(r"ℹ (tests|pass|fail|skipped) (\d+)", output)}
     assert counts["fail"] == 0 and counts["skipped"] == 0, output[-4000:]
-    assert counts["pass"] == counts["tests"] >= 20, counts
+    assert counts["pass"] == counts["tests"] >= 50, counts
+
+
+def test_the_package_is_publishable() -> None:
+    pkg = json.loads((TS / "package.json").read_text())
+    assert "private" not in pkg
+    assert re.fullmatch(r"1\.\d+\.\d+", pkg["version"]), "1.x speaks protocol rollmesh.v1"
+    assert pkg["exports"]["."] == {
+        "types": "./dist/src/index.d.ts",
+        "require": "./dist/src/index.js",
+        "import": "./dist/src/index.js",
+    }
+    assert "dist/src" in pkg["files"] and "CHANGELOG.md" in pkg["files"]
+    assert pkg["repository"]["directory"] == "clients/typescript" and "rollmesh" in pkg["keywords"]
+    assert "build" in pkg["scripts"]["prepack"]
+    assert f"## {pkg['version']}" in (TS / "CHANGELOG.md").read_text()
+    lock = json.loads((TS / "package-lock.json").read_text())
+    assert lock["version"] == lock["packages"][""]["version"] == pkg["version"]
+
+
+def test_the_code_is_formatted(built: Path) -> None:
+    run("npm", "run", "--silent", "format:check", timeout=120)
+
+
+@pytest.fixture(scope="module")
+def installed(built: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`npm pack` (its prepack builds) of a copy of the package, installed into an empty project."""
+    work = tmp_path_factory.mktemp("pack")
+    copy = work / "typescript"
+    shutil.copytree(TS, copy, ignore=shutil.ignore_patterns("node_modules", "dist"))
+    (copy / "node_modules").symlink_to(TS / "node_modules")
+    run("npm", "pack", "--pack-destination", work, timeout=300, cwd=copy)
+    (tarball,) = work.glob("rollmesh-client-*.tgz")
+    with tarfile.open(tarball) as tar:
+        names = set(tar.getnames())
+    assert {"package/package.json", "package/README.md", "package/CHANGELOG.md"} <= names
+    assert {
+        "package/dist/src/index.js",
+        "package/dist/src/index.d.ts",
+        "package/dist/src/gen/rollmesh/v1/environment.js",
+    } <= names
+    assert not [
+        n for n in names if n.startswith(("package/dist/test", "package/dist/examples", "package/node_modules"))
+    ]
+    project = work / "project"
+    project.mkdir()
+    (project / "package.json").write_text(json.dumps({"name": "scratch", "version": "0.0.0", "private": True}))
+    run("npm", "install", "--prefer-offline", "--no-audit", "--no-fund", tarball, timeout=300, cwd=project)
+    return project
+
+
+PLAY = """
+const { EnvClient } = require("@rollmesh/client");
+(async () => {
+  const client = new EnvClient(process.env.ADDRESS, { timeoutS: 10 });
+  const { environments } = await client.describe();
+  const tasks = [];
+  for await (const t of client.listTasks("guess-number", { limit: 3 })) tasks.push(t);
+  const episode = await client.episode("guess-number", { taskId: tasks[2].taskId });
+  let [low, high] = [episode.task.info.low, episode.task.info.high];
+  const guesses = [];
+  while (!episode.done) {
+    const guess = Math.floor((low + high) / 2);
+    guesses.push(guess);
+    const reply = (await episode.act(String(guess))).messages[0].content;
+    if (reply.startsWith("Higher")) low = guess + 1;
+    if (reply.startsWith("Lower")) high = guess - 1;
+  }
+  await episode.close();
+  const last = episode.last;
+  let error;
+  try { await client.episode("guess-number", { taskId: "no-such-task" }); }
+  catch (e) { error = [e.codeName, e.reason]; }
+  console.log(JSON.stringify({ env: environments[0], answer: episode.task.answer, guesses, last, error }));
+  client.close();
+})().catch((e) => { console.error(e); process.exit(1); });
+"""
+
+ESM = """
+import { EnvClient, RollmeshError, publishMonitorTrace, VERSION } from "@rollmesh/client";
+console.log(JSON.stringify({ EnvClient: typeof EnvClient, RollmeshError: typeof RollmeshError,
+                             publish: typeof publishMonitorTrace, VERSION }));
+"""
+
+TYPED = """
+import { EnvClient, type StepResult } from "@rollmesh/client";
+export async function firstStep(address: string): Promise<StepResult> {
+  const episode = await new EnvClient(address).episode("guess-number", { taskId: "g00100" });
+  return episode.act("50");
+}
+"""
+
+
+def test_the_packed_tarball_installs_and_plays_an_episode(installed: Path, guess_number: str) -> None:
+    got = node_json(PLAY, cwd=installed, ADDRESS=guess_number)
+    env, last = got["env"], got["last"]
+    assert (env["name"], env["defaultSplit"], env["hasScore"], env["hasRunEpisode"]) == (
+        "guess-number",
+        "train",
+        True,
+        False,
+    )
+    assert last["done"] and last["stopReason"] == "done" and last["rewards"]["solved"] == 1
+    assert str(got["guesses"][-1]) == got["answer"] and last["turn"] == len(got["guesses"]) <= 7
+    assert last["reward"] == pytest.approx(1 + 0.2 / len(got["guesses"]))
+    assert got["error"] == ["NOT_FOUND", "UNKNOWN_TASK"]
+    # ES modules import it too, and its types check
+    (installed / "esm.mjs").write_text(ESM)
+    esm = json.loads(run("node", "esm.mjs", timeout=30, cwd=installed).strip().splitlines()[-1])
+    assert esm == {"EnvClient": "function", "RollmeshError": "function", "publish": "function", "VERSION": "1.0.0"}
+    (installed / "typed.ts").write_text(TYPED)
+    options = {"module": "node16", "moduleResolution": "node16", "strict": True, "noEmit": True, "skipLibCheck": True}
+    (installed / "tsconfig.json").write_text(
+        json.dumps({"compilerOptions": {**options, "types": []}, "files": ["typed.ts"]})
+    )
+    run(TS / "node_modules" / ".bin" / "tsc", "-p", "tsconfig.json", timeout=120, cwd=installed)
+
+
+def test_the_readme_snippets_type_check_against_the_installed_package(installed: Path) -> None:
+    """Every TypeScript block of the README compiles (strict) against the package as published."""
+    blocks = re.findall(r"^```ts\n(.*?)^```", (TS / "README.md").read_text(), re.S | re.M)
+    assert len(blocks) >= 6
+    files = []
+    for i, block in enumerate(blocks):
+        assert 'from "@rollmesh/client"' in block
+        (installed / f"readme-{i}.mts").write_text(block)
+        files.append(f"readme-{i}.mts")
+    options = {
+        "module": "node16",
+        "moduleResolution": "node16",
+        "target": "es2022",
+        "strict": True,
+        "noEmit": True,
+        "skipLibCheck": True,
+        "types": ["node"],
+        "typeRoots": [str(TS / "node_modules" / "@types")],
+    }
+    (installed / "tsconfig.readme.json").write_text(json.dumps({"compilerOptions": options, "files": files}))
+    run(TS / "node_modules" / ".bin" / "tsc", "-p", "tsconfig.readme.json", timeout=120, cwd=installed)
 
 
 # --- the Wordle server ----------------------------------------------------------------------------
 
 
-async def test_wordle_server_passes_conformance(wordle: str) -> None:
-    report = await run_conformance(wordle, timeout_s=20)
+async def test_wordle_server_passes_every_conformance_check(built: Path, tmp_path: Path) -> None:
+    """Every check, none skipped: a short idle timeout, and the drain check may SIGTERM the server."""
+    from rollmesh.apps.conformance import CHECKS, Options, Status, run_conformance
+
+    log = tmp_path / "server.log"
+    proc, address = start(["node", WORDLE, "--port", "0", "--idle-timeout", "2", "--grace", "10"], log)
+    try:
+        report = await run_conformance(address, options=Options(timeout_s=20, max_wait_s=15, drain_pid=proc.pid))
+        rc = await asyncio.to_thread(proc.wait, 30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
     assert report.passed, report.to_dict()
-    assert all(c.status is Status.PASS for c in report.checks), report.to_dict()
-    expected = {c.name for c in CHECKS if not c.per_env} | {"episode:wordle"}
-    assert {c.name for c in report.checks} == expected
+    assert {c.name: c.status for c in report.checks} == {
+        **{c.name: Status.PASS for c in CHECKS if not c.per_env},
+        "episode:wordle": Status.PASS,
+    }, report.to_dict()
+    assert rc == 0, log.read_text()
 
 
 def marks(guess: str, secret: str) -> str:
@@ -147,8 +389,9 @@ def marks(guess: str, secret: str) -> str:
 async def test_a_solver_wins_every_wordle_task_with_the_python_client(wordle: str) -> None:
     async with await EnvClient.connect(wordle) as client:
         describe = await client.describe()
-        assert describe.server.language == "typescript"
+        assert describe.server.language == "typescript" and describe.server.sdk_version == "rollmesh-typescript 1.0.0"
         env = describe.environments[0]
+        assert (env.default_split, env.has_run_episode) == ("train", False)
         tasks = [t for split in env.splits for t in await client.tasks("wordle", split)]
         assert len(tasks) == sum(env.splits.values()) > 10
         words = sorted({t.answer for t in tasks})
@@ -185,24 +428,55 @@ async def test_six_wrong_guesses_lose_with_partial_credit(wordle: str) -> None:
         )
 
 
+async def test_python_reads_the_error_reasons_of_the_typescript_server(wordle: str) -> None:
+    async with await EnvClient.connect(wordle) as client:
+        with pytest.raises(NotFoundError) as unknown:
+            async with client.episode("wordle", "no-such-task"):
+                pass
+        assert unknown.value.reason == "UNKNOWN_TASK"
+        with pytest.raises(NotFoundError) as env:
+            async with client.episode("no-such-env", "w0001"):
+                pass
+        assert (env.value.reason, env.value.metadata) == ("UNKNOWN_ENVIRONMENT", {"environments": "wordle"})
+
+
 async def test_the_server_is_found_through_the_registry(wordle: str, nats_url: str) -> None:
     async with await EnvClient.connect(name="wordle", nats_url=nats_url) as client:
         assert client.address.endswith(":" + wordle.rsplit(":", 1)[1])
         assert (await client.describe()).environments[0].name == "wordle"
 
 
+def test_the_command_line_flags(built: Path, tmp_path: Path) -> None:
+    usage = run("node", WORDLE, "--help", timeout=30)
+    assert all(flag in usage for flag in SERVE_FLAGS), usage
+    bad = subprocess.run(["node", WORDLE, "--max-message-bytes", "100"], capture_output=True, text=True, timeout=30)
+    assert bad.returncode == 2 and "max-message-bytes" in bad.stderr
+    proc, address = start(
+        ["node", WORDLE, "--port", "0", "--max-message-mb", "0.5", "--idle-timeout", "0"], tmp_path / "log"
+    )
+    try:
+        limits = node_json(
+            'const { EnvClient } = require("./dist/src/index.js"); new EnvClient(process.env.A).describe()'
+            ".then((d) => { console.log(JSON.stringify(d.limits)); process.exit(0); })",
+            A=address,
+        )
+    finally:
+        assert stop(proc) == 0
+    assert (limits["maxMessageBytes"], limits["episodeIdleTimeoutS"]) == (512 * 1024, 0)
+
+
 async def test_sigterm_mid_episode_exits_0_after_the_grace(built: Path, tmp_path: Path) -> None:
     log = tmp_path / "server.log"
-    proc, address = start_wordle(log, "--grace", "0.5")
+    proc, address = start(["node", WORDLE, "--port", "0", "--grace", "0.5"], log)
     try:
         async with await EnvClient.connect(address) as client:
             task = (await client.tasks("wordle", limit=1))[0]
             async with client.episode("wordle", task.task_id) as ep:
                 await ep.step("??")
                 proc.send_signal(signal.SIGTERM)
-                start = time.monotonic()
+                begin = time.monotonic()
                 rc = await asyncio.to_thread(proc.wait, 15)
-                elapsed = time.monotonic() - start
+                elapsed = time.monotonic() - begin
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -211,58 +485,166 @@ async def test_sigterm_mid_episode_exits_0_after_the_grace(built: Path, tmp_path
     assert "SIGTERM: shutting down, 1 episode(s) in flight" in log.read_text()
 
 
-# --- traces on the bus ----------------------------------------------------------------------------
+# --- the clients and examples against the Python servers -------------------------------------------
 
-PUBLISH = """
-const { connect } = require("nats");
-const { publishMonitorTrace, messages } = require("./dist/src/index.js");
+
+def test_the_play_episode_example_against_python_guess_number(built: Path, guess_number: str) -> None:
+    out = run("node", EXAMPLES / "play-episode.js", guess_number, timeout=60)
+    assert "user: I am thinking of an integer between 1 and 100." in out
+    assert re.search(r"user: Correct! The number was \d+\.", out) and "stop reason: done" in out
+    m = re.search(r"reward: (\S+) (\{.*\})", out)
+    assert m, out
+    rewards = json.loads(m.group(2))
+    assert rewards["solved"] == 1 and 0 < rewards["efficiency"] <= 1 and set(rewards) == {"solved", "efficiency"}
+    assert float(m.group(1)) == pytest.approx(1 + 0.2 * rewards["efficiency"])
+
+
+GENERATE = """
+const { InferenceClient } = require("./dist/src/index.js");
 (async () => {
-  const nc = await connect({ servers: process.env.NATS_URL });
-  const message = messages.Message.fromPartial({ role: "user", content: "What is 2 + 2?" });
-  const reply = messages.Message.fromPartial({ role: "assistant", content: "4" });
-  const trace = { traceId: process.env.TRACE_ID, messages: [message, reply], answer: "4",
-                  info: { source: "ts" }, labels: { lang: "typescript" } };
-  console.log(JSON.stringify(await publishMonitorTrace(nc, process.env.APP, trace)));
-  await nc.close();
+  const llm = new InferenceClient(process.env.ADDRESS, { timeoutS: 60 });
+  const messages = [{ role: "user", content: "What is 2 + 2?" }];
+  const out = await llm.generate({ messages, sampling: { maxTokens: 8, temperature: 0, logprobs: true } });
+  const tokens = await llm.tokenize({ messages, addGenerationPrompt: true });
+  const info = await llm.modelInfo();
+  let error;
+  try { await llm.generate({ messages, model: "no-such-model" }); } catch (e) { error = [e.codeName, e.reason]; }
+  console.log(JSON.stringify({ out, tokens, info, error }));
+  llm.close();
 })().catch((e) => { console.error(e); process.exit(1); });
 """
 
 
-def publish_from_typescript(nats_url: str, app: str, trace_id: str) -> dict[str, object]:
-    out = run("node", "-e", PUBLISH, timeout=30, env={"NATS_URL": nats_url, "APP": app, "TRACE_ID": trace_id})
-    return json.loads(out.strip().splitlines()[-1])
+async def test_the_inference_client_is_token_exact_with_the_python_client(built: Path, inference: str) -> None:
+    got = await asyncio.to_thread(node_json, GENERATE, ADDRESS=inference)
+    out = got["out"]
+    async with InferenceClient.open(inference) as client:
+        reference = await client.generate(
+            [{"role": "user", "content": "What is 2 + 2?"}], max_tokens=8, temperature=0.0, logprobs=True
+        )
+    sample = reference.samples[0]
+    assert out["promptIds"] == list(reference.prompt_ids) == got["tokens"]["tokenIds"]
+    assert out["completionIds"] == list(sample.completion_ids) and len(out["completionIds"]) == 8
+    assert out["logprobs"] == pytest.approx(list(sample.logprobs), abs=1e-4)
+    assert all(lp <= 0 for lp in out["logprobs"]) and len(out["logprobs"]) == 8
+    assert (out["text"], out["finishReason"], out["policyVersion"]) == (sample.text, "length", 0)
+    assert out["samples"][0]["completionIds"] == out["completionIds"] and out["usage"]["completionTokens"] == 8
+    assert (got["info"]["backend"], got["info"]["policyVersion"]) == ("hf", 0) and got["info"]["contextLength"] > 0
+    assert got["error"] == ["NOT_FOUND", "UNKNOWN_MODEL"]
+    example = run("node", EXAMPLES / "generate.js", inference, timeout=120)
+    assert "from token ids: same completion = true" in example and "(hf)" in example
+
+
+RUBRIC = """
+const { RubricClient } = require("./dist/src/index.js");
+(async () => {
+  const rubrics = new RubricClient(process.env.ADDRESS);
+  const names = (await rubrics.listRubrics()).map((r) => r.name);
+  const rollout = (reply) => ({ task: { answer: "4" }, messages: [
+    { role: "user", content: "What is 2 + 2?" }, { role: "assistant", content: reply }] });
+  const named = await rubrics.scoreTrajectory("rules", rollout("Thanks! It is 4"));
+  const group = await rubrics.scoreGroup("rules", [rollout("4"), rollout("5")]);
+  let error;
+  try { await rubrics.scoreTrajectory("no-such-rubric", rollout("4")); }
+  catch (e) { error = [e.codeName, e.reason, e.metadata]; }
+  console.log(JSON.stringify({ names, named, group, error }));
+  rubrics.close();
+})().catch((e) => { console.error(e); process.exit(1); });
+"""
+
+
+def test_the_rubric_client_against_the_rubric_service(built: Path, rubric: tuple[str, str]) -> None:
+    address, _ = rubric
+    got = node_json(RUBRIC, ADDRESS=address)
+    assert got["names"] == ["rules"]
+    assert (got["named"]["reward"], got["named"]["rewards"]) == (1.5, {"correct": 1.0, "polite": 1.0})
+    assert got["named"]["errors"] == {} and got["named"]["metrics"]["rubric/failed"] == 0
+    assert [r["reward"] for r in got["group"]["results"]] == [1.0, 0.0] and len(got["group"]["advantages"]) == 2
+    assert got["group"]["advantages"][0] > got["group"]["advantages"][1]
+    assert got["error"] == ["NOT_FOUND", "UNKNOWN_RUBRIC", {"rubrics": "rules"}]
+    example = run("node", EXAMPLES / "score.js", address, timeout=60)
+    assert 'one: reward 1 {"correct":1}' in example and "group: rewards [1,0,1]" in example
+
+
+# --- traces and scores on the bus -----------------------------------------------------------------
 
 
 def check_trace(data: bytes, app: str, trace_id: str) -> None:
     trace = bus_pb2.MonitorTrace.FromString(data)
     assert (trace.trace_id, trace.app, trace.answer) == (trace_id, app, "4")
-    assert [(m.role, m.content) for m in trace.messages] == [("user", "What is 2 + 2?"), ("assistant", "4")]
-    assert dict(trace.labels) == {"lang": "typescript"} and trace.info["source"] == "ts"
+    assert [(m.role, m.content) for m in trace.messages] == [
+        ("user", "What is 2 + 2?"),
+        ("assistant", "Thanks for asking: 4"),
+    ]
+    assert dict(trace.labels) == {"source": "example"}
     assert abs(trace.created_at.ToSeconds() - time.time()) < 60
 
 
-async def test_traces_from_typescript_decode_as_monitor_trace_in_python(built: Path, nats_url: str) -> None:
+async def test_a_trace_from_typescript_is_scored_live_and_read_back(
+    built: Path, nats_url: str, rubric: tuple[str, str]
+) -> None:
+    _, app = rubric
+    out = await asyncio.to_thread(run, "node", EXAMPLES / "trace-and-score.js", nats_url, app, "30", timeout=90)
+    m = re.search(r"trace ([0-9a-f]{32}) stored in MONITOR #\d+", out)
+    assert m, out
+    assert 'scored by rubric rules: reward 1.5 {"' in out and '"correct":1' in out and '"polite":1' in out, out
+    assert '"rubric/failed":0' in out and "errors {}" in out
     nc = await nats.connect(nats_url)
     try:
-        # no stream on the subject: a plain publish, seen by a live subscriber
-        app = f"ts-{uuid.uuid4().hex[:8]}"
-        sub = await nc.subscribe(f"rollmesh.monitor.{app}")
-        result = await asyncio.to_thread(publish_from_typescript, nats_url, app, "trace-plain")
-        assert result["jetstream"] is False
-        msg = await sub.next_msg(timeout=10)
-        check_trace(msg.data, app, "trace-plain")
-        assert msg.headers and msg.headers.get("Nats-Msg-Id") == "trace-plain"
-
-        # rollmesh's MONITOR stream captures the subject: a JetStream publish, stored, deduplicated
-        app = f"ts-{uuid.uuid4().hex[:8]}"
         js = nc.jetstream()
-        await bus.ensure_streams(js)
-        result = await asyncio.to_thread(publish_from_typescript, nats_url, app, "trace-js")
-        assert (result["jetstream"], result["stream"]) == (True, "MONITOR")
         stored = await js.get_last_msg("MONITOR", bus.monitor_subject(app))
-        check_trace(stored.data, app, "trace-js")
-        await asyncio.to_thread(publish_from_typescript, nats_url, app, "trace-js")  # the same trace again
-        info = await js.stream_info("MONITOR", subjects_filter=bus.monitor_subject(app))
-        assert info.state.subjects == {bus.monitor_subject(app): 1}
+        check_trace(stored.data, app, m.group(1))
+        assert stored.headers and stored.headers.get("Nats-Msg-Id") == m.group(1)
+        score = bus_pb2.MonitorScore.FromString((await js.get_last_msg("SCORES", bus.scores_subject(app))).data)
+        assert (score.trace_id, score.rubric, score.reward) == (m.group(1), "rules", 1.5)
     finally:
         await nc.close()
+
+
+NO_STREAM = """
+const { connect } = require("nats");
+const { publishMonitorTrace, readScores } = require("./dist/src/index.js");
+(async () => {
+  const nc = await connect({ servers: process.env.NATS_URL });
+  const trace = { messages: [{ role: "user", content: "hi" }], answer: "4" };
+  const out = {};
+  try { await publishMonitorTrace(nc, "shop", trace); out.publish = "published"; }
+  catch (e) { out.publish = e.message; }
+  try { await readScores(nc, "shop"); out.scores = "reading"; } catch (e) { out.scores = e.message; }
+  out.created = await publishMonitorTrace(nc, "shop", trace, { createStream: true });
+  await (await readScores(nc, "shop", { createStream: true })).close();
+  console.log(JSON.stringify(out));
+  await nc.close();
+})().catch((e) => { console.error(e); process.exit(1); });
+"""
+
+
+async def test_without_a_stream_publishing_fails_clearly_or_creates_monitor_as_specified(built: Path) -> None:
+    with EmbeddedNats() as server:  # a bus with no streams yet
+        nc = await nats.connect(server.url)
+        try:
+            sub = await nc.subscribe("rollmesh.monitor.>")
+            await nc.flush()
+            got = await asyncio.to_thread(node_json, NO_STREAM, NATS_URL=server.url)
+            assert 'no JetStream stream stores "rollmesh.monitor.shop"' in got["publish"]
+            assert "create the MONITOR stream" in got["publish"] and "createStream: true" in got["publish"]
+            assert 'no JetStream stream stores "rollmesh.scores.shop"' in got["scores"] and "SCORES" in got["scores"]
+            assert (got["created"]["stream"], got["created"]["seq"], got["created"]["duplicate"]) == (
+                "MONITOR",
+                1,
+                False,
+            )
+            # the failed publish sent nothing: the only message is the stored one
+            first = await sub.next_msg(timeout=5)
+            assert bus_pb2.MonitorTrace.FromString(first.data).trace_id == got["created"]["traceId"]
+            with pytest.raises(nats.errors.TimeoutError):
+                await sub.next_msg(timeout=0.3)
+            js = nc.jetstream()
+            for spec in (bus.MONITOR, bus.SCORES):
+                made = (await js.stream_info(spec.name)).config
+                want = spec.config()
+                assert made.subjects == want.subjects and made.storage == want.storage
+                assert (made.retention, made.discard) == (want.retention, want.discard)
+                assert (made.max_age, made.duplicate_window) == (want.max_age, want.duplicate_window)
+        finally:
+            await nc.close()

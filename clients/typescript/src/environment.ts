@@ -93,6 +93,9 @@ export class Environment<S extends State = State> {
     this.kind = spec.kind ?? (this.tools.size ? "tool" : this.maxTurns === 1 ? "single_turn" : "multi_turn");
     this.splits = loadSplits(spec.tasks, spec.name, spec.systemPrompt);
     this.defaultSplit = spec.defaultSplit ?? this.splits.keys().next().value ?? "train";
+    if (!this.splits.has(this.defaultSplit)) {
+      throw new Error(`defaultSplit "${this.defaultSplit}" is not one of the splits: ${[...this.splits.keys()]}`);
+    }
     this.byId = new Map([...this.splits].map(([split, ts]) => [split, new Map(ts.map((t) => [t.taskId, t]))]));
     this.digest = this.computeDigest();
   }
@@ -104,7 +107,12 @@ export class Environment<S extends State = State> {
   tasks(split = ""): Task[] {
     const name = split || this.defaultSplit;
     const tasks = this.splits.get(name);
-    if (!tasks) throw notFound(`environment "${this.name}" has no split ${quoted(name)}; splits: ${[...this.splits.keys()]}`);
+    if (!tasks) {
+      const splits = [...this.splits.keys()].join(",");
+      throw notFound("UNKNOWN_SPLIT", `environment "${this.name}" has no split ${quoted(name)}; splits: ${splits}`, {
+        splits,
+      });
+    }
     return tasks;
   }
 
@@ -114,6 +122,7 @@ export class Environment<S extends State = State> {
     if (!task) {
       const count = this.tasks(name).length; // NOT_FOUND for the split first
       throw notFound(
+        "UNKNOWN_TASK",
         `environment "${this.name}" has no task ${quoted(taskId)} in split ${quoted(name)} (${count} tasks; list them with ListTasks)`,
       );
     }
@@ -134,6 +143,8 @@ export class Environment<S extends State = State> {
       hasScore: this.hasScore,
       digest: this.digest,
       defaultSampling: SamplingParams.fromPartial(sampling),
+      hasRunEpisode: false, // the client drives episodes (the Episode stream)
+      defaultSplit: this.defaultSplit,
     };
   }
 

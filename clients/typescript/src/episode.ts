@@ -59,9 +59,12 @@ export class Episode<S extends State = State> {
   }
 
   async step(action: Message): Promise<Step> {
-    if (!this.started) throw failedPrecondition("the episode has not started");
+    if (!this.started) throw failedPrecondition("NOT_STARTED", "the episode has not started");
     if (this.done) {
-      throw failedPrecondition(`episode ${this.episodeId} is done (turn ${this.turn}); start a new episode`);
+      throw failedPrecondition(
+        "EPISODE_DONE",
+        `episode ${this.episodeId} is done (turn ${this.turn}); start a new episode`,
+      );
     }
     const message = validateAction(action);
     this.messages.push(message);

@@ -1,32 +1,80 @@
-// Errors that end an RPC with a gRPC status and a message a person can act on.
-import { status } from "@grpc/grpc-js";
+// The error statuses the environment server sends (spec 2): every one carries, in the trailer
+// grpc-status-details-bin, a google.rpc.Status whose details hold one google.rpc.ErrorInfo
+// {reason = a rollmesh.v1.ErrorReason name, domain = "rollmesh.dev", metadata}.
+import { Metadata, status, type StatusObject } from "@grpc/grpc-js";
+import { ErrorInfo } from "./gen/google/rpc/error_details.js";
+import { Status } from "./gen/google/rpc/status.js";
+import type { ErrorReason } from "./gen/rollmesh/v1/errors.js";
 
+export const ERROR_DOMAIN = "rollmesh.dev";
+export const STATUS_DETAILS_KEY = "grpc-status-details-bin";
+export const ERROR_INFO_TYPE_URL = "type.googleapis.com/google.rpc.ErrorInfo";
+
+/** The name of a rollmesh.v1.ErrorReason value, e.g. "UNKNOWN_TASK". */
+export type ReasonName = Exclude<keyof typeof ErrorReason, "ERROR_REASON_UNSPECIFIED" | "UNRECOGNIZED">;
+
+/** An error that ends an RPC with this status code, reason and message (for people). */
 export class RpcError extends Error {
   constructor(
     readonly code: status,
+    readonly reason: ReasonName,
     message: string,
+    readonly metadata: Record<string, string> = {},
   ) {
     super(message);
     this.name = "RpcError";
   }
 }
 
-export const invalidArgument = (message: string) => new RpcError(status.INVALID_ARGUMENT, message);
-export const notFound = (message: string) => new RpcError(status.NOT_FOUND, message);
-export const failedPrecondition = (message: string) => new RpcError(status.FAILED_PRECONDITION, message);
-export const resourceExhausted = (message: string) => new RpcError(status.RESOURCE_EXHAUSTED, message);
-export const deadlineExceeded = (message: string) => new RpcError(status.DEADLINE_EXCEEDED, message);
-export const unavailable = (message: string) => new RpcError(status.UNAVAILABLE, message);
-export const unimplemented = (message: string) => new RpcError(status.UNIMPLEMENTED, message);
+type Make = (reason: ReasonName, message: string, metadata?: Record<string, string>) => RpcError;
+const maker =
+  (code: status): Make =>
+  (reason, message, metadata) =>
+    new RpcError(code, reason, message, metadata);
 
-/** The status for any error: RpcError keeps its code, anything else is INTERNAL. */
-export function toStatus(error: unknown, where: string): { code: status; details: string } {
-  if (error instanceof RpcError) return { code: error.code, details: error.message };
-  const text = error instanceof Error ? `${error.name}: ${error.message}` : String(error);
-  return { code: status.INTERNAL, details: where ? `${where} raised ${text}` : text };
+export const invalidArgument = maker(status.INVALID_ARGUMENT);
+export const notFound = maker(status.NOT_FOUND);
+export const failedPrecondition = maker(status.FAILED_PRECONDITION);
+export const resourceExhausted = maker(status.RESOURCE_EXHAUSTED);
+export const deadlineExceeded = maker(status.DEADLINE_EXCEEDED);
+export const unavailable = maker(status.UNAVAILABLE);
+export const unimplemented = maker(status.UNIMPLEMENTED);
+export const internal = maker(status.INTERNAL);
+
+/** Serialized google.rpc.Status{code, message, details: [Any(ErrorInfo)]}. */
+export function statusDetails(
+  code: status,
+  message: string,
+  reason: string,
+  metadata: Record<string, string> = {},
+): Buffer {
+  const info = ErrorInfo.encode({ reason, domain: ERROR_DOMAIN, metadata }).finish();
+  const details = [{ typeUrl: ERROR_INFO_TYPE_URL, value: Buffer.from(info) }];
+  return Buffer.from(Status.encode({ code, message, details }).finish());
 }
 
-/** A client-supplied string for an error message, cut to a bound (a status message is a header). */
+/**
+ * The status to send for any error, ready for a unary callback, call.emit("error") or
+ * call.destroy(): an RpcError keeps its code and reason; anything else is the environment's own
+ * code failing (INTERNAL, ENVIRONMENT_FAILED), described as "<where> raised <error>".
+ */
+export function toServiceError(error: unknown, where: string): Partial<StatusObject> & Error {
+  const rpc =
+    error instanceof RpcError
+      ? error
+      : internal("ENVIRONMENT_FAILED", where ? `${where} raised ${describe(error)}` : describe(error));
+  const metadata = new Metadata();
+  metadata.set(STATUS_DETAILS_KEY, statusDetails(rpc.code, rpc.message, rpc.reason, rpc.metadata));
+  return Object.assign(new Error(rpc.message), { code: rpc.code, details: rpc.message, metadata });
+}
+
+function describe(error: unknown): string {
+  return error instanceof Error ? `${error.name}: ${error.message}` : String(error);
+}
+
+/** A client-supplied string for an error message, cut to 120 chars (a status message is a header). */
 export function quoted(value: string, limit = 120): string {
-  return value.length <= limit ? JSON.stringify(value) : `${JSON.stringify(value.slice(0, limit))}... (${value.length} chars)`;
+  return value.length <= limit
+    ? JSON.stringify(value)
+    : `${JSON.stringify(value.slice(0, limit))}... (${value.length} chars)`;
 }

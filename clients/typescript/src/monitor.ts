@@ -1,65 +1,65 @@
-// Production traces onto the bus: rollmesh.v1.MonitorTrace on "rollmesh.monitor.<app>".
+// Production traces onto the bus (spec 11): rollmesh.v1.MonitorTrace on "rollmesh.monitor.<app>",
+// a JetStream publish into the MONITOR stream whose ack is awaited, deduplicated by trace id.
 import { randomUUID } from "node:crypto";
-import { ErrorCode, headers, type NatsConnection, type NatsError } from "nats";
-import { MonitorTrace } from "./gen/rollmesh/v1/bus.js";
+import type { NatsConnection, NatsError } from "nats";
+import { type DeepPartial, MonitorTrace } from "./gen/rollmesh/v1/bus.js";
+import { MONITOR_STREAM, monitorSubject, requireStream } from "./streams.js";
+
+/** A trace as callers write it: messages as {role, content}; empty ids and times are filled in. */
+export type TraceInit = DeepPartial<MonitorTrace>;
+
+export interface PublishOptions {
+  /** Create the MONITOR stream when no stream stores the subject (default: fail with how to create it). */
+  createStream?: boolean;
+  /** How long to wait for JetStream's ack (default 10 s). */
+  timeoutMs?: number;
+}
 
 export interface PublishResult {
   subject: string;
   traceId: string;
-  /** True when a JetStream stream (e.g. MONITOR) stored the trace and acknowledged it. */
-  jetstream: boolean;
-  stream?: string;
-  seq?: number;
+  /** The stream that stored the trace (normally MONITOR) and its sequence number there. */
+  stream: string;
+  seq: number;
+  /** True when the stream already held this trace id (within its duplicate window): not stored again. */
+  duplicate: boolean;
 }
 
+// Streams known to capture a subject, per connection: later publishes skip the lookup.
+const known = new WeakMap<NatsConnection, Set<string>>();
+
 /**
- * Publishes one trace. When a JetStream stream captures the subject (e.g. MONITOR), the publish is a
- * JetStream publish: stored, acknowledged, deduplicated by Nats-Msg-Id = trace_id. When none does
- * (or JetStream is off), it is a plain core-NATS publish, flushed: only live subscribers see it.
- * Which applies is looked up on the server (STREAM.NAMES by subject) and remembered for 10 s.
- * Empty trace_id, app and created_at are filled in.
+ * Publishes one trace and awaits JetStream's ack. Empty trace_id (a UUID) and created_at (now) are
+ * filled in, app is set. Never a plain core publish: when no stream stores the subject it creates
+ * MONITOR (`createStream: true`) or throws an Error that says how to create it.
  */
 export async function publishMonitorTrace(
   nc: NatsConnection,
   app: string,
-  trace: Partial<MonitorTrace>,
+  trace: TraceInit,
+  opts: PublishOptions = {},
 ): Promise<PublishResult> {
-  if (!/^[A-Za-z0-9_\-=/]+$/.test(app)) {
-    throw new Error(`invalid app "${app}": use letters, digits, '-', '_', '=' or '/' (it is a subject token)`);
-  }
+  const subject = monitorSubject(app);
   const full = MonitorTrace.fromPartial({ ...trace, app });
-  full.traceId ||= randomUUID();
+  full.traceId ||= randomUUID().replaceAll("-", "");
   full.createdAt ??= new Date();
-  const subject = `rollmesh.monitor.${app}`;
   const data = MonitorTrace.encode(full).finish();
-  if (await streamFor(nc, subject)) {
-    const ack = await nc.jetstream().publish(subject, data, { msgID: full.traceId });
-    return { subject, traceId: full.traceId, jetstream: true, stream: ack.stream, seq: ack.seq };
+  const seen = known.get(nc) ?? new Set<string>();
+  known.set(nc, seen);
+  for (let attempt = 0; ; attempt++) {
+    if (!seen.has(subject)) {
+      await requireStream(nc, subject, MONITOR_STREAM, opts.createStream ?? false);
+      seen.add(subject);
+    }
+    try {
+      const ack = await nc
+        .jetstream()
+        .publish(subject, data, { msgID: full.traceId, timeout: opts.timeoutMs ?? 10_000 });
+      return { subject, traceId: full.traceId, stream: ack.stream, seq: ack.seq, duplicate: ack.duplicate };
+    } catch (e) {
+      // "no responders": the stream went away since the lookup; look again (once)
+      if ((e as NatsError).code !== "503" || attempt > 0) throw e;
+      seen.delete(subject);
+    }
   }
-  const h = headers();
-  h.set("Nats-Msg-Id", full.traceId);
-  nc.publish(subject, data, { headers: h });
-  await nc.flush();
-  return { subject, traceId: full.traceId, jetstream: false };
-}
-
-const STREAM_CACHE_MS = 10_000;
-const streamCache = new WeakMap<NatsConnection, Map<string, { stream: string | undefined; at: number }>>();
-
-/** The stream that captures `subject`, if any. (A JetStream publish is a request on the subject
- * itself, so trying one and falling back would deliver the trace twice to core subscribers.) */
-async function streamFor(nc: NatsConnection, subject: string): Promise<string | undefined> {
-  const cache = streamCache.get(nc) ?? new Map();
-  streamCache.set(nc, cache);
-  const hit = cache.get(subject);
-  if (hit && Date.now() - hit.at < STREAM_CACHE_MS) return hit.stream;
-  let stream: string | undefined;
-  try {
-    stream = await (await nc.jetstreamManager()).streams.find(subject);
-  } catch (e) {
-    const noStream = (e as Error).message === "no stream matches subject";
-    if (!noStream && (e as NatsError).code !== ErrorCode.JetStreamNotEnabled) throw e;
-  }
-  cache.set(subject, { stream, at: Date.now() });
-  return stream;
 }

@@ -17,9 +17,9 @@ export interface ServeOptions {
   host?: string;
   port?: number;
   maxConcurrentEpisodes?: number;
-  /** An episode with no client message for this long ends with DEADLINE_EXCEEDED (default 300). */
+  /** An episode with no client message for this long ends with DEADLINE_EXCEEDED (default 300; 0 = never). */
   idleTimeoutS?: number;
-  /** Largest message either way (default 16 MiB). */
+  /** Largest message either way, in bytes (default 16 MiB; the CLI's --max-message-mb). */
   maxMessageBytes?: number;
   /** Register in the NATS KV registry at this URL. */
   natsUrl?: string;
@@ -54,7 +54,9 @@ export class EnvironmentServer {
       "grpc.keepalive_time_ms": 30_000,
       "grpc.keepalive_timeout_ms": 10_000,
       "grpc.keepalive_permit_without_calls": 1,
-      "grpc.max_concurrent_streams": 1024,
+      // the transport's stream cap sits above the episode limit, so that every episode the server
+      // has room for (and the one over it, which gets EPISODE_LIMIT) fits on one connection
+      "grpc.max_concurrent_streams": Math.max(16384, 2 * (opts.maxConcurrentEpisodes ?? 1024)),
     });
     server.addService(withLenientDecoding(EnvironmentServiceService), service.handlers());
     const health = new Health();
@@ -84,9 +86,7 @@ export class EnvironmentServer {
         version: env.spec.version ?? "0.1.0",
         address: `${advertiseHost}:${this.port}`,
         capacity: this.service.limits.maxConcurrentEpisodes,
-        instanceId: this.service.instanceId,
-        startedAt: new Date(),
-        heartbeatAt: undefined,
+        instanceId: this.service.instanceId, // one record per environment, the same instance id
         protocolVersion: PROTOCOL_VERSION,
         labels: { language: "typescript" },
       };

@@ -1,13 +1,12 @@
-// EnvironmentService over grpc-js with the Python reference server's semantics: limits on
-// concurrent episodes, an idle timeout per episode, reply sizes; statuses with actionable messages.
+// EnvironmentService over grpc-js (spec 3-7): limits on concurrent episodes, an idle timeout per
+// episode, reply sizes; every error status carries its ErrorInfo reason (errors.ts).
 import { randomUUID } from "node:crypto";
-import {
-  type sendUnaryData,
-  type ServerDuplexStream,
-  type ServerUnaryCall,
-  type ServerWritableStream,
-  status,
-  type UntypedServiceImplementation,
+import type {
+  sendUnaryData,
+  ServerDuplexStream,
+  ServerUnaryCall,
+  ServerWritableStream,
+  UntypedServiceImplementation,
 } from "@grpc/grpc-js";
 import {
   DescribeRequest,
@@ -26,23 +25,27 @@ import { Undecodable } from "./decoding.js";
 import { asRewards, type Environment, weightedReward } from "./environment.js";
 import { Episode } from "./episode.js";
 import {
+  internal,
   invalidArgument,
   notFound,
   quoted,
   resourceExhausted,
   RpcError,
-  toStatus,
+  toServiceError,
   unavailable,
   unimplemented,
 } from "./errors.js";
+import { pageOffset, pageToken } from "./page-token.js";
 import { Cancelled, EOF, StreamReader } from "./stream.js";
+import { PROTOCOL_VERSION, VERSION } from "./version.js";
 
-export const PROTOCOL_VERSION = "v1";
-export const SDK_VERSION = "rollmesh-typescript 0.1.0";
+export { PROTOCOL_VERSION };
+export const SDK_VERSION = `rollmesh-typescript ${VERSION}`;
 export const LIST_BATCH = 64; // tasks per ListTasks message
 
 export interface EpisodeLimits {
   maxConcurrentEpisodes: number;
+  /** 0 = no idle timeout. */
   idleTimeoutS: number;
   maxMessageBytes: number;
 }
@@ -83,17 +86,25 @@ export class EnvironmentServiceImpl {
       ) =>
         unary(call.request, cb, "RunEpisode", async () => {
           throw unimplemented(
-            "this TypeScript server does not drive episodes itself; drive them with the Episode stream",
+            "NOT_SUPPORTED",
+            "this TypeScript server does not drive episodes itself (has_run_episode is false); drive them with the Episode stream",
           );
         }),
     };
   }
 
   private env(name: string): AnyEnvironment {
-    const hosted = [...this.envs.keys()].sort().join(", ");
-    if (!name) throw invalidArgument(`no environment named; this server hosts ${hosted}`);
+    const environments = [...this.envs.keys()].sort().join(",");
+    if (!name)
+      throw invalidArgument("NO_ENVIRONMENT", `no environment named; this server hosts ${environments}`, {
+        environments,
+      });
     const env = this.envs.get(name);
-    if (!env) throw notFound(`no environment ${quoted(name)} on this server; it hosts ${hosted}`);
+    if (!env) {
+      throw notFound("UNKNOWN_ENVIRONMENT", `no environment ${quoted(name)} on this server; it hosts ${environments}`, {
+        environments,
+      });
+    }
     return env;
   }
 
@@ -119,19 +130,23 @@ export class EnvironmentServiceImpl {
     try {
       const request = decoded(call.request, "ListTasksRequest");
       const env = this.env(request.env);
-      const tasks = env.tasks(request.split);
-      if (request.pageSize < 0) throw invalidArgument(`page_size must be >= 0, got ${request.pageSize}`);
-      const start = request.pageToken ? Number(request.pageToken) : 0;
-      if (!/^\d*$/.test(request.pageToken) || start > tasks.length) {
-        throw invalidArgument(`invalid page_token ${quoted(request.pageToken)}; pass a previous next_page_token`);
+      const split = request.split || env.defaultSplit;
+      const tasks = env.tasks(split);
+      if (request.pageSize < 0) {
+        throw invalidArgument("INVALID_PAGE_SIZE", `page_size must be >= 0, got ${request.pageSize}`, {
+          field: "page_size",
+        });
       }
-      const end = request.pageSize === 0 ? tasks.length : Math.min(tasks.length, start + request.pageSize);
       const total = tasks.length;
+      const start = pageOffset(request.pageToken, env.name, split, total);
+      const end = request.pageSize === 0 ? total : Math.min(total, start + request.pageSize);
       if (start === end) call.write({ tasks: [], nextPageToken: "", total });
       for (let i = start; i < end; i += LIST_BATCH) {
         const j = Math.min(i + LIST_BATCH, end);
-        const nextPageToken = j === end && end < total ? String(end) : "";
-        call.write({ tasks: tasks.slice(i, j).map((t) => ({ ...t, env: env.name })), nextPageToken, total });
+        const nextPageToken = j === end && end < total ? pageToken(env.name, split, end) : "";
+        const response = { tasks: tasks.slice(i, j).map((t) => ({ ...t, env: env.name })), nextPageToken, total };
+        this.checkSize(ListTasksResponse.encode(response).finish().length);
+        call.write(response);
       }
       call.end();
     } catch (e) {
@@ -142,7 +157,9 @@ export class EnvironmentServiceImpl {
   private async score(request: ScoreRequest): Promise<ScoreResponse> {
     const env = this.env(request.env);
     const score = env.spec.score;
-    if (!score) throw unimplemented(`environment "${env.name}" does not implement Score`);
+    if (!score) {
+      throw unimplemented("NOT_SUPPORTED", `environment "${env.name}" does not implement Score (has_score is false)`);
+    }
     const task = this.taskForScore(env, request.task);
     let rewards: Record<string, number>;
     try {
@@ -150,15 +167,17 @@ export class EnvironmentServiceImpl {
     } catch (e) {
       if (e instanceof RpcError) throw e;
       console.error(`environment "${env.name}" failed in score():`, e);
-      throw new RpcError(status.INTERNAL, `environment "${env.name}" failed in score(): ${toStatus(e, "").details}`);
+      throw internal("ENVIRONMENT_FAILED", `environment "${env.name}" failed in score(): ${String(e)}`);
     }
     return { rewards, reward: weightedReward(rewards, env.spec.rewardWeights), metrics: {} };
   }
 
   private taskForScore(env: AnyEnvironment, task: Task | undefined): Task {
-    if (task && (task.prompt.length || task.answer)) return { ...task, env: env.name, split: task.split || "train" };
+    if (task && (task.prompt.length || task.answer)) {
+      return { ...task, env: env.name, split: task.split || env.defaultSplit };
+    }
     if (task?.taskId) return env.getTask(task.taskId, task.split);
-    throw invalidArgument("Score needs the task (inline, or its task_id and split)");
+    throw invalidArgument("NO_TASK", "Score needs the task (inline, or its task_id and split)");
   }
 
   private async episode(call: ServerDuplexStream<In<EpisodeRequest>, EpisodeResponse>): Promise<void> {
@@ -173,10 +192,15 @@ export class EnvironmentServiceImpl {
     try {
       const first = await this.read(reader);
       if (first === EOF) return void call.end(); // closed without starting: nothing to do
-      if (this.draining) throw unavailable("server is shutting down; start the episode on another replica");
-      if (this.active >= this.limits.maxConcurrentEpisodes) {
+      if (this.draining) {
+        throw unavailable("DRAINING", "server is shutting down; start the episode on another replica");
+      }
+      const limit = this.limits.maxConcurrentEpisodes;
+      if (this.active >= limit) {
         throw resourceExhausted(
-          `server at its limit of ${this.limits.maxConcurrentEpisodes} concurrent episodes; retry later or use another replica`,
+          "EPISODE_LIMIT",
+          `server at its limit of ${limit} concurrent episodes; retry later or use another replica`,
+          { limit: String(limit) },
         );
       }
       this.active += 1;
@@ -196,10 +220,11 @@ export class EnvironmentServiceImpl {
         const request = await this.read(reader);
         if (request === EOF) break;
         if (request.kind?.$case !== "action") {
-          throw invalidArgument("the episode has started; send actions, not another start");
+          throw invalidArgument("ALREADY_STARTED", "the episode has started; send actions, not another start");
         }
-        if (!request.kind.value.message) throw invalidArgument("an action needs a message");
-        const step = await episode.step(request.kind.value.message);
+        const message = request.kind.value.message;
+        if (!message) throw invalidArgument("EMPTY_ACTION", "an action needs a message");
+        const step = await episode.step(message);
         this.write(call, reader, { kind: { $case: "step", value: step } });
       }
       call.end();
@@ -215,9 +240,12 @@ export class EnvironmentServiceImpl {
     }
   }
 
+  /** The next request (idle timeout included: before start, between actions, after done). */
   private async read(reader: StreamReader<In<EpisodeRequest>>): Promise<EpisodeRequest | typeof EOF> {
     const request = await reader.read(this.limits.idleTimeoutS);
-    if (request instanceof Undecodable) throw invalidArgument("the message is not a valid rollmesh.v1.EpisodeRequest");
+    if (request instanceof Undecodable) {
+      throw invalidArgument("MALFORMED_REQUEST", "the message is not a valid rollmesh.v1.EpisodeRequest");
+    }
     return request;
   }
 
@@ -227,43 +255,53 @@ export class EnvironmentServiceImpl {
     response: EpisodeResponse,
   ): void {
     if (reader.isCancelled) throw new Cancelled();
-    // gRPC would refuse an oversized reply with an opaque error; name the cause instead
-    const size = EpisodeResponse.encode(response).finish().length;
-    if (size > this.limits.maxMessageBytes) {
-      throw resourceExhausted(
-        `the environment's reply is ${size} bytes, over the ${this.limits.maxMessageBytes}-byte message limit`,
-      );
-    }
+    this.checkSize(EpisodeResponse.encode(response).finish().length);
     call.write(response);
   }
 
+  /** gRPC would refuse an oversized reply with an opaque error; name the cause instead. */
+  private checkSize(size: number): void {
+    const limit = this.limits.maxMessageBytes;
+    if (size > limit) {
+      throw resourceExhausted(
+        "MESSAGE_TOO_LARGE",
+        `the server's reply is ${size} bytes, over the ${limit}-byte message limit`,
+        { limit_bytes: String(limit) },
+      );
+    }
+  }
+
   private newEpisode(request: EpisodeRequest): Episode {
-    if (request.kind?.$case !== "start") throw invalidArgument("the first message of an episode must be `start`");
+    if (request.kind?.$case !== "start") {
+      throw invalidArgument("NOT_STARTED", "the first message of an episode must be `start`");
+    }
     const start = request.kind.value;
     const env = this.env(start.env);
     let task: Task;
     if (start.task) {
-      if (!start.task.prompt.length) throw invalidArgument("an inline task needs a prompt");
-      task = { ...start.task, env: env.name, split: start.task.split || "train" };
+      // an inline task takes precedence: task_id and split are ignored
+      if (!start.task.prompt.length) throw invalidArgument("INVALID_TASK", "an inline task needs a prompt");
+      task = { ...start.task, env: env.name, split: start.task.split || env.defaultSplit };
     } else if (start.taskId) {
       task = env.getTask(start.taskId, start.split);
     } else {
-      throw invalidArgument("start needs a task_id (see ListTasks) or an inline task");
+      throw invalidArgument("NO_TASK", "start needs a task_id (see ListTasks) or an inline task");
     }
     return new Episode(env, task, { seed: start.seed, options: start.options ?? {}, episodeId: start.episodeId });
   }
 }
 
 function decoded<T>(request: In<T>, type: string): T {
-  if (request instanceof Undecodable) throw invalidArgument(`the message is not a valid rollmesh.v1.${type}`);
+  if (request instanceof Undecodable) {
+    throw invalidArgument("MALFORMED_REQUEST", `the message is not a valid rollmesh.v1.${type}`);
+  }
   return request;
 }
 
-/** A status for the error; INTERNAL ones (the environment's code raised) are logged with their stack. */
-function statusOf(error: unknown, where: string): { code: number; details: string } {
-  const status = toStatus(error, where);
+/** The status for an error; INTERNAL ones (the environment's code raised) are logged with their stack. */
+function statusOf(error: unknown, where: string): ReturnType<typeof toServiceError> {
   if (!(error instanceof RpcError)) console.error(`${where} failed:`, error);
-  return status;
+  return toServiceError(error, where);
 }
 
 function unary<Req, Res>(request: In<Req>, cb: sendUnaryData<Res>, method: string, fn: (r: Req) => Promise<Res>): void {

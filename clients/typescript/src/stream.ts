@@ -14,7 +14,7 @@ export class Cancelled extends Error {
 interface Waiter<T> {
   resolve: (value: T | typeof EOF) => void;
   reject: (error: Error) => void;
-  timer: NodeJS.Timeout;
+  timer: NodeJS.Timeout | undefined;
 }
 
 export class StreamReader<T> {
@@ -42,14 +42,20 @@ export class StreamReader<T> {
     return this.cancelled;
   }
 
-  /** The next message, EOF after the client half-closed; DEADLINE_EXCEEDED after idleS quiet seconds. */
+  /** The next message, EOF after the client half-closed; IDLE_TIMEOUT after idleS quiet seconds (0 = never). */
   read(idleS: number): Promise<T | typeof EOF> {
     if (this.waiter) return Promise.reject(new Error("one read at a time"));
     return new Promise((resolve, reject) => {
-      const timer = setTimeout(() => {
+      const timeout = () => {
         this.waiter = undefined;
-        reject(deadlineExceeded(`no message from the client for ${idleS} s; episode closed`));
-      }, idleS * 1000);
+        const seconds = String(idleS);
+        reject(
+          deadlineExceeded("IDLE_TIMEOUT", `no message from the client for ${seconds} s; episode closed`, {
+            idle_timeout_s: seconds,
+          }),
+        );
+      };
+      const timer = idleS > 0 ? setTimeout(timeout, idleS * 1000) : undefined;
       this.waiter = { resolve, reject, timer };
       this.wake();
     });

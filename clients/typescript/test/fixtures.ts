@@ -41,3 +41,28 @@ export const fragile = () =>
       return { messages: [{ role: "user", content: `you said ${message.content}` }] };
     },
   });
+
+const pause = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/**
+ * Echoes actions. "big N" answers with N characters (over a small message limit), "sleep N"
+ * answers after N ms; Score sleeps as long as the last "sleep N" says and fails on "score fails".
+ */
+export const echo = () =>
+  defineEnvironment({
+    name: "echo",
+    maxTurns: 3,
+    tasks: { train: [{ taskId: "e0", question: "say something" }], test: [{ taskId: "t0", question: "test" }] },
+    onAction: async (message) => {
+      const [word, n] = message.content.split(" ");
+      if (word === "sleep") await pause(Number(n));
+      const content = word === "big" ? "x".repeat(Number(n)) : `echo: ${message.content}`;
+      return { messages: [{ role: "user", content }] };
+    },
+    score: async ({ messages }) => {
+      if (messages.some((m) => m.content === "score fails")) throw new Error("score broke");
+      const sleep = [...messages].reverse().find((m) => m.content.startsWith("sleep "));
+      if (sleep) await pause(Number(sleep.content.split(" ")[1]));
+      return { said: messages.filter((m) => m.role === "assistant").length };
+    },
+  });

@@ -1,118 +1,99 @@
-// Test helpers: a server on loopback and a promise-based Episode stream over the generated client.
-import { credentials, status, type ClientDuplexStream, type ServiceError, type StatusObject } from "@grpc/grpc-js";
-import {
-  type DescribeResponse,
-  EnvironmentServiceClient,
-  type EpisodeRequest,
-  type RunEpisodeRequest,
-  type RunEpisodeResponse,
-  type ScoreRequest,
-  type ScoreResponse,
-  type EpisodeResponse,
-  type Step,
-} from "../src/gen/rollmesh/v1/environment.js";
-import { Message } from "../src/gen/rollmesh/v1/messages.js";
+// Test helpers: how a call failed ([status name, ErrorInfo reason]) and raw-bytes calls.
+import { credentials, makeGenericClientConstructor, Metadata, type ServiceError } from "@grpc/grpc-js";
+import { errorInfo, RollmeshError } from "../src/index.js";
 
-export function client(address: string): EnvironmentServiceClient {
-  return new EnvironmentServiceClient(address, credentials.createInsecure());
+export const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/** ["OK", ""] when `p` resolves, else the RollmeshError's [code name, reason]. */
+export async function failure(p: Promise<unknown>): Promise<[string, string]> {
+  try {
+    await p;
+    return ["OK", ""];
+  } catch (e) {
+    if (!(e instanceof RollmeshError)) throw e;
+    return [e.codeName, e.reason];
+  }
 }
 
-function unary<Res>(start: (cb: (err: ServiceError | null, res: Res) => void) => unknown): Promise<Res> {
-  return new Promise((resolve, reject) => start((err, res) => (err ? reject(err) : resolve(res))));
+/** The RollmeshError `p` rejects with (fails the test when it resolves). */
+export async function rejection(p: Promise<unknown>): Promise<RollmeshError> {
+  try {
+    await p;
+  } catch (e) {
+    if (e instanceof RollmeshError) return e;
+    throw e;
+  }
+  throw new Error("expected the call to fail");
 }
 
-export const describeServer = (c: EnvironmentServiceClient) => unary<DescribeResponse>((cb) => c.describe({}, cb));
-export const score = (c: EnvironmentServiceClient, req: ScoreRequest) => unary<ScoreResponse>((cb) => c.score(req, cb));
-export const runEpisode = (c: EnvironmentServiceClient, req: RunEpisodeRequest) =>
-  unary<RunEpisodeResponse>((cb) => c.runEpisode(req, cb));
+const identity = (b: Buffer) => b;
 
-export function collect<T>(stream: NodeJS.ReadableStream): Promise<T[]> {
-  return new Promise((resolve, reject) => {
-    const items: T[] = [];
-    stream.on("data", (item: T) => items.push(item));
-    stream.on("error", reject);
-    stream.on("end", () => resolve(items));
+/** Sends `bytes` as the request of a unary method (e.g. "/rollmesh.v1.EnvironmentService/Describe"). */
+export function rawUnary(address: string, path: string, bytes: Buffer): Promise<ServiceError | "ok"> {
+  const Raw = makeGenericClientConstructor(
+    {
+      call: {
+        path,
+        requestStream: false,
+        responseStream: false,
+        requestSerialize: identity,
+        requestDeserialize: identity,
+        responseSerialize: identity,
+        responseDeserialize: identity,
+      },
+    },
+    "Raw",
+  );
+  const client = new Raw(address, credentials.createInsecure()) as unknown as {
+    call: (req: Buffer, md: Metadata, opts: object, cb: (e: ServiceError | null) => void) => void;
+    close: () => void;
+  };
+  return new Promise((resolve) =>
+    client.call(bytes, new Metadata(), { deadline: Date.now() + 10_000 }, (e) => {
+      client.close();
+      resolve(e ?? "ok");
+    }),
+  );
+}
+
+/** Sends `bytes` as the first message of an Episode stream; resolves with how the call ended. */
+export function rawEpisode(address: string, bytes: Buffer): Promise<ServiceError | "ok"> {
+  const Raw = makeGenericClientConstructor(
+    {
+      call: {
+        path: "/rollmesh.v1.EnvironmentService/Episode",
+        requestStream: true,
+        responseStream: true,
+        requestSerialize: identity,
+        requestDeserialize: identity,
+        responseSerialize: identity,
+        responseDeserialize: identity,
+      },
+    },
+    "Raw",
+  );
+  const client = new Raw(address, credentials.createInsecure()) as unknown as {
+    call: (md: Metadata, opts: object) => NodeJS.ReadWriteStream;
+    close: () => void;
+  };
+  const call = client.call(new Metadata(), { deadline: Date.now() + 10_000 });
+  return new Promise((resolve) => {
+    call.on("data", () => undefined);
+    call.on("error", (e: ServiceError) => {
+      client.close();
+      resolve(e);
+    });
+    call.on("end", () => {
+      client.close();
+      resolve("ok");
+    });
+    call.write(bytes);
   });
 }
 
-/** One Episode call: send requests, await each response, or the status the call ended with. */
-export class EpisodeStream {
-  private readonly responses: EpisodeResponse[] = [];
-  private waiting: ((r: EpisodeResponse | Error | "end") => void) | undefined;
-  private finished: EpisodeResponse | Error | "end" | undefined;
-  readonly call: ClientDuplexStream<EpisodeRequest, EpisodeResponse>;
-
-  constructor(c: EnvironmentServiceClient, deadlineS = 10) {
-    this.call = c.episode({ deadline: Date.now() + deadlineS * 1000 });
-    this.call.on("data", (r: EpisodeResponse) => this.push(r));
-    this.call.on("error", () => undefined); // the status event below says how the call ended
-    this.call.on("status", (s: StatusObject) =>
-      this.finish(
-        s.code === status.OK ? "end" : Object.assign(new Error(s.details), { code: s.code, details: s.details }),
-      ),
-    );
-  }
-
-  private push(r: EpisodeResponse): void {
-    if (this.waiting) {
-      const w = this.waiting;
-      this.waiting = undefined;
-      w(r);
-    } else this.responses.push(r);
-  }
-
-  private finish(how: Error | "end"): void {
-    this.finished ??= how;
-    const w = this.waiting;
-    this.waiting = undefined;
-    w?.(how);
-  }
-
-  /** The next response; rejects with the call's error, or "end" when it ended with OK. */
-  next(): Promise<EpisodeResponse> {
-    const ready = this.responses.shift() ?? this.finished;
-    const settle = (r: EpisodeResponse | Error | "end", ok: (v: EpisodeResponse) => void, ko: (e: unknown) => void) =>
-      r instanceof Error || r === "end" ? ko(r) : ok(r);
-    return new Promise((ok, ko) => (ready ? settle(ready, ok, ko) : (this.waiting = (r) => settle(r, ok, ko))));
-  }
-
-  start(env: string, taskId: string): Promise<EpisodeResponse> {
-    this.call.write({
-      kind: {
-        $case: "start",
-        value: { env, taskId, split: "", task: undefined, seed: 0, episodeId: "", options: undefined },
-      },
-    });
-    return this.next();
-  }
-
-  async act(content: string): Promise<Step> {
-    this.call.write({
-      kind: { $case: "action", value: { message: Message.fromPartial({ role: "assistant", content }) } },
-    });
-    const r = await this.next();
-    if (r.kind?.$case !== "step") throw new Error(`expected a step, got ${r.kind?.$case}`);
-    return r.kind.value;
-  }
-
-  /** Half-closes and resolves with the final status code (0 = OK). */
-  async close(): Promise<number> {
-    this.call.end();
-    try {
-      await this.next();
-      throw new Error("a response after half-close");
-    } catch (e) {
-      return e === "end" ? 0 : (e as ServiceError).code;
-    }
-  }
-}
-
-/** The gRPC status code a promise rejects with. */
-export async function codeOf(p: Promise<unknown>): Promise<number | "ok"> {
-  try {
-    await p;
-    return "ok";
-  } catch (e) {
-    return (e as ServiceError).code;
-  }
+/** [code, reason, domain] of a raw grpc-js error. */
+export function statusOf(e: ServiceError | "ok"): [number, string, string] | "ok" {
+  if (e === "ok") return "ok";
+  const info = errorInfo(e);
+  return [e.code, info?.reason ?? "", info?.domain ?? ""];
 }
