@@ -1,12 +1,16 @@
-"""The Go client and environment-server helper (clients/go): the generated code is fresh, the Go
-tests pass, and the example maze server passes the conformance suite and plays whole episodes with
-the Python EnvClient over real gRPC on 127.0.0.1."""
+"""The Go module (clients/go) end to end, against real processes only: it builds offline as a
+module, its generated code is fresh, its own tests pass, including those against the Python
+environment, inference and rubric servers and a nats-server (a trace published from Go is scored
+by the Python rubric service and read back in Go); its examples run; the example maze server
+passes `rollmesh conformance` (drain included), plays whole episodes with the Python EnvClient,
+registers in the NATS registry (`rollmesh ls` lists it) and exits 0 on SIGTERM."""
 
 from __future__ import annotations
 
 import asyncio
 import filecmp
 import json
+import os
 import re
 import signal
 import subprocess
@@ -16,61 +20,143 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from rollmesh.apps.conformance import CHECKS, Status, run_conformance
+from rollmesh.apps.conformance import CHECKS, Options, Status, run_conformance
 from rollmesh.env.client import EnvClient
 from rollmesh.errors import DeadlineExceededError, ResourceExhaustedError
+from rollmesh.natsd import EmbeddedNats
+from rollmesh.proto.v1 import bus_pb2
+from rollmesh.registry import Registry
 
-GO = Path(__file__).resolve().parents[1] / "clients" / "go"
-SERVER = GO / "bin" / "maze-server"
-SERVER_LINE = re.compile(r"rollmesh env server on (\S+:\d+): (.*)")
+ROOT = Path(__file__).resolve().parents[1]
+GO = ROOT / "clients" / "go"
+BIN = GO / "bin"
+ROLLMESH = ROOT / ".venv" / "bin" / "rollmesh"
 TOOLCHAIN_UNAVAILABLE = 3  # setup.sh's exit status when it cannot install the toolchain
 MOVES = {"up": (-1, 0), "down": (1, 0), "left": (0, -1), "right": (0, 1)}
+RUBRICS = """
+[server]
+port = 0
+
+[monitor]
+default = "rules"
+durable = "go-tests"
+
+[[rubric]]
+name = "rules"
+
+[[rubric.function]]
+name = "correct"
+function = "exact_match"
+params = { extract = "last_number" }
+
+[[rubric.function]]
+name = "polite"
+function = "regex"
+weight = 0.5
+params = { pattern = "(?i)thanks" }
+"""
 
 
-def run(*cmd: str | Path, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(c) for c in cmd], capture_output=True, text=True, timeout=timeout, check=False)
+def run(
+    *cmd: str | Path, timeout: float = 300, env: dict[str, str] | None = None, cwd: Path = ROOT
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(c) for c in cmd],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        env={**os.environ, **(env or {})},
+        cwd=cwd,
+    )
 
 
-@pytest.fixture(scope="module", autouse=True)
-def toolchain() -> None:
-    """clients/go/setup.sh: installs the toolchain if needed and builds the example server."""
-    result = run(GO / "setup.sh", timeout=900)
-    if result.returncode == TOOLCHAIN_UNAVAILABLE:
-        pytest.skip(f"the Go toolchain cannot be installed here: {result.stderr.strip()[-500:]}")
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert SERVER.is_file()
+class Server:
+    """A server process whose output goes to a log; `match` is the line that says it is ready."""
 
-
-class MazeServer:
-    def __init__(self, *args: str) -> None:
-        self.process = subprocess.Popen([str(SERVER), "--port", "0", *args], stderr=subprocess.PIPE, text=True)
-        assert self.process.stderr is not None
-        line = self.process.stderr.readline()  # printed once listening
-        match = SERVER_LINE.search(line)
-        if not match:
-            self.process.kill()
-            raise AssertionError(f"no server line from {SERVER}: {line!r}")
-        self.address, self.envs = match.group(1), match.group(2)
+    def __init__(self, log: Path, *cmd: str | Path, ready: str, timeout_s: float = 120) -> None:
+        self.log = log
+        self.process = subprocess.Popen([str(c) for c in cmd], stdout=log.open("wb"), stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout_s
+        while not (match := re.search(ready, log.read_text(errors="replace"))):
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.process.kill()
+                raise AssertionError(f"{cmd[0]} not ready (exit {self.process.poll()}): {log.read_text()[-3000:]}")
+            time.sleep(0.05)
+        self.match = match
 
     def stop(self) -> int:
         """SIGTERM; the exit status."""
         self.process.send_signal(signal.SIGTERM)
         try:
-            return self.process.wait(timeout=15)
+            return self.process.wait(timeout=30)
         finally:
             self.process.kill()
-            assert self.process.stderr is not None
-            self.process.stderr.close()
+
+
+def maze(log: Path, *args: str) -> Server:
+    return Server(log, BIN / "maze-server", "--port", "0", *args, ready=r"rollmesh env server on (\S+:\d+): (.*)")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def toolchain() -> None:
+    """clients/go/setup.sh: installs the toolchain if needed, vendors the sources, builds bin/."""
+    result = run(GO / "setup.sh", timeout=900)
+    if result.returncode == TOOLCHAIN_UNAVAILABLE:
+        pytest.skip(f"the Go toolchain cannot be installed here: {result.stderr.strip()[-500:]}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    for name in ("maze-server", "play", "generate", "score", "trace"):
+        assert (BIN / name).is_file(), name
 
 
 @pytest.fixture(scope="module")
-def server() -> Iterator[MazeServer]:
-    srv = MazeServer()
+def nats_url() -> Iterator[str]:
+    """A nats-server of this module's own: the Go tests make streams and registry records."""
+    with EmbeddedNats() as server:
+        yield server.url
+
+
+@pytest.fixture(scope="module")
+def logs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("go-servers")
+
+
+@pytest.fixture(scope="module")
+def servers(logs: Path, nats_url: str, tiny_model_dir: Path) -> Iterator[dict[str, str]]:
+    """The Python servers the Go clients talk to, as the ROLLMESH_TEST_* variables of the Go tests."""
+    (logs / "rubrics.toml").write_text(RUBRICS)
+    rubric = ["rubric", "serve", "--config", logs / "rubrics.toml", "--nats", nats_url, "--port", "0", "--no-dashboard"]
+    inference = "inference serve --backend hf --dtype float32 --name tiny --port 0 --model".split()
+    started: list[Server] = []
+    try:
+        env = Server(
+            logs / "env.log", ROLLMESH, "env", "serve", "guess-number", "--port", "0", ready=r"server on (\S+:\d+):"
+        )
+        started.append(env)
+        llm = Server(logs / "inference.log", ROLLMESH, *inference, tiny_model_dir, ready=r"server on (\S+:\d+):")
+        started.append(llm)
+        scorer = Server(logs / "rubric.log", ROLLMESH, *rubric, ready=r"(?s)server on (\S+:\d+):.*live scoring on")
+        started.append(scorer)
+        yield {
+            "ROLLMESH_TEST_ENV": env.match.group(1),
+            "ROLLMESH_TEST_INFERENCE": llm.match.group(1),
+            "ROLLMESH_TEST_RUBRIC": scorer.match.group(1),
+            "ROLLMESH_TEST_NATS": nats_url,
+            "ROLLMESH_TEST_NATS_SERVER": str(ROOT / ".venv" / "bin" / "nats-server"),
+        }
+    finally:
+        for s in started:
+            s.stop()
+
+
+@pytest.fixture(scope="module")
+def server(logs: Path) -> Iterator[Server]:
+    srv = maze(logs / "maze.log")
     yield srv
     assert srv.stop() == 0
 
 
-# --- the Go side ----------------------------------------------------------------------------------
+# --- the module -----------------------------------------------------------------------------------
 
 
 def test_generated_code_is_fresh(tmp_path: Path) -> None:
@@ -79,29 +165,123 @@ def test_generated_code_is_fresh(tmp_path: Path) -> None:
     fresh, checked_in = tmp_path / "rollmeshv1", GO / "rollmeshv1"
     names = sorted(p.name for p in fresh.iterdir())
     assert names == sorted(p.name for p in checked_in.iterdir())
-    assert "environment_grpc.pb.go" in names
+    assert {"environment_grpc.pb.go", "errors.pb.go"} <= set(names)
     _, mismatch, errors = filecmp.cmpfiles(fresh, checked_in, names, shallow=False)
     assert not mismatch and not errors, f"stale generated code: {mismatch + errors}; run clients/go/gen.sh"
 
 
-def test_go_tests_pass() -> None:
-    result = run(GO / "test.sh", "-v")
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    passed = re.findall(r"^--- PASS: (\w+)", result.stdout, re.M)
-    assert len(passed) >= 15, passed
-    assert "--- FAIL" not in result.stdout
+def test_a_module_built_offline_that_leaves_the_clone_clean(tmp_path: Path) -> None:
+    gomod = (GO / "go.mod").read_text()
+    assert gomod.startswith("module github.com/rollmesh/rollmesh/clients/go\n\ngo 1.19\n")
+    for requirement in (
+        "github.com/nats-io/nats.go v1.22.1",
+        "google.golang.org/grpc v1.33.3",
+        "google.golang.org/protobuf v1.28.1",
+    ):
+        assert f"\t{requirement}\n" in gomod
+    # the modules of the build, as the go command sees them: offline, from vendor/, an empty module cache
+    env = {"GO111MODULE": "on", "GOFLAGS": "-mod=vendor", "GOPROXY": "off", "GOPATH": str(tmp_path)}
+    template = "{{with .Module}}{{.Path}} {{.Version}}{{end}}"
+    listed = run("go", "list", "-deps", "-test", "-f", template, "./...", env=env, cwd=GO, timeout=300)
+    assert listed.returncode == 0, listed.stderr
+    modules = dict(line.split(" ", 1) for line in set(listed.stdout.splitlines()) if line)
+    assert modules.pop("github.com/rollmesh/rollmesh/clients/go") == ""  # the main module
+    assert modules["github.com/nats-io/nats.go"] == "v1.22.1" and len(modules) == 11, modules
+    assert [p for p in tmp_path.rglob("*") if p.is_file()] == []  # nothing was downloaded
+    # setup.sh's outputs are ignored; no go.sum is made or kept
+    status = run("git", "status", "--porcelain", "--untracked-files=all", "clients/go", timeout=60)
+    made = [
+        line for line in status.stdout.splitlines() if re.search(r"clients/go/(vendor|\.debian|bin)/|go\.sum", line)
+    ]
+    assert status.returncode == 0 and made == [], made
+    ignored = run("git", "check-ignore", "clients/go/vendor", "clients/go/.debian", "clients/go/bin", timeout=60)
+    assert ignored.stdout.split() == ["clients/go/vendor", "clients/go/.debian", "clients/go/bin"]
+
+
+def test_the_readme_programs_build() -> None:
+    """Every complete program of the README compiles against the module as it is."""
+    blocks = re.findall(r"```go\n(.*?)```", (GO / "README.md").read_text(), re.S)
+    programs = [b for b in blocks if re.search(r"^package main$", b, re.M)]
+    assert len(programs) == 3
+    env = {"GO111MODULE": "on", "GOFLAGS": "-mod=vendor", "GOPROXY": "off"}
+    for i, program in enumerate(programs):
+        where = BIN / "readme" / str(i)  # bin/ is git-ignored
+        where.mkdir(parents=True, exist_ok=True)
+        (where / "main.go").write_text(program)
+        built = run("go", "build", "-o", where / "program", f"./bin/readme/{i}", env=env, cwd=GO, timeout=300)
+        assert built.returncode == 0, f"README program {i}:\n{built.stderr}"
+
+
+# Tests of the Go module that need a live server: they must run here, not skip.
+LIVE_GO_TESTS = {
+    "TestDescribeAndListTasksOfThePythonServer",
+    "TestPlayEpisodesWithBinarySearch",
+    "TestReasonsFromThePythonServer",
+    "TestContextDeadlines",
+    "TestGenerateFromChatAndFromTokens",
+    "TestRubricClient",
+    "TestPublishNeedsAStream",
+    "TestScoreReader",
+    "TestTraceToScoreRoundTrip",
+    "TestRegisterHeartbeatAndDeregister",
+}
+
+
+def test_go_tests_pass(servers: dict[str, str]) -> None:
+    result = run(GO / "test.sh", "-v", env=servers, timeout=600)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-3000:]
+    passed = set(re.findall(r"^--- PASS: (\w+)", result.stdout, re.M))
+    assert LIVE_GO_TESTS <= passed, LIVE_GO_TESTS - passed
+    assert len(passed) >= 35, sorted(passed)
+    assert "--- FAIL" not in result.stdout and "--- SKIP" not in result.stdout, result.stdout[-4000:]
+
+
+# --- the examples ---------------------------------------------------------------------------------
+
+
+def test_the_examples_run(servers: dict[str, str]) -> None:
+    env, llm, rubric = servers["ROLLMESH_TEST_ENV"], servers["ROLLMESH_TEST_INFERENCE"], servers["ROLLMESH_TEST_RUBRIC"]
+    play = run(BIN / "play", "--env", env, "--inference", llm, "--split", "test", "--max-tokens", "8", timeout=300)
+    assert play.returncode == 0, play.stderr
+    turns = re.findall(r"^turn (\d+): (\d+) tokens", play.stdout, re.M)
+    done = re.search(r"^done: stop_reason=(STOP_REASON_\w+) reward=(\S+) has_reward=true", play.stdout, re.M)
+    assert done and [int(t) for t, _ in turns] == list(range(1, len(turns) + 1)), play.stdout
+    assert done.group(1) == ("STOP_REASON_MAX_TURNS" if len(turns) == 10 else "STOP_REASON_DONE"), play.stdout
+
+    generate = run(BIN / "generate", "--inference", llm, "--max-tokens", "4", timeout=300)
+    assert generate.returncode == 0, generate.stderr
+    assert "model tiny (hf)" in generate.stdout and len(re.findall(r"logprob -\d", generate.stdout)) >= 1
+    reply = re.search(r'^reply: (".*") \(finish', generate.stdout, re.M)
+    assert reply and f"from token ids: {reply.group(1)}" in generate.stdout, generate.stdout  # the same greedy reply
+
+    score = run(BIN / "score", "--rubric", rubric, "--name", "rules", "--reply", "Thanks: it is 4", timeout=120)
+    assert score.returncode == 0 and "reward 1.5\n" in score.stdout, score.stdout + score.stderr
+    unknown = run(BIN / "score", "--rubric", rubric, "--name", "rulez", timeout=120)
+    assert unknown.returncode != 0 and "reason UNKNOWN_RUBRIC" in unknown.stderr
+
+    app = f"go-example-{time.time_ns()}"
+    trace = run(
+        BIN / "trace", "--nats", servers["ROLLMESH_TEST_NATS"], "--app", app, "--reply", "Thanks: 5", timeout=120
+    )
+    assert trace.returncode == 0, trace.stderr
+    published = re.search(r"^published trace (\w{32}) \(stream MONITOR", trace.stdout, re.M)
+    assert published and f"score of {published.group(1)} by rubric rules: reward 0.5," in trace.stdout, trace.stdout
 
 
 # --- the example server ---------------------------------------------------------------------------
 
 
-async def test_server_line_and_conformance(server: MazeServer) -> None:
-    assert server.envs == "maze"
-    report = await run_conformance(server.address, timeout_s=20)
-    failed = {c.name: c.detail for c in report.checks if c.status is not Status.PASS}
-    assert failed == {}, json.dumps(report.to_dict(), indent=1)
-    expected = {c.name for c in CHECKS if not c.per_env} | {"episode:maze"}
-    assert {c.name for c in report.checks} == expected
+async def test_conformance_drain_included(logs: Path) -> None:
+    srv = maze(logs / "conformance.log", "--max-episodes", "200", "--idle-timeout", "2")
+    try:
+        report = await run_conformance(srv.match.group(1), options=Options(timeout_s=30, drain_pid=srv.process.pid))
+        failed = {c.name: c.detail for c in report.checks if c.status is not Status.PASS}
+        assert failed == {}, json.dumps(report.to_dict(), indent=1)
+        expected = {c.name for c in CHECKS if not c.per_env} | {"episode:maze"}
+        assert {c.name for c in report.checks} == expected
+        assert srv.process.wait(timeout=30) == 0  # the drain check's SIGTERM
+    finally:
+        srv.process.kill()
 
 
 def shortest_path(prompt: str) -> list[str]:
@@ -130,8 +310,8 @@ def move(i: int, direction: str) -> dict:
     return {"id": f"call_{i}", "type": "function", "function": {"name": "move", "arguments": arguments}}
 
 
-async def test_scripted_policy_solves_mazes(server: MazeServer) -> None:
-    async with await EnvClient.connect(server.address) as client:
+async def test_scripted_policy_solves_mazes(server: Server) -> None:
+    async with await EnvClient.connect(server.match.group(1)) as client:
         tasks = await client.tasks("maze", "train", limit=6) + await client.tasks("maze", "test", limit=3)
         assert len(tasks) == 9
         for task in tasks:
@@ -149,8 +329,8 @@ async def test_scripted_policy_solves_mazes(server: MazeServer) -> None:
                 assert (rewards, reward) == ({"solved": 1.0}, 1.0)
 
 
-async def test_all_moves_in_one_action_and_giving_up(server: MazeServer) -> None:
-    async with await EnvClient.connect(server.address) as client:
+async def test_all_moves_in_one_action_and_giving_up(server: Server) -> None:
+    async with await EnvClient.connect(server.match.group(1)) as client:
         (task,) = await client.tasks("maze", "test", limit=1)
         async with client.episode("maze", task.task_id, split="test") as ep:
             path = shortest_path(ep.messages[-1]["content"])
@@ -161,23 +341,25 @@ async def test_all_moves_in_one_action_and_giving_up(server: MazeServer) -> None
         async with client.episode("maze", task.task_id, split="test") as ep:
             blocked = await ep.step({"role": "assistant", "content": "", "tool_calls": [move(0, "up")]})
             assert "wall" in blocked.messages[0]["content"] and not blocked.done
-            step = await ep.step("I give up.")
+            step = await ep.step("")  # an empty reply is a move: here, giving up
             assert step.done and step.reward == 0.0 and step.stop_reason == "done"
             rewards, _ = await client.score("maze", ep.task, ep.messages, step.state)
             assert rewards == {"solved": 0.0}
 
 
-async def test_limits_from_the_command_line() -> None:
-    srv = MazeServer("--max-episodes", "2", "--idle-timeout", "0.5")
+async def test_limits_from_the_command_line(logs: Path) -> None:
+    srv = maze(logs / "limits.log", "--max-episodes", "2", "--idle-timeout", "0.5", "--max-message-mb", "0.5")
     try:
-        async with await EnvClient.connect(srv.address) as client:
+        async with await EnvClient.connect(srv.match.group(1)) as client:
             limits = (await client.describe()).limits
             assert (limits.max_concurrent_episodes, limits.episode_idle_timeout_s) == (2, 0.5)
+            assert limits.max_message_bytes == 512 * 1024
             async with client.episode("maze", "train-000"), client.episode("maze", "train-001"):
                 assert (await client.describe()).active_episodes == 2
-                with pytest.raises(ResourceExhaustedError):
+                with pytest.raises(ResourceExhaustedError) as refused:
                     async with client.episode("maze", "train-002"):
                         pass
+                assert refused.value.reason == "EPISODE_LIMIT" and refused.value.metadata == {"limit": "2"}
             # The server frees a slot when it sees the stream end, a moment after the client closes it.
             deadline = time.monotonic() + 10
             while time.monotonic() < deadline:
@@ -187,16 +369,57 @@ async def test_limits_from_the_command_line() -> None:
             async with client.episode("maze", "train-000") as ep:
                 await ep.step({"role": "assistant", "content": "", "tool_calls": [move(0, "down")]})
                 await asyncio.sleep(1.0)  # idle past the server's timeout
-                with pytest.raises(DeadlineExceededError):
+                with pytest.raises(DeadlineExceededError) as idle:
                     await ep.step("too late")
+                assert idle.value.reason == "IDLE_TIMEOUT"
             assert (await client.describe()).active_episodes == 0
+    finally:
+        assert srv.stop() == 0
+    srv = maze(logs / "no-idle.log", "--idle-timeout", "0")
+    try:
+        async with await EnvClient.connect(srv.match.group(1)) as client:
+            assert (await client.describe()).limits.episode_idle_timeout_s == 0  # 0: no idle timeout
     finally:
         assert srv.stop() == 0
 
 
-async def test_sigterm_with_an_open_episode_exits_zero() -> None:
-    srv = MazeServer("--grace", "0.5")
-    async with await EnvClient.connect(srv.address) as client:
+async def test_sigterm_with_an_open_episode_exits_zero(logs: Path) -> None:
+    srv = maze(logs / "sigterm.log", "--grace", "0.5")
+    async with await EnvClient.connect(srv.match.group(1)) as client:
         async with client.episode("maze", "train-000"):
             assert (await client.describe()).active_episodes == 1
+            start = time.monotonic()
             assert srv.stop() == 0
+            assert 0.4 <= time.monotonic() - start < 10  # the open episode held the shutdown for its grace
+    assert "terminated: shutting down, 1 episode(s) open" in srv.log.read_text()
+
+
+async def test_the_maze_server_registers_and_deregisters(logs: Path, nats_url: str) -> None:
+    srv = maze(logs / "registered.log", "--nats", nats_url, "--max-episodes", "64", "--advertise-host", "localhost")
+    address = srv.match.group(1)
+    try:
+        async with await EnvClient.connect(address) as client:
+            instance = (await client.describe()).server.instance_id
+        async with await Registry.connect(nats_url) as registry:
+            (record,) = await registry.list("environment", "maze")
+            assert record.kind == bus_pb2.SERVICE_KIND_ENVIRONMENT and record.instance_id == instance
+            assert record.address == "localhost:" + address.rsplit(":", 1)[1]
+            assert (record.capacity, record.version, record.protocol_version) == (64, "0.1.0", "v1")
+            assert abs(record.heartbeat_at.ToSeconds() - time.time()) < 10 and record.started_at.ToSeconds() > 0
+            listed = run(ROLLMESH, "ls", "--nats", nats_url, timeout=60)
+            assert listed.returncode == 0 and re.search(
+                rf"environment\s+maze\s+0\.1\.0\s+{record.address}", listed.stdout
+            )
+            # a heartbeat re-puts the record every TTL/3
+            deadline = time.monotonic() + registry.ttl_s
+            while time.monotonic() < deadline:
+                (again,) = await registry.list("environment", "maze")
+                if again.heartbeat_at.ToNanoseconds() > record.heartbeat_at.ToNanoseconds():
+                    break
+                await asyncio.sleep(0.2)
+            assert again.heartbeat_at.ToNanoseconds() > record.heartbeat_at.ToNanoseconds()
+            assert again.started_at == record.started_at
+            assert srv.stop() == 0
+            assert await registry.list("environment", "maze") == []  # deleted, well before the TTL
+    finally:
+        srv.process.kill()

@@ -1,10 +1,8 @@
-# Sourced by setup.sh and test.sh: builds in GOPATH mode, offline, against Debian's Go packages.
-# Our packages live at $GO_MODULE through the .gopath/src symlink that setup.sh creates.
+# Sourced by setup.sh, vendor.sh and test.sh: a module build (go.mod), offline, from vendor/ that
+# vendor.sh makes out of Debian's Go source packages. Source it to run `go` here yourself.
 GO_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-GO_MODULE="github.com/rollmesh/rollmesh/clients/go"
-GO_LINK="$GO_DIR/.gopath/src/$GO_MODULE"
-export GO111MODULE=off
-export GOPATH="$GO_DIR/.gopath:/usr/share/gocode"
+export GO111MODULE=on
+export GOFLAGS=-mod=vendor
 export GOPROXY=off
-export GOFLAGS=
+export GOSUMDB=off
 export CGO_ENABLED=0

@@ -1,9 +1,12 @@
 // Package envserver serves rollmesh environments written in Go over the EnvironmentService
-// contract, with the same semantics as the Python reference server: episode limits, an idle
-// timeout, message size limits, paged task listing, health and server reflection.
+// contract (docs/protocol.md): episode limits, an idle timeout, message size limits, paged task
+// listing, an ErrorInfo on every error status, health, server reflection, registration in the
+// NATS registry and a graceful shutdown.
 //
 // An author fills in an Environment (its tasks, tools and a NewEpisode constructor) and calls
-// Main, or New and Serve for more control.
+// Main, or New and Serve for more control. Environment code that wants a particular status
+// returns one made with rollmesh.Error (code and reason); any other error, or a panic, ends the
+// call with INTERNAL (ENVIRONMENT_FAILED).
 package envserver
 
 import (
@@ -27,7 +30,8 @@ type Environment struct {
 	Tools    []Tool
 	// Tasks by split name. The server serves copies with Task.env and Task.split filled in.
 	Tasks map[string][]*pb.Task
-	// DefaultSplit is used when a request names no split: "train" when present, else the first.
+	// DefaultSplit is used when a request names no split: "train" when present, else the first
+	// in sorted order.
 	DefaultSplit string
 	// RewardNames lists the rewards the environment reports. A reward's weight in the total
 	// reward comes from RewardWeights (1 when absent; 0 makes it a metric only).
@@ -39,7 +43,7 @@ type Environment struct {
 
 	// NewEpisode prepares one episode of a task. Required.
 	NewEpisode func(ctx context.Context, start *Start) (Episode, error)
-	// Score rewards a finished conversation; nil makes Score UNIMPLEMENTED for this environment.
+	// Score rewards a finished conversation; nil makes Score UNIMPLEMENTED (NOT_SUPPORTED).
 	Score func(ctx context.Context, req *ScoreRequest) (map[string]float64, error)
 }
 
@@ -107,14 +111,18 @@ func (e *Environment) kind() pb.EnvironmentKind {
 	return pb.EnvironmentKind_ENVIRONMENT_KIND_MULTI_TURN
 }
 
+// defaultSplit is the split of requests that name none: "" when there are no splits.
 func (e *Environment) defaultSplit() string {
 	if e.DefaultSplit != "" {
 		return e.DefaultSplit
 	}
-	if _, ok := e.Tasks["train"]; ok || len(e.Tasks) == 0 {
+	if _, ok := e.Tasks["train"]; ok {
 		return "train"
 	}
-	return e.splitNames()[0]
+	if names := e.splitNames(); len(names) > 0 {
+		return names[0]
+	}
+	return ""
 }
 
 func (e *Environment) splitNames() []string {
@@ -157,6 +165,9 @@ func (e *Environment) check() error {
 	}
 	if e.NewEpisode == nil {
 		return fmt.Errorf("environment %q: NewEpisode is required", e.Name)
+	}
+	if _, ok := e.Tasks[e.DefaultSplit]; e.DefaultSplit != "" && !ok {
+		return fmt.Errorf("environment %q: DefaultSplit %q is not one of its splits %v", e.Name, e.DefaultSplit, e.splitNames())
 	}
 	tools := map[string]bool{}
 	for _, t := range e.Tools {

@@ -3,8 +3,10 @@ package envserver
 import (
 	"fmt"
 	"io"
+	"strconv"
 	"time"
 
+	"github.com/rollmesh/rollmesh/clients/go/rollmesh"
 	pb "github.com/rollmesh/rollmesh/clients/go/rollmeshv1"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -13,9 +15,8 @@ import (
 )
 
 // Episode runs one episode over one stream: start, then one step per action. The stream ends
-// with OK when the client half-closes, or with a status: NOT_FOUND, INVALID_ARGUMENT,
-// FAILED_PRECONDITION, RESOURCE_EXHAUSTED, DEADLINE_EXCEEDED (idle client), UNAVAILABLE
-// (shutting down) or INTERNAL (the environment failed).
+// with OK when the client half-closes, or with a status and its reason (docs/protocol.md,
+// "3. Episodes").
 func (s *service) Episode(stream pb.EnvironmentService_EpisodeServer) (err error) {
 	defer recoverAsInternal(&err, "Episode")
 	ctx := stream.Context()
@@ -26,10 +27,12 @@ func (s *service) Episode(stream pb.EnvironmentService_EpisodeServer) (err error
 		return err // nil: the client closed without starting
 	}
 	if s.draining.Load() {
-		return status.Error(codes.Unavailable, "server is shutting down; start the episode on another replica")
+		return rollmesh.Error(codes.Unavailable, pb.ErrorReason_DRAINING, nil,
+			"server is shutting down; start the episode on another replica")
 	}
 	if !s.acquire() {
-		return status.Errorf(codes.ResourceExhausted,
+		return rollmesh.Error(codes.ResourceExhausted, pb.ErrorReason_EPISODE_LIMIT,
+			map[string]string{"limit": strconv.Itoa(s.limits.MaxConcurrentEpisodes)},
 			"server at its limit of %d concurrent episodes; retry later or use another replica", s.limits.MaxConcurrentEpisodes)
 	}
 	defer s.active.Add(-1)
@@ -54,7 +57,7 @@ func (s *service) Episode(stream pb.EnvironmentService_EpisodeServer) (err error
 		Tools:     e.toolSpecs(),
 		MaxTurns:  int32(e.MaxTurns),
 	}
-	if err := s.send(stream, &pb.EpisodeResponse{Kind: &pb.EpisodeResponse_Started{Started: started}}); err != nil {
+	if err := stream.Send(&pb.EpisodeResponse{Kind: &pb.EpisodeResponse_Started{Started: started}}); err != nil {
 		return err
 	}
 
@@ -66,13 +69,14 @@ func (s *service) Episode(stream pb.EnvironmentService_EpisodeServer) (err error
 		}
 		action, ok := req.Kind.(*pb.EpisodeRequest_Action)
 		if !ok {
-			return status.Error(codes.InvalidArgument, "the episode has started; send actions, not another start")
+			return rollmesh.Error(codes.InvalidArgument, pb.ErrorReason_ALREADY_STARTED, nil,
+				"the episode has started; send actions, not another start")
 		}
 		if action.Action.GetMessage() == nil {
-			return status.Error(codes.InvalidArgument, "an action needs a message")
+			return rollmesh.Error(codes.InvalidArgument, pb.ErrorReason_EMPTY_ACTION, nil, "an action needs a message")
 		}
 		if done {
-			return status.Errorf(codes.FailedPrecondition,
+			return rollmesh.Error(codes.FailedPrecondition, pb.ErrorReason_EPISODE_DONE, nil,
 				"episode %s is done (turn %d); start a new episode", start.EpisodeID, turn)
 		}
 		message, err := validateAction(action.Action.Message)
@@ -89,7 +93,7 @@ func (s *service) Episode(stream pb.EnvironmentService_EpisodeServer) (err error
 			return err
 		}
 		done = step.Done
-		if err := s.send(stream, &pb.EpisodeResponse{Kind: &pb.EpisodeResponse_Step{Step: step}}); err != nil {
+		if err := stream.Send(&pb.EpisodeResponse{Kind: &pb.EpisodeResponse_Step{Step: step}}); err != nil {
 			return err
 		}
 	}
@@ -131,24 +135,32 @@ func (s *service) reader(stream pb.EnvironmentService_EpisodeServer) func() (*pb
 		}
 	}()
 	return func() (*pb.EpisodeRequest, error) {
-		timer := time.NewTimer(s.limits.IdleTimeout)
-		defer timer.Stop()
+		var idle <-chan time.Time // nil: no idle timeout
+		if s.limits.IdleTimeout > 0 {
+			timer := time.NewTimer(s.limits.IdleTimeout)
+			defer timer.Stop()
+			idle = timer.C
+		}
 		select {
 		case r := <-ch:
 			if r.err == io.EOF {
 				return nil, nil
 			}
 			return r.req, r.err
-		case <-timer.C:
-			return nil, status.Errorf(codes.DeadlineExceeded,
-				"no message from the client for %g s; episode closed", s.limits.IdleTimeout.Seconds())
+		case <-idle:
+			seconds := s.limits.idleTimeoutSeconds()
+			return nil, rollmesh.Error(codes.DeadlineExceeded, pb.ErrorReason_IDLE_TIMEOUT,
+				map[string]string{"idle_timeout_s": strconv.FormatFloat(seconds, 'g', -1, 64)},
+				"no message from the client for %g s; episode closed", seconds)
 		case <-ctx.Done():
+			// The client cancelled or its deadline passed: the status is gRPC's own, and the
+			// client, gone, does not read it.
 			return nil, status.FromContextError(ctx.Err()).Err()
 		}
 	}
 }
 
-// recv reads the next request; one that does not decode is INVALID_ARGUMENT.
+// recv reads the next request; one that does not decode is INVALID_ARGUMENT (MALFORMED_REQUEST).
 func recv(stream pb.EnvironmentService_EpisodeServer) (*pb.EpisodeRequest, error) {
 	var f frame
 	if err := stream.RecvMsg(&f); err != nil {
@@ -156,25 +168,18 @@ func recv(stream pb.EnvironmentService_EpisodeServer) (*pb.EpisodeRequest, error
 	}
 	req := &pb.EpisodeRequest{}
 	if err := proto.Unmarshal(f.data, req); err != nil {
-		return nil, status.Error(codes.InvalidArgument, "the message is not a valid rollmesh.v1.EpisodeRequest")
+		return nil, malformedFrame(err)
 	}
 	return req, nil
 }
 
-// send refuses replies over the message limit with a status that names the cause.
-func (s *service) send(stream pb.EnvironmentService_EpisodeServer, resp *pb.EpisodeResponse) error {
-	if n := proto.Size(resp); n > s.limits.MaxMessageBytes {
-		return status.Errorf(codes.ResourceExhausted,
-			"the environment's reply is %d bytes, over the %d-byte message limit", n, s.limits.MaxMessageBytes)
-	}
-	return stream.Send(resp)
-}
-
-// startOf resolves the first request to an environment and the start of an episode.
+// startOf resolves the first request to an environment and the start of an episode. An inline
+// task takes precedence over task_id and split.
 func (s *service) startOf(req *pb.EpisodeRequest) (*Environment, *Start, error) {
 	first, ok := req.Kind.(*pb.EpisodeRequest_Start)
 	if !ok {
-		return nil, nil, status.Error(codes.InvalidArgument, "the first message of an episode must be `start`")
+		return nil, nil, rollmesh.Error(codes.InvalidArgument, pb.ErrorReason_NOT_STARTED, nil,
+			"the first message of an episode must be `start`")
 	}
 	start := first.Start
 	e, err := s.env(start.Env)
@@ -185,7 +190,7 @@ func (s *service) startOf(req *pb.EpisodeRequest) (*Environment, *Start, error) 
 	switch {
 	case start.Task != nil:
 		if len(start.Task.Prompt) == 0 {
-			return nil, nil, status.Error(codes.InvalidArgument, "an inline task needs a prompt")
+			return nil, nil, rollmesh.Error(codes.InvalidArgument, pb.ErrorReason_INVALID_TASK, nil, "an inline task needs a prompt")
 		}
 		task = start.Task
 		if task.Env == "" {
@@ -196,7 +201,8 @@ func (s *service) startOf(req *pb.EpisodeRequest) (*Environment, *Start, error) 
 			return nil, nil, err
 		}
 	default:
-		return nil, nil, status.Error(codes.InvalidArgument, "start needs a task_id (see ListTasks) or an inline task")
+		return nil, nil, rollmesh.Error(codes.InvalidArgument, pb.ErrorReason_NO_TASK, nil,
+			"start needs a task_id (see ListTasks) or an inline task")
 	}
 	id := start.EpisodeId
 	if id == "" {
@@ -205,18 +211,18 @@ func (s *service) startOf(req *pb.EpisodeRequest) (*Environment, *Start, error) 
 	return e, &Start{EpisodeID: id, Task: task, Seed: start.Seed, Options: start.Options.AsMap(), MaxTurns: e.MaxTurns}, nil
 }
 
-// validateAction checks that an action is a non-empty assistant message.
+// validateAction checks that an action is an assistant message. Empty content without tool
+// calls is a valid move: the environment answers it like any other.
 func validateAction(m *pb.Message) (*pb.Message, error) {
 	if m.Role != "" && m.Role != "assistant" {
-		return nil, status.Errorf(codes.InvalidArgument, "an action is an assistant message, got role %s", quoted(m.Role))
+		return nil, rollmesh.Error(codes.InvalidArgument, pb.ErrorReason_INVALID_FIELD, map[string]string{"field": "action.message.role"},
+			"an action is an assistant message, got role %s", rollmesh.Quoted(m.Role))
 	}
 	for _, call := range m.ToolCalls {
 		if call.Name == "" {
-			return nil, status.Error(codes.InvalidArgument, "every tool call needs a function name")
+			return nil, rollmesh.Error(codes.InvalidArgument, pb.ErrorReason_INVALID_FIELD,
+				map[string]string{"field": "action.message.tool_calls.name"}, "every tool call needs a function name")
 		}
-	}
-	if m.Content == "" && len(m.ToolCalls) == 0 {
-		return nil, status.Error(codes.InvalidArgument, "an action needs content or tool calls; got an empty message")
 	}
 	m.Role = "assistant"
 	return m, nil
@@ -245,7 +251,8 @@ func stepOf(e *Environment, turn int, r *Result) (*pb.Step, error) {
 		step.Metrics = metrics
 		state, err := structpb.NewStruct(r.State)
 		if err != nil {
-			return nil, status.Errorf(codes.Internal, "environment %q returned a state that is not JSON-like: %v", e.Name, err)
+			return nil, rollmesh.Error(codes.Internal, pb.ErrorReason_ENVIRONMENT_FAILED, nil,
+				"environment %q returned a state that is not JSON-like: %v", e.Name, err)
 		}
 		step.State = state
 	}

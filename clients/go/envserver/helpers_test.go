@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/rollmesh/rollmesh/clients/go/rollmesh"
 	pb "github.com/rollmesh/rollmesh/clients/go/rollmeshv1"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -17,7 +18,8 @@ import (
 )
 
 // counter is a test environment: it answers each message with "turn N", ends when the policy
-// says "stop" (reward: the number of turns) and fails on "fail" and "bad".
+// says "stop" (reward: the number of turns) and fails on "fail", "panic", "bad", "plain status"
+// and "huge".
 func counter(closed *atomic.Int32) *Environment {
 	tasks := make([]*pb.Task, 150)
 	for i := range tasks {
@@ -58,7 +60,9 @@ func (c *counting) Act(_ context.Context, turn int, action *pb.Message) (*Result
 	case "panic":
 		panic("boom")
 	case "bad":
-		return nil, status.Error(codes.InvalidArgument, "bad move")
+		return nil, rollmesh.Error(codes.InvalidArgument, pb.ErrorReason_INVALID_FIELD, map[string]string{"field": "action.message.content"}, "bad move")
+	case "plain status":
+		return nil, status.Error(codes.InvalidArgument, "a status without a reason")
 	case "huge":
 		return &Result{Messages: []*pb.Message{Text("user", strings.Repeat("x", 2<<20))}}, nil
 	}
@@ -138,8 +142,30 @@ func step(t *testing.T, stream pb.EnvironmentService_EpisodeClient, content stri
 	return resp.GetStep()
 }
 
-// finalCode sends requests, then reads to the end of the stream and returns its status code.
-func finalCode(t *testing.T, stream pb.EnvironmentService_EpisodeClient, reqs ...*pb.EpisodeRequest) (codes.Code, string) {
+// ended is how a stream or call ended: its code, reason and message.
+type ended struct {
+	code   codes.Code
+	reason pb.ErrorReason
+	info   map[string]string // the ErrorInfo's metadata; nil without an ErrorInfo
+	msg    string
+}
+
+func endOf(err error) ended {
+	if err == nil || err == io.EOF {
+		return ended{code: codes.OK}
+	}
+	e := ended{code: status.Code(err), reason: rollmesh.Reason(err), msg: status.Convert(err).Message()}
+	if info := rollmesh.ErrorInfo(err); info != nil {
+		e.info = info.Metadata
+		if e.info == nil {
+			e.info = map[string]string{}
+		}
+	}
+	return e
+}
+
+// finalStatus sends requests, then reads to the end of the stream and returns how it ended.
+func finalStatus(t *testing.T, stream pb.EnvironmentService_EpisodeClient, reqs ...*pb.EpisodeRequest) ended {
 	t.Helper()
 	for _, r := range reqs {
 		if err := stream.Send(r); err != nil {
@@ -147,27 +173,22 @@ func finalCode(t *testing.T, stream pb.EnvironmentService_EpisodeClient, reqs ..
 		}
 	}
 	for {
-		_, err := stream.Recv()
-		if err == io.EOF {
-			return codes.OK, ""
-		}
-		if err != nil {
-			st := status.Convert(err)
-			return st.Code(), st.Message()
+		if _, err := stream.Recv(); err != nil {
+			return endOf(err)
 		}
 	}
 }
 
-// closeAndWait sends requests, half-closes, and returns the status the stream ends with.
-func closeAndWait(t *testing.T, stream pb.EnvironmentService_EpisodeClient, reqs ...*pb.EpisodeRequest) (codes.Code, string) {
+// closeAndWait sends requests, half-closes, and returns how the stream ended.
+func closeAndWait(t *testing.T, stream pb.EnvironmentService_EpisodeClient, reqs ...*pb.EpisodeRequest) ended {
 	t.Helper()
 	for _, r := range reqs {
 		if err := stream.Send(r); err != nil {
-			return finalCode(t, stream)
+			return finalStatus(t, stream)
 		}
 	}
 	stream.CloseSend()
-	return finalCode(t, stream)
+	return finalStatus(t, stream)
 }
 
 // waitActive waits until the server counts n open episodes.
@@ -181,3 +202,13 @@ func waitActive(t *testing.T, srv *Server, n int) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// rawCodec sends and receives bytes as they are, to send what is not a valid message.
+type rawCodec struct{}
+
+func (rawCodec) Marshal(v interface{}) ([]byte, error)      { return *v.(*[]byte), nil }
+func (rawCodec) Unmarshal(data []byte, v interface{}) error { *v.(*[]byte) = data; return nil }
+func (rawCodec) Name() string                               { return "proto" }
+
+// garbage is not a protobuf message: field 1 claims 5 bytes and has 1.
+var garbage = &[]byte{0x0a, 0x05, 0x01}

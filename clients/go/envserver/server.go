@@ -15,10 +15,14 @@ import (
 // ServiceName is the full name of the EnvironmentService, as health checks name it.
 const ServiceName = "rollmesh.v1.EnvironmentService"
 
+// NoIdleTimeout as Limits.IdleTimeout turns the idle timeout off.
+const NoIdleTimeout time.Duration = -1
+
 // Limits are the server's limits; zero fields take the defaults of DefaultLimits.
 type Limits struct {
 	MaxConcurrentEpisodes int
-	// An episode with no client message for this long ends with DEADLINE_EXCEEDED.
+	// An episode with no client message for this long (before start, between actions, after
+	// the final step) ends with DEADLINE_EXCEEDED (IDLE_TIMEOUT). NoIdleTimeout: never.
 	IdleTimeout     time.Duration
 	MaxMessageBytes int
 }
@@ -30,13 +34,21 @@ func (l Limits) withDefaults() Limits {
 	if l.MaxConcurrentEpisodes <= 0 {
 		l.MaxConcurrentEpisodes = DefaultLimits.MaxConcurrentEpisodes
 	}
-	if l.IdleTimeout <= 0 {
+	if l.IdleTimeout == 0 {
 		l.IdleTimeout = DefaultLimits.IdleTimeout
 	}
 	if l.MaxMessageBytes <= 0 {
 		l.MaxMessageBytes = DefaultLimits.MaxMessageBytes
 	}
 	return l
+}
+
+// idleTimeoutSeconds is the idle timeout as Describe reports it: 0 for none.
+func (l Limits) idleTimeoutSeconds() float64 {
+	if l.IdleTimeout < 0 {
+		return 0
+	}
+	return l.IdleTimeout.Seconds()
 }
 
 // Server hosts environments on a gRPC server with health and server reflection.
@@ -53,13 +65,20 @@ func New(envs []*Environment, limits Limits) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
+	check := sizeCheck(limits.MaxMessageBytes)
+	// The transport's stream cap sits well above the episode limit: a client that opens every
+	// episode on one connection must still get EPISODE_LIMIT, and its Describe calls, through.
+	streams := uint32(2 * limits.MaxConcurrentEpisodes)
+	if streams < 1024 {
+		streams = 1024
+	}
 	g := grpc.NewServer(
 		grpc.CustomCodec(newCodec()), //nolint:staticcheck // supported throughout gRPC 1.x
-		grpc.UnaryInterceptor(decodeCheckUnary),
-		grpc.StreamInterceptor(decodeCheckStream),
+		grpc.UnaryInterceptor(check.unary),
+		grpc.StreamInterceptor(check.stream),
 		grpc.MaxRecvMsgSize(limits.MaxMessageBytes),
 		grpc.MaxSendMsgSize(limits.MaxMessageBytes),
-		grpc.MaxConcurrentStreams(1024),
+		grpc.MaxConcurrentStreams(streams),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
 	)
@@ -78,22 +97,34 @@ func (s *Server) Serve(lis net.Listener) error { return s.grpc.Serve(lis) }
 // Names lists the hosted environments in the order given to New.
 func (s *Server) Names() []string { return append([]string(nil), s.service.names...) }
 
+// InstanceID is unique to this server process (Describe's instance_id, the registry's key).
+func (s *Server) InstanceID() string { return s.service.instanceID }
+
 // ActiveEpisodes is the number of episodes open right now.
 func (s *Server) ActiveEpisodes() int { return int(s.service.active.Load()) }
 
-// Shutdown reports NOT_SERVING, refuses new episodes, lets open ones finish for up to grace,
-// then cancels whatever is left.
-func (s *Server) Shutdown(grace time.Duration) {
+// Drain reports NOT_SERVING and refuses new episodes (UNAVAILABLE, DRAINING); open ones go on.
+func (s *Server) Drain() {
 	s.service.draining.Store(true)
 	s.health.Shutdown()
+}
+
+// Shutdown drains, lets open episodes finish for up to grace (new calls are still answered,
+// new episodes with DRAINING), then stops the server, cancelling whatever is left.
+func (s *Server) Shutdown(grace time.Duration) {
+	s.Drain()
+	deadline := time.Now().Add(grace)
+	for s.ActiveEpisodes() > 0 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
 	stopped := make(chan struct{})
 	go func() {
-		s.grpc.GracefulStop()
+		s.grpc.GracefulStop() // waits for calls in flight, e.g. a stream that never started
 		close(stopped)
 	}()
 	select {
 	case <-stopped:
-	case <-time.After(grace):
+	case <-time.After(time.Until(deadline)):
 		s.grpc.Stop()
 		<-stopped
 	}

@@ -49,7 +49,7 @@ func TestShutdownDrainsThenCancels(t *testing.T) {
 		t.Errorf("still SERVING while shutting down")
 	}
 	step(t, stream, "still open") // the open episode goes on during the grace period
-	if code, _ := finalCode(t, stream); code == codes.OK {
+	if e := finalStatus(t, stream); e.code == codes.OK {
 		t.Errorf("episode open past the grace period ended OK")
 	}
 	<-done

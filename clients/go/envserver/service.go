@@ -8,10 +8,10 @@ import (
 	"log"
 	"runtime/debug"
 	"sort"
-	"strconv"
 	"strings"
 	"sync/atomic"
 
+	"github.com/rollmesh/rollmesh/clients/go/rollmesh"
 	pb "github.com/rollmesh/rollmesh/clients/go/rollmeshv1"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -20,9 +20,9 @@ import (
 
 const (
 	// ProtocolVersion is the rollmesh protocol this package speaks.
-	ProtocolVersion = "v1"
+	ProtocolVersion = rollmesh.ProtocolVersion
 	// SDKVersion names this helper in Describe.
-	SDKVersion = "rollmesh-go 0.1.0"
+	SDKVersion = "rollmesh-go " + rollmesh.Version
 	// listBatch is the number of tasks per ListTasks message.
 	listBatch = 64
 )
@@ -91,29 +91,35 @@ func randomHex(n int) string {
 }
 
 func (s *service) env(name string) (*Environment, error) {
+	hosted := map[string]string{"environments": strings.Join(s.sortedNames(), ",")}
 	if name == "" {
-		return nil, status.Errorf(codes.InvalidArgument, "no environment named; this server hosts %s", s.hosted())
+		return nil, rollmesh.Error(codes.InvalidArgument, pb.ErrorReason_NO_ENVIRONMENT, hosted,
+			"no environment named; this server hosts %s", s.sortedNames())
 	}
 	e, ok := s.envs[name]
 	if !ok {
-		return nil, status.Errorf(codes.NotFound, "no environment %s on this server; it hosts %s", quoted(name), s.hosted())
+		return nil, rollmesh.Error(codes.NotFound, pb.ErrorReason_UNKNOWN_ENVIRONMENT, hosted,
+			"no environment %s on this server; it hosts %s", rollmesh.Quoted(name), s.sortedNames())
 	}
 	return e, nil
 }
 
-func (s *service) hosted() string {
+func (s *service) sortedNames() []string {
 	names := append([]string(nil), s.names...)
 	sort.Strings(names)
-	return "[" + strings.Join(names, ", ") + "]"
+	return names
 }
 
+// tasks resolves a split ("" = the default split) to its name and tasks.
 func (s *service) tasks(e *Environment, split string) (string, []*pb.Task, error) {
 	if split == "" {
 		split = e.defaultSplit()
 	}
 	tasks, ok := s.splits[e.Name][split]
 	if !ok {
-		return split, nil, status.Errorf(codes.NotFound, "environment %q has no split %s; splits: %v", e.Name, quoted(split), e.splitNames())
+		return split, nil, rollmesh.Error(codes.NotFound, pb.ErrorReason_UNKNOWN_SPLIT,
+			map[string]string{"splits": strings.Join(e.splitNames(), ",")},
+			"environment %q has no split %s; splits: %v", e.Name, rollmesh.Quoted(split), e.splitNames())
 	}
 	return split, tasks, nil
 }
@@ -125,8 +131,9 @@ func (s *service) task(e *Environment, id, split string) (*pb.Task, error) {
 	}
 	t, ok := s.byID[e.Name][split][id]
 	if !ok {
-		return nil, status.Errorf(codes.NotFound,
-			"environment %q has no task %s in split %s (%d tasks; list them with ListTasks)", e.Name, quoted(id), quoted(split), len(tasks))
+		return nil, rollmesh.Error(codes.NotFound, pb.ErrorReason_UNKNOWN_TASK, nil,
+			"environment %q has no task %s in split %s (%d tasks; list them with ListTasks)",
+			e.Name, rollmesh.Quoted(id), rollmesh.Quoted(split), len(tasks))
 	}
 	return t, nil
 }
@@ -143,7 +150,7 @@ func (s *service) Describe(ctx context.Context, _ *pb.DescribeRequest) (*pb.Desc
 		Limits: &pb.ServerLimits{
 			MaxConcurrentEpisodes: int32(s.limits.MaxConcurrentEpisodes),
 			MaxMessageBytes:       int64(s.limits.MaxMessageBytes),
-			EpisodeIdleTimeoutS:   s.limits.IdleTimeout.Seconds(),
+			EpisodeIdleTimeoutS:   s.limits.idleTimeoutSeconds(),
 		},
 		ActiveEpisodes: s.active.Load(),
 	}
@@ -161,6 +168,8 @@ func (s *service) Describe(ctx context.Context, _ *pb.DescribeRequest) (*pb.Desc
 			HasScore:        e.Score != nil,
 			Digest:          s.digests[name],
 			DefaultSampling: e.Sampling,
+			HasRunEpisode:   false,
+			DefaultSplit:    e.defaultSplit(),
 		}
 		for split, tasks := range e.Tasks {
 			info.Splits[split] = int64(len(tasks))
@@ -170,25 +179,23 @@ func (s *service) Describe(ctx context.Context, _ *pb.DescribeRequest) (*pb.Desc
 	return resp, nil
 }
 
-// ListTasks streams a split in batches of 64; page_token is the decimal offset to resume from.
+// ListTasks streams a split in batches of 64 tasks, paged by page_size and an opaque page_token.
 func (s *service) ListTasks(req *pb.ListTasksRequest, stream pb.EnvironmentService_ListTasksServer) error {
 	e, err := s.env(req.Env)
 	if err != nil {
 		return err
 	}
-	_, tasks, err := s.tasks(e, req.Split)
+	split, tasks, err := s.tasks(e, req.Split)
 	if err != nil {
 		return err
 	}
 	if req.PageSize < 0 {
-		return status.Errorf(codes.InvalidArgument, "page_size must be >= 0, got %d", req.PageSize)
+		return rollmesh.Error(codes.InvalidArgument, pb.ErrorReason_INVALID_PAGE_SIZE, map[string]string{"field": "page_size"},
+			"page_size must be >= 0 (0: all remaining tasks), got %d", req.PageSize)
 	}
-	start := 0
-	if req.PageToken != "" {
-		start, err = strconv.Atoi(req.PageToken)
-		if err != nil || start < 0 || start > len(tasks) {
-			return status.Errorf(codes.InvalidArgument, "invalid page_token %s; pass a previous next_page_token", quoted(req.PageToken))
-		}
+	start, err := pageOffset(req.PageToken, e.Name, split, len(tasks))
+	if err != nil {
+		return err
 	}
 	end := len(tasks)
 	if req.PageSize > 0 && start+int(req.PageSize) < end {
@@ -205,7 +212,7 @@ func (s *service) ListTasks(req *pb.ListTasksRequest, stream pb.EnvironmentServi
 		}
 		resp := &pb.ListTasksResponse{Tasks: tasks[i:j], Total: total}
 		if j == end && end < len(tasks) {
-			resp.NextPageToken = strconv.Itoa(end)
+			resp.NextPageToken = pageToken(e.Name, split, end)
 		}
 		if err := stream.Send(resp); err != nil {
 			return err
@@ -222,7 +229,8 @@ func (s *service) Score(ctx context.Context, req *pb.ScoreRequest) (_ *pb.ScoreR
 		return nil, err
 	}
 	if e.Score == nil {
-		return nil, status.Errorf(codes.Unimplemented, "environment %q does not implement Score", e.Name)
+		return nil, rollmesh.Error(codes.Unimplemented, pb.ErrorReason_NOT_SUPPORTED, nil,
+			"environment %q does not implement Score (has_score is false)", e.Name)
 	}
 	task := req.Task
 	switch {
@@ -232,7 +240,8 @@ func (s *service) Score(ctx context.Context, req *pb.ScoreRequest) (_ *pb.ScoreR
 			return nil, err
 		}
 	default:
-		return nil, status.Error(codes.InvalidArgument, "Score needs the task (inline, or its task_id and split)")
+		return nil, rollmesh.Error(codes.InvalidArgument, pb.ErrorReason_NO_TASK, nil,
+			"Score needs the task (inline, or its task_id and split)")
 	}
 	rewards, err := e.Score(ctx, &ScoreRequest{Task: task, Messages: req.Messages, State: req.State.AsMap()})
 	if err != nil {
@@ -243,22 +252,26 @@ func (s *service) Score(ctx context.Context, req *pb.ScoreRequest) (_ *pb.ScoreR
 
 // RunEpisode is not supported: clients drive episodes with the Episode stream.
 func (s *service) RunEpisode(context.Context, *pb.RunEpisodeRequest) (*pb.RunEpisodeResponse, error) {
-	return nil, status.Error(codes.Unimplemented,
-		"this Go server does not drive episodes itself; drive them with the Episode stream")
+	return nil, rollmesh.Error(codes.Unimplemented, pb.ErrorReason_NOT_SUPPORTED, nil,
+		"this Go server does not drive episodes itself (has_run_episode is false); drive them with the Episode stream")
 }
 
 // recoverAsInternal turns a panic in environment code into INTERNAL: it must not crash the server.
 func recoverAsInternal(err *error, rpc string) {
 	if r := recover(); r != nil {
 		log.Printf("%s panicked: %v\n%s", rpc, r, debug.Stack())
-		*err = status.Errorf(codes.Internal, "the environment panicked in %s: %v", rpc, r)
+		*err = rollmesh.Error(codes.Internal, pb.ErrorReason_ENVIRONMENT_FAILED, nil, "the environment panicked in %s: %v", rpc, r)
 	}
 }
 
-// envError passes gRPC status errors from environment code through and makes others INTERNAL.
+// envError passes errors that carry a rollmesh ErrorInfo (made with rollmesh.Error) through;
+// any other error of environment code is INTERNAL (ENVIRONMENT_FAILED).
 func envError(err error, where string) error {
-	if st, ok := status.FromError(err); ok && st.Code() != codes.Unknown {
+	if rollmesh.ErrorInfo(err) != nil {
 		return err
 	}
-	return status.Errorf(codes.Internal, "%s: %v", where, err)
+	if st, ok := status.FromError(err); ok {
+		return rollmesh.Error(codes.Internal, pb.ErrorReason_ENVIRONMENT_FAILED, nil, "%s: %s", where, st.Message())
+	}
+	return rollmesh.Error(codes.Internal, pb.ErrorReason_ENVIRONMENT_FAILED, nil, "%s: %v", where, err)
 }

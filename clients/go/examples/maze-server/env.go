@@ -6,9 +6,9 @@ import (
 	"strings"
 
 	"github.com/rollmesh/rollmesh/clients/go/envserver"
+	"github.com/rollmesh/rollmesh/clients/go/rollmesh"
 	pb "github.com/rollmesh/rollmesh/clients/go/rollmeshv1"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/structpb"
 )
 
@@ -70,11 +70,11 @@ func mazeOf(task *pb.Task) (*maze, error) {
 		rows = append(rows, v.GetStringValue())
 	}
 	if len(rows) == 0 {
-		return nil, status.Error(codes.InvalidArgument, "a maze task needs info.maze: the rows of the maze")
+		return nil, rollmesh.Error(codes.InvalidArgument, pb.ErrorReason_INVALID_TASK, nil, "a maze task needs info.maze: the rows of the maze")
 	}
 	m, err := parseMaze(rows)
 	if err != nil {
-		return nil, status.Error(codes.InvalidArgument, err.Error())
+		return nil, rollmesh.Error(codes.InvalidArgument, pb.ErrorReason_INVALID_TASK, nil, "%v", err)
 	}
 	return m, nil
 }
