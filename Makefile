@@ -1,7 +1,7 @@
 # rollmesh developer entry points. `make setup` is idempotent: it creates .venv/ and installs
-# the package with its dev tools, the buf CLI under tools/, and the TypeScript and Go toolchains
-# and builds of clients/ (Node packages from npm, Go from Debian's packages); it reruns only when
-# inputs change.
+# the package with its dev tools, the buf CLI under tools/, and the TypeScript, Go and C++
+# toolchains and builds of clients/ (Node packages from npm, Go and C++ from Debian's packages); it
+# reruns only when inputs change.
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -12,7 +12,8 @@ STAMP := $(VENV)/.rollmesh-setup
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml tools/package.json clients/typescript/package.json clients/go/setup.sh scripts/apt-install.sh
+$(STAMP): pyproject.toml tools/package.json clients/typescript/package.json clients/go/setup.sh \
+		clients/go/go.mod clients/cpp/setup.sh clients/cpp/CMakeLists.txt scripts/apt-install.sh
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# torch first, pinned: this machine kind has its CPU build locally; anything else pulls CUDA wheels
@@ -25,6 +26,7 @@ $(STAMP): pyproject.toml tools/package.json clients/typescript/package.json clie
 	npm install --prefix tools --no-audit --no-fund --loglevel=error
 	bash clients/typescript/setup.sh
 	bash clients/go/setup.sh
+	bash clients/cpp/setup.sh
 	# DeepSpeed compiles its CPU ops on first use (minutes): build them here, not in the first run
 	DS_ACCELERATOR=cpu $(PY) -c "from deepspeed.ops.op_builder.cpu import FusedAdamBuilder, ShareMemCommBuilder; \
 		FusedAdamBuilder().load(); ShareMemCommBuilder().load()"
@@ -73,4 +75,4 @@ bench: setup
 	$(VENV)/bin/rollmesh bench trainer
 
 clean:
-	rm -rf $(VENV) tools/node_modules .pytest_cache
+	rm -rf $(VENV) tools/node_modules .pytest_cache clients/cpp/build

@@ -50,6 +50,9 @@ def _targets(tiny_model_dir: Path, tmp: Path) -> Iterator[tuple[str, list[str], 
     wordle = ROOT / "clients" / "typescript" / "dist" / "examples" / "wordle" / "server.js"
     if wordle.is_file() and shutil.which("node"):
         yield "typescript-env", ["node", str(wordle), "--port", "0"], [ENV], frozenset()
+    bulls_and_cows = ROOT / "clients" / "cpp" / "build" / "bulls-and-cows-server"
+    if bulls_and_cows.is_file():
+        yield "cpp-env", [str(bulls_and_cows), "--port", "0"], [ENV], frozenset()
 
 
 def test_hostile_frames_on_every_server(tiny_model_dir: Path, tmp_path: Path) -> None:
