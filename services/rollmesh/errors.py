@@ -90,3 +90,15 @@ class DataLossError(RollmeshError):
     """Data arrived corrupted or incomplete (e.g. a weights checksum mismatch)."""
 
     reason = "DATA_LOSS"
+
+
+class UnauthenticatedError(RollmeshError):
+    """The caller did not say who it is (no client certificate, no or an unknown bearer token)."""
+
+    reason = "NO_CREDENTIALS"
+
+
+class PermissionDeniedError(RollmeshError):
+    """The caller is known but may not do this."""
+
+    reason = "MISSING_ROLE"

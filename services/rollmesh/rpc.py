@@ -1,5 +1,5 @@
 """The one place that builds gRPC servers and channels, so transport concerns (limits, keepalive,
-tracing, logging, later auth/TLS) change in one spot.
+tracing, logging, TLS and authorization) change in one spot.
 
 Every server speaks grpc.health.v1 and server reflection. Tracing interceptors (OpenTelemetry,
 W3C traceparent in metadata) are on by default; they cost some microseconds per call, so set
@@ -24,6 +24,9 @@ from grpc_reflection.v1alpha import reflection
 
 from .errors import InvalidArgumentError, RollmeshError, clip
 from .rpc_errors import abort
+from .security import roles
+from .security.authorize import Authorizer, set_caller
+from .security.tls import TlsConfig, current, server_name
 
 log = logging.getLogger(__name__)
 
@@ -166,10 +169,24 @@ def _malformed(method: str, e: Exception) -> MalformedRequestError:
     return MalformedRequestError(f"the request is not a valid protobuf message for {method}: {clip(str(e), 200)}")
 
 
+def _authorize(authorizer: Authorizer, method: str, context: Any) -> None:
+    """Identifies the caller and checks its roles before the servicer runs (raises the refusal)."""
+    if not authorizer.enabled:
+        return
+    auth = context.auth_context() or {}
+    metadata = dict(context.invocation_metadata() or ())
+    identity = authorizer.check(method, auth.get("x509_pem_cert", ()), metadata.get("authorization"), context.peer())
+    set_caller(identity)
+
+
 class _ServerInterceptor(grpc.aio.ServerInterceptor):
-    """Around every servicer method: undecodable requests become INVALID_ARGUMENT (MALFORMED_REQUEST),
-    a RollmeshError that escapes a servicer becomes its status with ErrorInfo, and each RPC that ends
-    with a non-OK status is logged as one structured line (client faults at WARNING, no traceback)."""
+    """Around every servicer method: the caller is authorized first, undecodable requests become
+    INVALID_ARGUMENT (MALFORMED_REQUEST), a RollmeshError that escapes a servicer becomes its status
+    with ErrorInfo, and each RPC that ends with a non-OK status is logged as one structured line
+    (client faults at WARNING, no traceback)."""
+
+    def __init__(self, authorizer: Authorizer) -> None:
+        self.authorizer = authorizer
 
     async def intercept_service(
         self,
@@ -236,6 +253,7 @@ class _ServerInterceptor(grpc.aio.ServerInterceptor):
                 start = time.perf_counter()
                 try:
                     try:
+                        _authorize(self.authorizer, method, context)
                         if isinstance(request, _Undecodable):
                             raise request.error
                         result = inner_stream(request, context)
@@ -259,6 +277,7 @@ class _ServerInterceptor(grpc.aio.ServerInterceptor):
                 start = time.perf_counter()
                 try:
                     try:
+                        _authorize(self.authorizer, method, context)
                         if isinstance(request, _Undecodable):
                             raise request.error
                         response = await inner_unary(request, context)
@@ -292,8 +311,17 @@ AddServicerFn = Callable[[Any, grpc.aio.Server], None]
 class RpcServer:
     """A grpc.aio.Server plus its health servicer; build with create_server()."""
 
-    def __init__(self, server: grpc.aio.Server, health: _HealthServicer, services: list[str], host: str, port: int):
+    def __init__(
+        self,
+        server: grpc.aio.Server,
+        health: _HealthServicer,
+        services: list[str],
+        host: str,
+        port: int,
+        tls: TlsConfig = TlsConfig(),  # noqa: B008
+    ):
         self.server = server
+        self.tls = tls
         self.services = services
         self.host = host
         self.port = port
@@ -337,15 +365,19 @@ def create_server(
     port: int = 0,
     limits: RpcLimits = RpcLimits(),
     interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+    tls: TlsConfig | None = None,
 ) -> RpcServer:
     """Build (not start) a server hosting `services` = [(add_XServicer_to_server, servicer,
-    "rollmesh.v1.XService")], plus health and reflection. Port 0 binds a free port."""
+    "rollmesh.v1.XService")], plus health and reflection. Port 0 binds a free port. `tls` (default:
+    the process's settings, security.tls.current()) turns on TLS, mutual TLS with a CA, and the
+    role check of security.roles for every method when the server can tell who calls."""
+    tls = current() if tls is None else tls
     chain: list[grpc.aio.ServerInterceptor] = []
     if tracing_enabled():  # outermost, so the failure log line carries the trace id
         from opentelemetry.instrumentation.grpc import aio_server_interceptor
 
         chain.append(aio_server_interceptor())
-    chain += [_ServerInterceptor(), *interceptors]
+    chain += [_ServerInterceptor(Authorizer(tls, roles.required_roles)), *interceptors]
     server = grpc.aio.server(interceptors=chain, options=limits.server_options())
     names = []
     for add_fn, servicer, name in services:
@@ -354,10 +386,13 @@ def create_server(
     health = _HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     reflection.enable_server_reflection([*names, HEALTH_SERVICE, reflection.SERVICE_NAME], server)
-    bound = server.add_insecure_port(f"{host}:{port}")
+    if tls.enabled:
+        bound = server.add_secure_port(f"{host}:{port}", tls.grpc_server_credentials())
+    else:
+        bound = server.add_insecure_port(f"{host}:{port}")
     if bound == 0:  # older grpc versions return 0 instead of raising
         raise RuntimeError(f"could not bind gRPC server to {host}:{port}")
-    rpc_server = RpcServer(server, health, names, host, bound)
+    rpc_server = RpcServer(server, health, names, host, bound, tls)
     rpc_server.set_serving(True)
     return rpc_server
 
@@ -365,19 +400,46 @@ def create_server(
 # --- client -------------------------------------------------------------------------------------
 
 
+class _BearerToken(grpc.AuthMetadataPlugin):
+    def __init__(self, token: str) -> None:
+        self._metadata = (("authorization", f"Bearer {token}"),)
+
+    def __call__(self, context: grpc.AuthMetadataContext, callback: grpc.AuthMetadataPluginCallback) -> None:
+        callback(self._metadata, None)
+
+
+def channel_credentials(tls: TlsConfig) -> grpc.ChannelCredentials:
+    creds = tls.grpc_channel_credentials()
+    if tls.token:
+        creds = grpc.composite_channel_credentials(creds, grpc.metadata_call_credentials(_BearerToken(tls.token)))
+    return creds
+
+
 def create_channel(
     address: str,
     *,
+    kind: str | None = None,
     limits: RpcLimits = RpcLimits(),
     interceptors: Sequence[grpc.aio.ClientInterceptor] = (),
+    tls: TlsConfig | None = None,
 ) -> grpc.aio.Channel:
+    """A channel to a server of `kind` ("env", "inference", "rubric") at `address`. With TLS (default:
+    the process's settings) the server must present a certificate issued for that kind
+    (security.tls.server_name), whatever the address: a registered address is trusted only if it
+    holds such a certificate. Without a kind, the certificate must name the address's host."""
+    tls = current() if tls is None else tls
+    options = limits.channel_options()
     chain: list[grpc.aio.ClientInterceptor] = []
     if tracing_enabled():
         from opentelemetry.instrumentation.grpc import aio_client_interceptors
 
         chain += aio_client_interceptors()
     chain += interceptors
-    return grpc.aio.insecure_channel(address, options=limits.channel_options(), interceptors=chain)
+    if not tls.enabled:
+        return grpc.aio.insecure_channel(address, options=options, interceptors=chain)
+    if kind:
+        options.append(("grpc.ssl_target_name_override", server_name(kind)))
+    return grpc.aio.secure_channel(address, channel_credentials(tls), options=options, interceptors=chain)
 
 
 def end_call(call: Any) -> None:
@@ -400,11 +462,13 @@ def end_call(call: Any) -> None:
     queue.put_nowait(_InterceptedStreamRequestMixin._FINISH_ITERATOR_SENTINEL)
 
 
-async def wait_for_ready(address: str, timeout_s: float, service: str = "") -> None:
+async def wait_for_ready(
+    address: str, timeout_s: float, service: str = "", *, kind: str | None = None, tls: TlsConfig | None = None
+) -> None:
     """Poll grpc.health.v1 Check until SERVING; raise TimeoutError after `timeout_s`."""
     deadline = time.monotonic() + timeout_s
     last = "no answer"
-    async with grpc.aio.insecure_channel(address) as channel:
+    async with create_channel(address, kind=kind, tls=tls, limits=RpcLimits()) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         while (left := deadline - time.monotonic()) > 0:
             try:

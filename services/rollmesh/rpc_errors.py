@@ -24,6 +24,8 @@ STATUS_FOR: dict[type[errors.RollmeshError], grpc.StatusCode] = {
     errors.UnimplementedError: grpc.StatusCode.UNIMPLEMENTED,
     errors.InternalError: grpc.StatusCode.INTERNAL,
     errors.DataLossError: grpc.StatusCode.DATA_LOSS,
+    errors.UnauthenticatedError: grpc.StatusCode.UNAUTHENTICATED,
+    errors.PermissionDeniedError: grpc.StatusCode.PERMISSION_DENIED,
 }
 ERROR_FOR: dict[grpc.StatusCode, type[errors.RollmeshError]] = {v: k for k, v in STATUS_FOR.items()}
 

@@ -14,6 +14,7 @@ from .rpc_errors import error_from_rpc
 
 class ServiceClient:
     stub_class: ClassVar[type]
+    kind: ClassVar[str]  # "env", "inference" or "rubric": the name its servers' certificates carry
 
     def __init__(self, channel: grpc.aio.Channel, address: str, *, timeout_s: float) -> None:
         self.channel = channel
@@ -23,7 +24,7 @@ class ServiceClient:
 
     @classmethod
     def open(cls, address: str, *, limits: RpcLimits = RpcLimits(), **kwargs: Any) -> Self:  # noqa: B008
-        return cls(create_channel(address, limits=limits), address, **kwargs)
+        return cls(create_channel(address, kind=cls.kind, limits=limits), address, **kwargs)
 
     async def close(self) -> None:
         await self.channel.close()

@@ -132,6 +132,21 @@ const (
 	ErrorReason_NO_TRAJECTORY ErrorReason = 76
 	// RESOURCE_EXHAUSTED: more trajectories in one ScoreGroup than the server accepts. metadata: limit.
 	ErrorReason_GROUP_TOO_LARGE ErrorReason = 77
+	// UNAUTHENTICATED: the caller presented no identity (no client certificate, no bearer token).
+	ErrorReason_NO_CREDENTIALS ErrorReason = 90
+	// UNAUTHENTICATED: a bearer token the server does not know.
+	ErrorReason_BAD_TOKEN ErrorReason = 91
+	// PERMISSION_DENIED: the caller's identity lacks a role the method requires.
+	// metadata: identity, required (the roles that would do).
+	ErrorReason_MISSING_ROLE ErrorReason = 92
+	// PERMISSION_DENIED: a LoadWeights path outside the server's weights roots, or one that does
+	// not exist (one answer for both, so the server is no oracle for its file system).
+	ErrorReason_PATH_NOT_ALLOWED ErrorReason = 93
+	// PERMISSION_DENIED: an inline rubric spec names a judge or env_score address that is neither
+	// registered nor on the server's allow-list.
+	ErrorReason_ADDRESS_NOT_ALLOWED ErrorReason = 94
+	// INVALID_ARGUMENT: a chat template keyword argument that clients may not set. metadata: allowed.
+	ErrorReason_TEMPLATE_KWARG_NOT_ALLOWED ErrorReason = 95
 )
 
 // Enum value maps for ErrorReason.
@@ -182,53 +197,65 @@ var (
 		75: "TOO_MANY_FUNCTIONS",
 		76: "NO_TRAJECTORY",
 		77: "GROUP_TOO_LARGE",
+		90: "NO_CREDENTIALS",
+		91: "BAD_TOKEN",
+		92: "MISSING_ROLE",
+		93: "PATH_NOT_ALLOWED",
+		94: "ADDRESS_NOT_ALLOWED",
+		95: "TEMPLATE_KWARG_NOT_ALLOWED",
 	}
 	ErrorReason_value = map[string]int32{
-		"ERROR_REASON_UNSPECIFIED": 0,
-		"MALFORMED_REQUEST":        1,
-		"MISSING_FIELD":            2,
-		"INVALID_FIELD":            3,
-		"DRAINING":                 4,
-		"MESSAGE_TOO_LARGE":        5,
-		"NOT_SUPPORTED":            6,
-		"RPC_LIMIT":                7,
-		"TIMEOUT":                  8,
-		"SERVER_FAILED":            9,
-		"NO_ENVIRONMENT":           20,
-		"UNKNOWN_ENVIRONMENT":      21,
-		"UNKNOWN_SPLIT":            22,
-		"UNKNOWN_TASK":             23,
-		"NO_TASK":                  24,
-		"INVALID_TASK":             25,
-		"NOT_STARTED":              26,
-		"ALREADY_STARTED":          27,
-		"EMPTY_ACTION":             28,
-		"EPISODE_DONE":             29,
-		"EPISODE_LIMIT":            30,
-		"IDLE_TIMEOUT":             31,
-		"ENVIRONMENT_FAILED":       32,
-		"INVALID_PAGE_TOKEN":       33,
-		"INVALID_PAGE_SIZE":        34,
-		"INFERENCE_UNREACHABLE":    35,
-		"UNKNOWN_MODEL":            50,
-		"PROMPT_TOO_LONG":          51,
-		"BAD_TOOL_SCHEMA":          52,
-		"BAD_PARAMS":               53,
-		"CHECKPOINT_MISMATCH":      54,
-		"CHECKPOINT_INVALID":       55,
-		"CHECKSUM_MISMATCH":        56,
-		"FILE_NOT_FOUND":           57,
-		"BACKEND_FAILED":           59,
-		"WEIGHTS_TOO_LARGE":        60,
-		"ENGINE_STOPPED":           61,
-		"UNKNOWN_RUBRIC":           70,
-		"NO_RUBRIC":                71,
-		"BAD_RUBRIC":               72,
-		"UNKNOWN_FUNCTION":         73,
-		"IMPORTS_NOT_ALLOWED":      74,
-		"TOO_MANY_FUNCTIONS":       75,
-		"NO_TRAJECTORY":            76,
-		"GROUP_TOO_LARGE":          77,
+		"ERROR_REASON_UNSPECIFIED":   0,
+		"MALFORMED_REQUEST":          1,
+		"MISSING_FIELD":              2,
+		"INVALID_FIELD":              3,
+		"DRAINING":                   4,
+		"MESSAGE_TOO_LARGE":          5,
+		"NOT_SUPPORTED":              6,
+		"RPC_LIMIT":                  7,
+		"TIMEOUT":                    8,
+		"SERVER_FAILED":              9,
+		"NO_ENVIRONMENT":             20,
+		"UNKNOWN_ENVIRONMENT":        21,
+		"UNKNOWN_SPLIT":              22,
+		"UNKNOWN_TASK":               23,
+		"NO_TASK":                    24,
+		"INVALID_TASK":               25,
+		"NOT_STARTED":                26,
+		"ALREADY_STARTED":            27,
+		"EMPTY_ACTION":               28,
+		"EPISODE_DONE":               29,
+		"EPISODE_LIMIT":              30,
+		"IDLE_TIMEOUT":               31,
+		"ENVIRONMENT_FAILED":         32,
+		"INVALID_PAGE_TOKEN":         33,
+		"INVALID_PAGE_SIZE":          34,
+		"INFERENCE_UNREACHABLE":      35,
+		"UNKNOWN_MODEL":              50,
+		"PROMPT_TOO_LONG":            51,
+		"BAD_TOOL_SCHEMA":            52,
+		"BAD_PARAMS":                 53,
+		"CHECKPOINT_MISMATCH":        54,
+		"CHECKPOINT_INVALID":         55,
+		"CHECKSUM_MISMATCH":          56,
+		"FILE_NOT_FOUND":             57,
+		"BACKEND_FAILED":             59,
+		"WEIGHTS_TOO_LARGE":          60,
+		"ENGINE_STOPPED":             61,
+		"UNKNOWN_RUBRIC":             70,
+		"NO_RUBRIC":                  71,
+		"BAD_RUBRIC":                 72,
+		"UNKNOWN_FUNCTION":           73,
+		"IMPORTS_NOT_ALLOWED":        74,
+		"TOO_MANY_FUNCTIONS":         75,
+		"NO_TRAJECTORY":              76,
+		"GROUP_TOO_LARGE":            77,
+		"NO_CREDENTIALS":             90,
+		"BAD_TOKEN":                  91,
+		"MISSING_ROLE":               92,
+		"PATH_NOT_ALLOWED":           93,
+		"ADDRESS_NOT_ALLOWED":        94,
+		"TEMPLATE_KWARG_NOT_ALLOWED": 95,
 	}
 )
 
@@ -264,7 +291,7 @@ var File_rollmesh_v1_errors_proto protoreflect.FileDescriptor
 var file_rollmesh_v1_errors_proto_rawDesc = []byte{
 	0x0a, 0x18, 0x72, 0x6f, 0x6c, 0x6c, 0x6d, 0x65, 0x73, 0x68, 0x2f, 0x76, 0x31, 0x2f, 0x65, 0x72,
 	0x72, 0x6f, 0x72, 0x73, 0x2e, 0x70, 0x72, 0x6f, 0x74, 0x6f, 0x12, 0x0b, 0x72, 0x6f, 0x6c, 0x6c,
-	0x6d, 0x65, 0x73, 0x68, 0x2e, 0x76, 0x31, 0x2a, 0x9b, 0x07, 0x0a, 0x0b, 0x45, 0x72, 0x72, 0x6f,
+	0x6d, 0x65, 0x73, 0x68, 0x2e, 0x76, 0x31, 0x2a, 0x9f, 0x08, 0x0a, 0x0b, 0x45, 0x72, 0x72, 0x6f,
 	0x72, 0x52, 0x65, 0x61, 0x73, 0x6f, 0x6e, 0x12, 0x1c, 0x0a, 0x18, 0x45, 0x52, 0x52, 0x4f, 0x52,
 	0x5f, 0x52, 0x45, 0x41, 0x53, 0x4f, 0x4e, 0x5f, 0x55, 0x4e, 0x53, 0x50, 0x45, 0x43, 0x49, 0x46,
 	0x49, 0x45, 0x44, 0x10, 0x00, 0x12, 0x15, 0x0a, 0x11, 0x4d, 0x41, 0x4c, 0x46, 0x4f, 0x52, 0x4d,
@@ -322,7 +349,16 @@ var file_rollmesh_v1_errors_proto_rawDesc = []byte{
 	0x59, 0x5f, 0x46, 0x55, 0x4e, 0x43, 0x54, 0x49, 0x4f, 0x4e, 0x53, 0x10, 0x4b, 0x12, 0x11, 0x0a,
 	0x0d, 0x4e, 0x4f, 0x5f, 0x54, 0x52, 0x41, 0x4a, 0x45, 0x43, 0x54, 0x4f, 0x52, 0x59, 0x10, 0x4c,
 	0x12, 0x13, 0x0a, 0x0f, 0x47, 0x52, 0x4f, 0x55, 0x50, 0x5f, 0x54, 0x4f, 0x4f, 0x5f, 0x4c, 0x41,
-	0x52, 0x47, 0x45, 0x10, 0x4d, 0x62, 0x06, 0x70, 0x72, 0x6f, 0x74, 0x6f, 0x33,
+	0x52, 0x47, 0x45, 0x10, 0x4d, 0x12, 0x12, 0x0a, 0x0e, 0x4e, 0x4f, 0x5f, 0x43, 0x52, 0x45, 0x44,
+	0x45, 0x4e, 0x54, 0x49, 0x41, 0x4c, 0x53, 0x10, 0x5a, 0x12, 0x0d, 0x0a, 0x09, 0x42, 0x41, 0x44,
+	0x5f, 0x54, 0x4f, 0x4b, 0x45, 0x4e, 0x10, 0x5b, 0x12, 0x10, 0x0a, 0x0c, 0x4d, 0x49, 0x53, 0x53,
+	0x49, 0x4e, 0x47, 0x5f, 0x52, 0x4f, 0x4c, 0x45, 0x10, 0x5c, 0x12, 0x14, 0x0a, 0x10, 0x50, 0x41,
+	0x54, 0x48, 0x5f, 0x4e, 0x4f, 0x54, 0x5f, 0x41, 0x4c, 0x4c, 0x4f, 0x57, 0x45, 0x44, 0x10, 0x5d,
+	0x12, 0x17, 0x0a, 0x13, 0x41, 0x44, 0x44, 0x52, 0x45, 0x53, 0x53, 0x5f, 0x4e, 0x4f, 0x54, 0x5f,
+	0x41, 0x4c, 0x4c, 0x4f, 0x57, 0x45, 0x44, 0x10, 0x5e, 0x12, 0x1e, 0x0a, 0x1a, 0x54, 0x45, 0x4d,
+	0x50, 0x4c, 0x41, 0x54, 0x45, 0x5f, 0x4b, 0x57, 0x41, 0x52, 0x47, 0x5f, 0x4e, 0x4f, 0x54, 0x5f,
+	0x41, 0x4c, 0x4c, 0x4f, 0x57, 0x45, 0x44, 0x10, 0x5f, 0x62, 0x06, 0x70, 0x72, 0x6f, 0x74, 0x6f,
+	0x33,
 }
 
 var (

@@ -37,6 +37,16 @@ NatsOpt = Annotated[
 ]
 
 
+from .security_options import (  # noqa: E402
+    InsecureOpt,
+    TlsCaOpt,
+    TlsCertOpt,
+    TlsKeyOpt,
+    TokensFileOpt,
+    configure_security,
+)
+
+
 def _fail(message: str, code: int = 2) -> None:
     typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
     raise typer.Exit(code)
@@ -63,6 +73,11 @@ def env_serve(
     ] = 300.0,
     max_message_mb: Annotated[float, typer.Option(help="Largest gRPC message, MiB.")] = 16.0,
     grace: Annotated[float, typer.Option(help="Seconds in-flight episodes get to finish on SIGTERM.")] = 10.0,
+    tls_cert: TlsCertOpt = None,
+    tls_key: TlsKeyOpt = None,
+    tls_ca: TlsCaOpt = None,
+    tokens_file: TokensFileOpt = None,
+    insecure: InsecureOpt = False,
 ) -> None:
     """Host one or more environments on a gRPC port."""
     from ..env.loader import load_environments, parse_args
@@ -73,6 +88,7 @@ def env_serve(
 
     setup_logging("rollmesh-env")
     setup_tracing("rollmesh-env")
+    configure_security(tls_cert, tls_key, tls_ca, tokens_file, serve=(host, "environments"), insecure=insecure)
     try:
         kwargs = parse_args(arg or [])
         envs = [e for t in targets for e in load_environments(t, kwargs)]
@@ -134,6 +150,11 @@ def inference_serve(
     nats: NatsOpt = None,
     advertise_host: Annotated[str | None, typer.Option(help="Host other machines reach this server at.")] = None,
     grace: Annotated[float, typer.Option(help="Seconds in-flight requests get on SIGTERM.")] = 30.0,
+    tls_cert: TlsCertOpt = None,
+    tls_key: TlsKeyOpt = None,
+    tls_ca: TlsCaOpt = None,
+    tokens_file: TokensFileOpt = None,
+    insecure: InsecureOpt = False,
 ) -> None:
     """Serve a model over gRPC (InferenceService), optionally with an OpenAI-compatible API."""
     from ..errors import RollmeshError
@@ -143,6 +164,7 @@ def inference_serve(
 
     setup_logging("rollmesh-inference")
     setup_tracing("rollmesh-inference")
+    configure_security(tls_cert, tls_key, tls_ca, tokens_file, serve=(host, "a model"), insecure=insecure)
 
     async def main() -> None:
         try:
@@ -211,10 +233,16 @@ def conformance(
     inference: Annotated[
         str | None, typer.Option(help="An inference server for RunEpisode, when an environment offers it.")
     ] = None,
+    tls_cert: TlsCertOpt = None,
+    tls_key: TlsKeyOpt = None,
+    tls_ca: TlsCaOpt = None,
 ) -> None:
-    """Check that an environment server follows docs/protocol.md (exit 0 = no rule failed)."""
+    """Check that an environment server follows docs/protocol.md (exit 0 = no rule failed). With
+    --tls-ca it connects over TLS and expects a certificate issued for env.rollmesh; give the
+    certificate of an identity with the orchestrator role (or operator) when the server wants one."""
     from ..apps.conformance import Options, run_cli
 
+    configure_security(tls_cert, tls_key, tls_ca)
     options = Options(timeout_s=timeout, max_wait_s=max_wait, drain_pid=drain_pid, inference=inference)
     raise typer.Exit(run_cli(address, as_json=as_json, options=options))
 
@@ -342,3 +370,39 @@ def main() -> None:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+certs_app = typer.Typer(rich_markup_mode=None, help="Certificates and credentials for the mesh.", no_args_is_help=True)
+app.add_typer(certs_app, name="certs")
+
+
+@certs_app.command("init")
+def certs_init(
+    directory: Annotated[str, typer.Argument(help="Where to write the CA, certificates, tokens and NATS config.")],
+    host: Annotated[
+        list[str] | None,
+        typer.Option("--host", help="Another name or IP address the servers are reached at (repeatable)."),
+    ] = None,
+    publisher_app: Annotated[
+        list[str] | None,
+        typer.Option("--publisher-app", help="Limit the publisher identity to rollmesh.monitor.<app> (repeatable)."),
+    ] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing CA (every certificate changes).")] = False,
+) -> None:
+    """Create a development CA and a certificate per identity of the mesh (env, inference, rubric,
+    orchestrator, trainer, publisher, reader, operator, nats), bearer tokens, and a nats-server
+    authorization file. An existing directory is kept unless --force."""
+    from pathlib import Path
+
+    from ..security import pki
+
+    existed = (Path(directory) / "ca.pem").exists()
+    d = pki.init(directory, hosts=host or [], publisher_apps=publisher_app or [], force=force)
+    if existed and not force:
+        typer.echo(f"{d} already holds a CA; kept it (--force replaces it)")
+        return
+    typer.echo(f"wrote a CA and certificates to {d}:")
+    for m in pki.MESH:
+        typer.echo(f"  {m.name + '.pem':<18} roles: {', '.join(m.roles)}")
+    typer.echo("  tokens.toml        bearer-token hashes (servers: --tokens-file); secrets in <name>.token")
+    typer.echo("  nats-auth.conf     nats-server TLS + users (rollmesh nats --tls-dir DIR)")

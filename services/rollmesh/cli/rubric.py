@@ -6,6 +6,8 @@ from typing import Annotated
 
 import typer
 
+from .security_options import InsecureOpt, TlsCaOpt, TlsCertOpt, TlsKeyOpt, TokensFileOpt, configure_security
+
 rubric_app = typer.Typer(
     rich_markup_mode=None,
     help="The rubric service: reward functions, LLM judges, live scoring of production traces.",
@@ -50,6 +52,11 @@ def serve(
     ] = None,
     no_dashboard: Annotated[bool, typer.Option("--no-dashboard", help="Serve no dashboard or /metrics.")] = False,
     set_: SetOpt = None,
+    tls_cert: TlsCertOpt = None,
+    tls_key: TlsKeyOpt = None,
+    tls_ca: TlsCaOpt = None,
+    tokens_file: TokensFileOpt = None,
+    insecure: InsecureOpt = False,
 ) -> None:
     """Serve rubrics over gRPC; with --nats, also score production traces live and serve the dashboard."""
     import asyncio
@@ -69,6 +76,11 @@ def serve(
     cfg = _load(config, overrides)
     setup_logging("rollmesh-rubric")
     setup_tracing("rollmesh-rubric")
+    configure_security(tls_cert, tls_key, tls_ca, tokens_file, serve=(cfg.server.host, "rubrics"), insecure=insecure)
+    if cfg.dashboard.enabled:
+        configure_security(
+            tls_cert, tls_key, tls_ca, tokens_file, serve=(cfg.dashboard.host, "the dashboard"), insecure=insecure
+        )
 
     from ..monitor.service import serve as serve_service
 

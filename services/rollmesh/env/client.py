@@ -32,6 +32,7 @@ from .stream import EpisodeStream
 
 class EnvClient(ServiceClient):
     stub_class = env_grpc.EnvironmentServiceStub
+    kind = "env"
 
     def __init__(
         self, channel: grpc.aio.Channel, address: str, *, timeout_s: float = 30.0, step_timeout_s: float = 300.0

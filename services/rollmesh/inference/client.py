@@ -40,6 +40,7 @@ def sampling_pb(**params: Any) -> msg_pb.SamplingParams:
 
 class InferenceClient(ServiceClient):
     stub_class = inf_grpc.InferenceServiceStub
+    kind = "inference"
 
     def __init__(self, channel: grpc.aio.Channel, address: str, *, timeout_s: float = 600.0) -> None:
         super().__init__(channel, address, timeout_s=timeout_s)

@@ -211,11 +211,12 @@ class ReplicaPool(Generic[R]):
 
 
 async def _open(
-    what: str, address: str, stub_class: type, method: str, request: Any, timeout_s: float, limits: RpcLimits
+    what: str, kind: str, address: str, stub_class: type, method: str, request: Any, timeout_s: float, limits: RpcLimits
 ) -> tuple[grpc.aio.Channel, Any, Any]:
     """A channel to `address` and its stub, checked with one call whose answer is returned; the
-    channel is closed again when that call fails (UnavailableError)."""
-    channel = create_channel(address, limits=limits)
+    channel is closed again when that call fails (UnavailableError). With TLS the server must hold a
+    certificate for `kind`, so a rogue process that registered an address is never used."""
+    channel = create_channel(address, kind=kind, limits=limits)
     stub = stub_class(channel)
     try:
         return channel, stub, await getattr(stub, method)(request, timeout=timeout_s)
@@ -235,6 +236,7 @@ async def connect_env(
     UnavailableError."""
     channel, stub, described = await _open(
         "environment server",
+        "env",
         address,
         env_grpc.EnvironmentServiceStub,
         "Describe",
@@ -262,6 +264,7 @@ async def connect_env(
 async def connect_inference(address: str, model: str, *, timeout_s: float, limits: RpcLimits) -> InferenceReplica:
     channel, stub, info = await _open(
         "inference server",
+        "inference",
         address,
         inf_grpc.InferenceServiceStub,
         "GetModelInfo",

@@ -31,6 +31,7 @@ def _spec(spec: SpecLike) -> rubric_pb.RubricSpec | None:
 
 class RubricClient(ServiceClient):
     stub_class = rubric_grpc.RubricServiceStub
+    kind = "rubric"
 
     def __init__(self, channel: grpc.aio.Channel, address: str, *, timeout_s: float = 120.0) -> None:
         super().__init__(channel, address, timeout_s=timeout_s)

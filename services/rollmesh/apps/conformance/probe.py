@@ -25,7 +25,9 @@ from ...proto.v1 import environment_pb2_grpc as env_grpc
 from ...proto.v1 import errors_pb2
 from ...proto.v1 import messages_pb2 as msg_pb
 from ...proto.v1 import trajectory_pb2 as traj_pb
+from ...rpc import channel_credentials
 from ...rpc_errors import DOMAIN
+from ...security import tls as security_tls
 
 SERVICE = env_pb.DESCRIPTOR.services_by_name["EnvironmentService"].full_name
 SETTLE_S = 5.0  # how long a server may take to free episodes that ended
@@ -174,9 +176,16 @@ class Probe:
         self.options = options
         self.timeout_s = options.timeout_s
         # No client-side size limits: the oversized check must reach the server's own limit.
-        self.channel = grpc.aio.insecure_channel(
-            address, options=[("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]
-        )
+        unlimited = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]
+        tls = security_tls.current()
+        if tls.enabled:  # the server must hold a certificate for env.rollmesh (spec 14)
+            self.channel = grpc.aio.secure_channel(
+                address,
+                channel_credentials(tls),
+                options=[*unlimited, ("grpc.ssl_target_name_override", security_tls.server_name("env"))],
+            )
+        else:
+            self.channel = grpc.aio.insecure_channel(address, options=unlimited)
         self.stub = env_grpc.EnvironmentServiceStub(self.channel)
         self.baseline_active: int | None = None  # active_episodes before the first check
         self._describe: env_pb.DescribeResponse | None = None

@@ -52,6 +52,12 @@ class ErrorReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     TOO_MANY_FUNCTIONS: _ClassVar[ErrorReason]
     NO_TRAJECTORY: _ClassVar[ErrorReason]
     GROUP_TOO_LARGE: _ClassVar[ErrorReason]
+    NO_CREDENTIALS: _ClassVar[ErrorReason]
+    BAD_TOKEN: _ClassVar[ErrorReason]
+    MISSING_ROLE: _ClassVar[ErrorReason]
+    PATH_NOT_ALLOWED: _ClassVar[ErrorReason]
+    ADDRESS_NOT_ALLOWED: _ClassVar[ErrorReason]
+    TEMPLATE_KWARG_NOT_ALLOWED: _ClassVar[ErrorReason]
 ERROR_REASON_UNSPECIFIED: ErrorReason
 MALFORMED_REQUEST: ErrorReason
 MISSING_FIELD: ErrorReason
@@ -97,3 +103,9 @@ IMPORTS_NOT_ALLOWED: ErrorReason
 TOO_MANY_FUNCTIONS: ErrorReason
 NO_TRAJECTORY: ErrorReason
 GROUP_TOO_LARGE: ErrorReason
+NO_CREDENTIALS: ErrorReason
+BAD_TOKEN: ErrorReason
+MISSING_ROLE: ErrorReason
+PATH_NOT_ALLOWED: ErrorReason
+ADDRESS_NOT_ALLOWED: ErrorReason
+TEMPLATE_KWARG_NOT_ALLOWED: ErrorReason

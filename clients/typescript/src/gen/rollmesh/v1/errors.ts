@@ -128,6 +128,27 @@ export enum ErrorReason {
   NO_TRAJECTORY = 76,
   /** GROUP_TOO_LARGE - RESOURCE_EXHAUSTED: more trajectories in one ScoreGroup than the server accepts. metadata: limit. */
   GROUP_TOO_LARGE = 77,
+  /** NO_CREDENTIALS - UNAUTHENTICATED: the caller presented no identity (no client certificate, no bearer token). */
+  NO_CREDENTIALS = 90,
+  /** BAD_TOKEN - UNAUTHENTICATED: a bearer token the server does not know. */
+  BAD_TOKEN = 91,
+  /**
+   * MISSING_ROLE - PERMISSION_DENIED: the caller's identity lacks a role the method requires.
+   * metadata: identity, required (the roles that would do).
+   */
+  MISSING_ROLE = 92,
+  /**
+   * PATH_NOT_ALLOWED - PERMISSION_DENIED: a LoadWeights path outside the server's weights roots, or one that does
+   * not exist (one answer for both, so the server is no oracle for its file system).
+   */
+  PATH_NOT_ALLOWED = 93,
+  /**
+   * ADDRESS_NOT_ALLOWED - PERMISSION_DENIED: an inline rubric spec names a judge or env_score address that is neither
+   * registered nor on the server's allow-list.
+   */
+  ADDRESS_NOT_ALLOWED = 94,
+  /** TEMPLATE_KWARG_NOT_ALLOWED - INVALID_ARGUMENT: a chat template keyword argument that clients may not set. metadata: allowed. */
+  TEMPLATE_KWARG_NOT_ALLOWED = 95,
   UNRECOGNIZED = -1,
 }
 
@@ -268,6 +289,24 @@ export function errorReasonFromJSON(object: any): ErrorReason {
     case 77:
     case "GROUP_TOO_LARGE":
       return ErrorReason.GROUP_TOO_LARGE;
+    case 90:
+    case "NO_CREDENTIALS":
+      return ErrorReason.NO_CREDENTIALS;
+    case 91:
+    case "BAD_TOKEN":
+      return ErrorReason.BAD_TOKEN;
+    case 92:
+    case "MISSING_ROLE":
+      return ErrorReason.MISSING_ROLE;
+    case 93:
+    case "PATH_NOT_ALLOWED":
+      return ErrorReason.PATH_NOT_ALLOWED;
+    case 94:
+    case "ADDRESS_NOT_ALLOWED":
+      return ErrorReason.ADDRESS_NOT_ALLOWED;
+    case 95:
+    case "TEMPLATE_KWARG_NOT_ALLOWED":
+      return ErrorReason.TEMPLATE_KWARG_NOT_ALLOWED;
     case -1:
     case "UNRECOGNIZED":
     default:
@@ -367,6 +406,18 @@ export function errorReasonToJSON(object: ErrorReason): string {
       return "NO_TRAJECTORY";
     case ErrorReason.GROUP_TOO_LARGE:
       return "GROUP_TOO_LARGE";
+    case ErrorReason.NO_CREDENTIALS:
+      return "NO_CREDENTIALS";
+    case ErrorReason.BAD_TOKEN:
+      return "BAD_TOKEN";
+    case ErrorReason.MISSING_ROLE:
+      return "MISSING_ROLE";
+    case ErrorReason.PATH_NOT_ALLOWED:
+      return "PATH_NOT_ALLOWED";
+    case ErrorReason.ADDRESS_NOT_ALLOWED:
+      return "ADDRESS_NOT_ALLOWED";
+    case ErrorReason.TEMPLATE_KWARG_NOT_ALLOWED:
+      return "TEMPLATE_KWARG_NOT_ALLOWED";
     case ErrorReason.UNRECOGNIZED:
     default:
       return "UNRECOGNIZED";
