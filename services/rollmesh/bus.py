@@ -17,6 +17,7 @@ import asyncio
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import nats
 import nats.errors
@@ -30,6 +31,8 @@ from nats.js.kv import KeyValue
 
 from rollmesh.errors import InvalidArgumentError, ResourceExhaustedError, UnavailableError
 from rollmesh.proto.v1 import bus_pb2, trajectory_pb2
+from rollmesh.security.tls import TlsConfig
+from rollmesh.security.tls import current as current_tls
 from rollmesh.telemetry import get_logger
 
 log = get_logger(__name__)
@@ -101,9 +104,16 @@ def deadletter_subject(subject: str) -> str:
     return f"{PREFIX}.deadletter.{subject.removeprefix(PREFIX + '.')}"
 
 
-async def connect(nats_url: str, *, name: str = "rollmesh", connect_timeout_s: float = 5.0) -> NATS:
+async def connect(
+    nats_url: str, *, name: str = "rollmesh", connect_timeout_s: float = 5.0, tls: TlsConfig | None = None
+) -> NATS:
     """A NATS connection that fails fast at start (a bus that is down is a clear error) and
-    reconnects forever once it has connected."""
+    reconnects forever once it has connected. `nats_url` may list several servers, comma-separated.
+    With TLS settings (default: the process's, security.tls.current()) it connects over TLS with
+    this process's certificate, which the server maps to a user with its roles' permissions."""
+    tls = current_tls() if tls is None else tls
+    servers = [u.strip() for u in nats_url.split(",") if u.strip()]
+    secure: dict[str, Any] = {"tls": tls.client_ssl_context()} if tls.enabled else {}
 
     connected = False
 
@@ -115,8 +125,9 @@ async def connect(nats_url: str, *, name: str = "rollmesh", connect_timeout_s: f
         # nats-py retries the first connect too when reconnects are unlimited: bound the wait.
         nc = await asyncio.wait_for(
             nats.connect(
-                nats_url,
+                servers,
                 name=name,
+                **secure,
                 connect_timeout=connect_timeout_s,
                 allow_reconnect=True,
                 max_reconnect_attempts=-1,

@@ -16,6 +16,7 @@ from pathlib import Path
 from types import TracebackType
 
 from rollmesh.children import dies_with_parent
+from rollmesh.security.nats_auth import CONFIG_NAME
 from rollmesh.telemetry import get_logger
 
 log = get_logger(__name__)
@@ -54,8 +55,12 @@ class EmbeddedNats:
         store_dir: str | Path | None = None,
         jetstream: bool = True,
         extra_args: list[str] | None = None,
+        auth_dir: str | Path | None = None,
     ) -> None:
+        """`auth_dir`: a directory made by `rollmesh certs init`; the server then speaks TLS only,
+        requires client certificates and gives each identity its role's permissions."""
         self.host = host
+        self.auth_dir = Path(auth_dir).resolve() if auth_dir is not None else None
         self.port = port
         self.jetstream = jetstream
         self.extra_args = list(extra_args or [])
@@ -81,6 +86,8 @@ class EmbeddedNats:
             self.port = free_port(self.host)
         self._tmp_dir = tempfile.mkdtemp(prefix="rollmesh-nats-")
         cmd = [nats_server_binary(), "-a", self.host, "-p", str(self.port)]
+        if self.auth_dir is not None:  # flags above override the file's listen address
+            cmd += ["-c", str(self.auth_dir / CONFIG_NAME)]
         if self.jetstream:
             store = self.store_dir
             assert store is not None
@@ -178,7 +185,9 @@ class EmbeddedNats:
         await asyncio.to_thread(self.stop)
 
 
-def run_foreground(*, host: str = "127.0.0.1", port: int = 4222, store_dir: str | Path | None = None) -> int:
+def run_foreground(
+    *, host: str = "127.0.0.1", port: int = 4222, store_dir: str | Path | None = None, auth_dir: str | None = None
+) -> int:
     """Run nats-server until it exits, Ctrl-C or SIGTERM (for `rollmesh nats`); returns its exit code."""
     import signal
 
@@ -186,8 +195,9 @@ def run_foreground(*, host: str = "127.0.0.1", port: int = 4222, store_dir: str 
         raise KeyboardInterrupt  # SIGTERM too stops the server, instead of orphaning it
 
     signal.signal(signal.SIGTERM, _interrupt)
-    server = EmbeddedNats(host=host, port=port, store_dir=store_dir).start()
-    print(f"nats-server listening on {server.url} (JetStream store: {server.store_dir})", flush=True)
+    server = EmbeddedNats(host=host, port=port, store_dir=store_dir, auth_dir=auth_dir).start()
+    secured = f", TLS and client certificates from {auth_dir}" if auth_dir else ""
+    print(f"nats-server listening on {server.url} (JetStream store: {server.store_dir}{secured})", flush=True)
     try:
         return server.wait()
     except KeyboardInterrupt:

@@ -22,6 +22,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from nats.aio.client import Client as NATS
 from nats.js.kv import KeyValue
 
+from rollmesh import bus
 from rollmesh.errors import NotFoundError
 from rollmesh.proto.v1 import bus_pb2
 from rollmesh.telemetry import get_logger
@@ -145,7 +146,7 @@ class Registry:
 
     @classmethod
     async def connect(cls, nats_url: str, *, ttl_s: float = 15.0, bucket: str = REGISTRY_BUCKET) -> Registry:
-        nc = await nats.connect(nats_url, name="rollmesh-registry")
+        nc = await bus.connect(nats_url, name="rollmesh-registry")
         try:
             return await cls.from_client(nc, ttl_s=ttl_s, bucket=bucket, _own=True)
         except BaseException:

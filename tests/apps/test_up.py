@@ -5,6 +5,7 @@ every child; bad configurations are clear errors."""
 from __future__ import annotations
 
 import json
+import re
 import os
 import signal
 import socket
@@ -97,8 +98,15 @@ backend = "hf"
     children = [s["pid"] for s in state["services"]] + [state["nats_pid"]]
     assert all(alive(pid) for pid in children)
 
+    # Security is on by default: mTLS and NATS users, credentials made in <dir>/pki; `up` prints the
+    # line that gives another terminal the orchestrator's identity.
+    assert state["certs"] == str((tmp_path / "mesh" / "pki").resolve())
+    exports = re.search(r"with its credentials: export (.*?); then", " ".join(output.split())).group(1)
+    credentials = dict(item.split("=", 1) for item in exports.split())
+    assert credentials["ROLLMESH_TLS_CERT"].endswith("orchestrator.pem")
+
     # eval with no flags beyond --env/--model: the model is the mesh's, found by name.
-    client_env = {**env, "ROLLMESH_NATS_URL": url}
+    client_env = {**env, "ROLLMESH_NATS_URL": url, **credentials}
     r = subprocess.run(
         [sys.executable, "-m", "rollmesh.cli", "eval", "--env", "guess-number", "--model", "tiny",
          "-n", "2", "-r", "2", "--max-tokens", "4", "--no-progress"],
@@ -134,7 +142,8 @@ backend = "hf"
     assert not [pid for pid in children if alive(pid)]
     assert processes_mentioning(str(tmp_path)) == []
     assert not (tmp_path / "mesh" / "mesh.json").exists()
-    with socket.socket() as s:  # the NATS port is free again
+    with socket.socket() as s:  # the NATS port is free again (no listener; closed connections may linger)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         s.bind(("127.0.0.1", port))
 
 

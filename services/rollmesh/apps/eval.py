@@ -272,7 +272,9 @@ class _Run:
             inference_command, InferenceConfig(model=spec, backend=self.opts.backend), host="127.0.0.1",
             nats_url=None, grace_s=2.0,
         )  # fmt: skip
-        server = ServiceProcess("inference server", "inference", argv, out / "logs" / "inference.log")
+        server = ServiceProcess(
+            "inference server", "inference", argv, out / "logs" / "inference.log", tls=_local_server_tls()
+        )
         self.console.print(f"starting an inference server for {spec} (log: {server.log_path})")
         server.start()
         self.stack.push_async_callback(server.stop, 2.0)
@@ -287,6 +289,25 @@ class _Run:
         publisher = bus.Publisher(nc, js)
         self.stack.push_async_callback(publisher.flush)
         return publisher
+
+
+def _local_server_tls() -> Any:
+    """A local model server's TLS settings: none when this process uses none; with TLS, the
+    inference certificate next to this process's CA (a `rollmesh certs init` directory)."""
+    from ..security import pki
+    from ..security.tls import current
+
+    client = current()
+    if not client.enabled:
+        return None
+    server = pki.sibling(client, "inference")
+    if server is None:
+        raise FailedPreconditionError(
+            f"TLS is on and {client.ca} has no inference.pem next to it to serve a local model with: start the model "
+            "with `rollmesh inference serve --tls-cert ... --tls-key ... --tls-ca ...` and pass its address as --model",
+            reason="MISSING_FIELD",
+        )
+    return server
 
 
 @contextlib.contextmanager

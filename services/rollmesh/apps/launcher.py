@@ -32,6 +32,9 @@ from pydantic import Field, field_validator
 from ..children import dies_with_parent
 from ..config import Section, to_toml
 from ..errors import FailedPreconditionError, InvalidArgumentError, UnavailableError
+from ..security import pki
+from ..security import tls as security_tls
+from ..security.tls import TlsConfig
 from ..telemetry import get_logger
 
 log = get_logger(__name__)
@@ -41,6 +44,14 @@ DEFAULT_DIR = "rollmesh-mesh"
 # "rollmesh env server on 127.0.0.1:40123: ...", "rollmesh inference server on ...", "rubric server on ..."
 ADDRESS_RE = re.compile(r"server on (\S+):\s")
 LOG_TAIL_BYTES = 3000
+TLS_ENV = (
+    security_tls.ENV_CERT,
+    security_tls.ENV_KEY,
+    security_tls.ENV_CA,
+    security_tls.ENV_TOKENS,
+    security_tls.ENV_TOKEN,
+)
+KIND_NAMES = {"environment": "env", "inference": "inference", "rubric": "rubric"}  # certificate names
 
 
 # ---- configuration ---------------------------------------------------------------------------
@@ -114,12 +125,23 @@ class MeshRubricConfig(Section):
     """More `rollmesh rubric serve` flags."""
 
 
+class MeshSecurityConfig(Section):
+    enabled: bool = True
+    """Mutual TLS between every service and the mesh's clients, role checks on every call, and the embedded nats-server
+    with TLS and per-role users; the credentials are made on first use (`rollmesh certs init`). false = plaintext on
+    loopback (only for debugging the wire: the mesh refuses a non-loopback host without security).
+    """
+    certs: str = ""
+    """A `rollmesh certs init` directory to use; "" = <dir>/pki, created on first use and kept between runs."""
+
+
 class MeshConfig(Section):
     dir: str = DEFAULT_DIR
     """Logs, mesh.json, the embedded NATS store."""
     host: str = "127.0.0.1"
     """Interface every server of the mesh binds."""
     nats: NatsConfig = Field(default_factory=NatsConfig)
+    security: MeshSecurityConfig = Field(default_factory=MeshSecurityConfig)
     envs: list[EnvServerConfig] = Field(default_factory=list)
     inference: InferenceConfig | None = None
     rubric: MeshRubricConfig | None = None
@@ -215,8 +237,19 @@ class ServiceProcess:
     """A server subprocess: log to a file, ready when it prints its address and answers health
     checks, stopped with SIGTERM (it deregisters and drains) and SIGKILL after the grace."""
 
-    def __init__(self, name: str, kind: str, argv: Sequence[str], log_path: Path, env: dict[str, str] | None = None):
+    def __init__(
+        self,
+        name: str,
+        kind: str,
+        argv: Sequence[str],
+        log_path: Path,
+        env: dict[str, str] | None = None,
+        tls: TlsConfig | None = None,
+    ):
+        """`tls`: the server's own TLS settings (its certificate); None = plaintext. The process's
+        own settings are never inherited: a client certificate is no server's."""
         self.name = name
+        self.tls = tls
         self.kind = kind
         self.argv = list(argv)
         self.log_path = log_path
@@ -226,7 +259,8 @@ class ServiceProcess:
 
     def start(self) -> ServiceProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, "GRPC_VERBOSITY": "ERROR", **(self.env or {})}
+        env = {k: v for k, v in os.environ.items() if k not in TLS_ENV}
+        env.update({"GRPC_VERBOSITY": "ERROR", **(self.tls.env() if self.tls else {}), **(self.env or {})})
         with self.log_path.open("ab") as logf:
             logf.write(f"\n==== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(self.argv)}\n".encode())
             logf.flush()
@@ -278,7 +312,7 @@ class ServiceProcess:
                     reason="SERVICE_TIMEOUT",
                 )
             await asyncio.sleep(0.1)
-        await wait_for_ready(self.address, max(1.0, deadline - time.monotonic()))
+        await wait_for_ready(self.address, max(1.0, deadline - time.monotonic()), kind=KIND_NAMES.get(self.kind))
         return self.address
 
     def signal(self, sig: int) -> None:
@@ -378,6 +412,25 @@ class Mesh:
         self.services: list[ServiceProcess] = []
         self._nats: Any = None  # natsd.EmbeddedNats
         self.restarts: dict[str, int] = {}  # by service name ("nats" for the embedded server)
+        self.certs: Path | None = None  # the credentials directory, with security on
+        self._previous_tls: TlsConfig | None = None
+
+    def identity(self, name: str) -> TlsConfig | None:
+        """The TLS settings of one identity of the mesh (env, inference, rubric, orchestrator,
+        trainer, ...); None with security off."""
+        return pki.member_config(self.certs, name) if self.certs is not None else None
+
+    def _secure(self) -> None:
+        """Credentials made on first use; this process becomes the mesh's orchestrator (its gRPC
+        channels and NATS connections use that identity) until stop()."""
+        cfg = self.config
+        if not cfg.security.enabled:
+            for what, host in (("the mesh", cfg.host), ("NATS", cfg.nats.host)):
+                security_tls.check_bind(host, TlsConfig(), insecure=False, what=what)
+            return
+        self.certs = pki.init(Path(cfg.security.certs) if cfg.security.certs else self.dir / "pki")
+        self._previous_tls = security_tls.current()
+        security_tls.configure(pki.member_config(self.certs, "orchestrator"))
 
     def addresses(self, kind: str) -> list[str]:
         return [s.address for s in self.services if s.kind == kind and s.address]
@@ -393,6 +446,7 @@ class Mesh:
     async def _start(self) -> None:
         cfg = self.config
         self.dir.mkdir(parents=True, exist_ok=True)
+        self._secure()
         await self._start_nats()
         logs = self.dir / "logs"
         for spec in cfg.envs:
@@ -400,7 +454,9 @@ class Mesh:
             for i in range(spec.replicas):
                 argv = env_command(spec, host=cfg.host, nats_url=self.nats_url, grace_s=cfg.grace_s)
                 self.services.append(
-                    ServiceProcess(f"env-{label}-{i}", "environment", argv, logs / f"env-{label}-{i}.log")
+                    ServiceProcess(
+                        f"env-{label}-{i}", "environment", argv, logs / f"env-{label}-{i}.log", tls=self.identity("env")
+                    )
                 )
         if cfg.inference is not None:
             spec_i = cfg.inference
@@ -408,10 +464,16 @@ class Mesh:
                 inference_command, spec_i, host=cfg.host, nats_url=self.nats_url, grace_s=cfg.grace_s
             )
             for i in range(spec_i.replicas):
-                self.services.append(ServiceProcess(f"inference-{i}", "inference", argv, logs / f"inference-{i}.log"))
+                self.services.append(
+                    ServiceProcess(
+                        f"inference-{i}", "inference", argv, logs / f"inference-{i}.log", tls=self.identity("inference")
+                    )
+                )
         if cfg.rubric is not None:
             argv_r = rubric_command(cfg.rubric, host=cfg.host, run_dir=self.dir, nats_url=self.nats_url)
-            self.services.append(ServiceProcess("rubric", "rubric", argv_r, logs / "rubric.log"))
+            self.services.append(
+                ServiceProcess("rubric", "rubric", argv_r, logs / "rubric.log", tls=self.identity("rubric"))
+            )
         for service in self.services:
             service.start()
         await asyncio.gather(*(s.wait_ready(cfg.startup_timeout_s) for s in self.services))
@@ -439,7 +501,7 @@ class Mesh:
         else:
             port = cfg.port or free_port(cfg.host)
         store = Path(cfg.store_dir) if cfg.store_dir else self.dir / "nats"
-        server = EmbeddedNats(host=cfg.host, port=port, store_dir=store)
+        server = EmbeddedNats(host=cfg.host, port=port, store_dir=store, auth_dir=self.certs)
         server.start()  # from this (main) thread, so that nats-server dies with the mesh
         self._nats = server
         self.nats_url = server.url
@@ -447,6 +509,7 @@ class Mesh:
     def _write_state(self) -> None:
         state = {
             "nats_url": self.nats_url,
+            "certs": str(self.certs.resolve()) if self.certs else None,
             "nats_pid": self._nats.proc.pid if self._nats is not None and self._nats.proc else None,
             "pid": os.getpid(),
             "services": [
@@ -508,6 +571,9 @@ class Mesh:
             await asyncio.to_thread(nats.stop)
         with contextlib.suppress(FileNotFoundError):
             (self.dir / "mesh.json").unlink()
+        if self._previous_tls is not None:
+            security_tls.configure(self._previous_tls)
+            self._previous_tls = None
 
     def kill(self) -> None:
         """Immediate SIGKILL of everything (a second ctrl-C while stopping)."""
@@ -525,6 +591,12 @@ class Mesh:
 
 
 # ---- `rollmesh up` ---------------------------------------------------------------------------
+
+
+def client_env_line(certs: Path, identity: str = "orchestrator") -> str:
+    """The shell line that gives another terminal's commands an identity of the mesh."""
+    config = pki.member_config(certs.resolve(), identity)
+    return "export " + " ".join(f"{k}={v}" for k, v in config.env().items() if k != security_tls.ENV_TOKENS)
 
 
 def _services_table(mesh: Mesh) -> Any:
@@ -575,6 +647,8 @@ async def serve_mesh(config: MeshConfig, console: Any) -> int:
             if mesh.nats_url == f"nats://127.0.0.1:{DEFAULT_NATS_PORT}"
             else f"export ROLLMESH_NATS_URL={mesh.nats_url}"
         )
+        if mesh.certs is not None:
+            where += f"; with its credentials: {client_env_line(mesh.certs)}"
         console.print(
             f"ready. {where}; then e.g. `rollmesh eval --env NAME --model NAME`; ctrl-C stops the mesh",
             highlight=False,

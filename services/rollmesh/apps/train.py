@@ -246,6 +246,7 @@ class TrainRun:
             "trainer",
             rollmesh_command("trainer", "run", "--config", str(trainer_toml)),
             self.dir / "logs" / "trainer.log",
+            tls=self.mesh.identity("trainer"),
         ).start()
 
     async def _shutdown(self) -> None:

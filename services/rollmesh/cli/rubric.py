@@ -6,7 +6,15 @@ from typing import Annotated
 
 import typer
 
-from .security_options import InsecureOpt, TlsCaOpt, TlsCertOpt, TlsKeyOpt, TokensFileOpt, configure_security
+from .security_options import (
+    InsecureOpt,
+    TlsCaOpt,
+    TlsCertOpt,
+    TlsKeyOpt,
+    TokensFileOpt,
+    configure_client,
+    configure_security,
+)
 
 rubric_app = typer.Typer(
     rich_markup_mode=None,
@@ -138,6 +146,7 @@ def publish(
     from ..errors import RollmeshError
     from ..monitor.publish import publish_trace
 
+    configure_client("publisher")
     chat: list[dict[str, str]] = []
     if messages_file:
         try:
@@ -182,6 +191,8 @@ def scores(
 
     from ..errors import RollmeshError
     from ..monitor.publish import ScoreReader
+
+    configure_client("reader")
 
     async def tail() -> int:
         seen = 0

@@ -62,7 +62,9 @@ def eval_command(
     environment or model, unreachable servers or bus); 130 interrupted (rerun with --out to resume).
     """
     from ..apps.eval import EvalOptions, main
+    from .security_options import configure_client
 
+    configure_client("orchestrator")
     opts = EvalOptions(
         env=env,
         model=model,

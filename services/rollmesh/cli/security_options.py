@@ -60,3 +60,32 @@ def configure_security(
         typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
         raise typer.Exit(2) from None
     configure(config)
+
+
+def configure_client(
+    identity: str,
+    tls_cert: str | None = None,
+    tls_key: str | None = None,
+    tls_ca: str | None = None,
+) -> None:
+    """A client command's TLS settings: the flags or environment; with neither, and a local mesh
+    running (`rollmesh up` writes ./rollmesh-mesh/mesh.json, or $ROLLMESH_MESH_DIR), that mesh's
+    credentials as `identity`, so the quickstart needs no extra step."""
+    import json
+    import os
+    from pathlib import Path
+
+    from ..security import pki
+    from ..security.tls import TlsConfig
+
+    config = TlsConfig.from_env().overridden(cert=tls_cert, key=tls_key, ca=tls_ca)
+    if not config.enabled:
+        state = Path(os.environ.get("ROLLMESH_MESH_DIR") or "rollmesh-mesh") / "mesh.json"
+        try:
+            certs = json.loads(state.read_text()).get("certs")
+        except (OSError, ValueError):
+            certs = None
+        if certs and Path(certs, f"{identity}.pem").exists():
+            config = pki.member_config(certs, identity)
+            typer.secho(f"using the local mesh's credentials ({certs}, as {identity})", err=True, dim=True)
+    configure_security(config.cert, config.key, config.ca)

@@ -198,3 +198,14 @@ def init(
 
     write_nats_config(d, members, publisher_apps=publisher_apps)
     return d
+
+
+def sibling(config: TlsConfig, name: str) -> TlsConfig | None:
+    """The TLS settings of identity `name` from the directory that holds `config`'s CA, when it is
+    one made by init() (a process that starts a server for itself, e.g. eval's local model)."""
+    if not config.ca:
+        return None
+    d = Path(config.ca).parent
+    if not ((d / f"{name}.pem").exists() and (d / f"{name}-key.pem").exists()):
+        return None
+    return member_config(d, name)

@@ -1,0 +1,156 @@
+"""Callers that try to use the bus without the right to: the embedded nats-server with the mesh's
+authorization (TLS, client certificates mapped to per-role users). Strangers cannot connect; a
+known identity cannot publish forged rollouts, register a rogue server, write the policy version
+or publish traces for apps it was not given, and nothing of theirs reaches a stream."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import nats.errors
+import pytest
+from rollmesh import bus
+from rollmesh.errors import UnavailableError
+from rollmesh.natsd import EmbeddedNats
+from rollmesh.proto.v1 import bus_pb2
+from rollmesh.registry import Registry
+from rollmesh.security.tls import TlsConfig
+
+from .conftest import callers, member
+
+
+@pytest.fixture(scope="module")
+async def secured(certs: Path) -> AsyncIterator[str]:
+    async with EmbeddedNats(auth_dir=certs) as server:
+        nc = await bus.connect(server.url, tls=member(certs, "operator"))
+        js = nc.jetstream()
+        await bus.ensure_streams(js)
+        await js.create_key_value(bucket="rollmesh-policy")
+        await nc.close()
+        yield server.url
+
+
+async def _connect(url: str, config: TlsConfig) -> tuple[nats.NATS, list[str]]:
+    """A connection and the asynchronous errors the server sent it (permission violations)."""
+    errors: list[str] = []
+    nc = await bus.connect(url, tls=config)
+
+    async def on_error(e: Exception) -> None:
+        errors.append(str(e).lower())
+
+    nc._error_cb = on_error  # nats-py reports -ERR from the server here
+    return nc, errors
+
+
+async def _count(url: str, certs: Path, stream: str) -> int:
+    nc = await bus.connect(url, tls=member(certs, "operator"))
+    try:
+        return (await nc.jetstream().stream_info(stream)).state.messages
+    finally:
+        await nc.close()
+
+
+async def _violation_reported(errors: list[str]) -> None:
+    for _ in range(100):
+        if any("permissions violation" in e for e in errors):
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"the server reported no permissions violation: {errors}")
+
+
+async def _refused_publish(nc: nats.NATS, errors: list[str], subject: str) -> None:
+    with pytest.raises((TimeoutError, nats.errors.TimeoutError, nats.errors.NoRespondersError)):
+        await nc.jetstream().publish(subject, b"forged", timeout=1.0)
+    await _violation_reported(errors)
+
+
+@pytest.mark.parametrize("who", ["no certificate", "another CA", "expired"])
+async def test_strangers_cannot_connect(secured: str, certs: Path, foreign: Path, expired: TlsConfig, who: str) -> None:
+    with pytest.raises(UnavailableError):
+        nc = await bus.connect(secured, tls=callers(certs, foreign, expired)[who], connect_timeout_s=1.0)
+        await nc.close()
+
+
+async def test_plaintext_cannot_connect(secured: str) -> None:
+    with pytest.raises(UnavailableError):
+        await bus.connect(secured, tls=TlsConfig(), connect_timeout_s=1.0)
+
+
+@pytest.mark.parametrize("who", ["reader", "publisher", "trainer", "env", "inference"])
+async def test_only_orchestrators_publish_rollouts(secured: str, certs: Path, who: str) -> None:
+    before = await _count(secured, certs, "ROLLOUTS")
+    nc, errors = await _connect(secured, member(certs, who))
+    try:
+        await _refused_publish(nc, errors, "rollmesh.rollouts.run.arithmetic")
+    finally:
+        await nc.close()
+    assert await _count(secured, certs, "ROLLOUTS") == before
+    nc, _ = await _connect(secured, member(certs, "orchestrator"))
+    try:
+        await nc.jetstream().publish("rollmesh.rollouts.run.arithmetic", b"ok", timeout=5)
+    finally:
+        await nc.close()
+    assert await _count(secured, certs, "ROLLOUTS") == before + 1
+
+
+@pytest.mark.parametrize("who", ["orchestrator", "reader", "publisher", "trainer"])
+async def test_only_servers_register(secured: str, certs: Path, who: str) -> None:
+    record = bus_pb2.ServiceRecord(
+        kind=bus_pb2.SERVICE_KIND_INFERENCE, name="tiny", address="10.9.9.9:1", instance_id=f"rogue-{who}"
+    )
+    nc, errors = await _connect(secured, member(certs, who))
+    try:
+        registry = await Registry.from_client(nc)
+        with pytest.raises((TimeoutError, nats.errors.TimeoutError, nats.errors.NoRespondersError)):
+            registration = await asyncio.wait_for(registry.register(record), 3)
+            await registration.close()
+        await _violation_reported(errors)
+    finally:
+        await nc.close()
+    nc, _ = await _connect(secured, member(certs, "orchestrator"))
+    try:
+        listed = await (await Registry.from_client(nc)).list(bus_pb2.SERVICE_KIND_INFERENCE, "tiny")
+        assert [r for r in listed if r.instance_id.startswith("rogue")] == []
+    finally:
+        await nc.close()
+    # A server identity may.
+    nc, _ = await _connect(secured, member(certs, "inference"))
+    try:
+        record.instance_id = "legit"
+        registration = await (await Registry.from_client(nc)).register(record)
+        await registration.close()
+    finally:
+        await nc.close()
+
+
+@pytest.mark.parametrize("who", ["orchestrator", "reader", "publisher", "env"])
+async def test_only_the_trainer_writes_the_policy_version(secured: str, certs: Path, who: str) -> None:
+    nc, errors = await _connect(secured, member(certs, who))
+    try:
+        store = await bus.PolicyStore.open(nc.jetstream())
+        with pytest.raises((TimeoutError, nats.errors.TimeoutError, nats.errors.NoRespondersError)):
+            await asyncio.wait_for(store.put("run", 2**62), 3)
+        await _violation_reported(errors)
+    finally:
+        await nc.close()
+    nc, _ = await _connect(secured, member(certs, "trainer"))
+    try:
+        store = await bus.PolicyStore.open(nc.jetstream())
+        assert await store.version("run") < 2**62
+        await store.put("run", 7)
+        assert await store.version("run") == 7
+    finally:
+        await nc.close()
+
+
+async def test_publishers_publish_only_their_apps(secured: str, certs: Path) -> None:
+    before = await _count(secured, certs, "MONITOR")
+    nc, errors = await _connect(secured, member(certs, "publisher"))  # given the app "shop" (conftest)
+    try:
+        await nc.jetstream().publish("rollmesh.monitor.shop", b"trace", timeout=5)
+        await _refused_publish(nc, errors, "rollmesh.monitor.bank")
+    finally:
+        await nc.close()
+    assert await _count(secured, certs, "MONITOR") == before + 1
