@@ -120,3 +120,21 @@ def to_toml(data: dict[str, Any]) -> str:
 
 def _is_inline_list(v: Any) -> bool:
     return isinstance(v, list) and not (v and all(isinstance(x, dict) for x in v))
+
+
+class TlsSection(Section):
+    """`[tls]` of a service's or a run's TOML file: the same settings as --tls-cert/--tls-key/--tls-ca/--tokens-file
+    (flags win, then this table, then ROLLMESH_TLS_* variables). Paths only: keys and tokens stay in their files."""
+
+    cert: str = ""
+    """This process's certificate (PEM); turns TLS on."""
+    key: str = ""
+    """The certificate's private key (PEM file)."""
+    ca: str = ""
+    """CA bundle that signs peers; on a server it turns on mutual TLS."""
+    tokens_file: str = ""
+    """Bearer-token hashes a server accepts (TOML, see `rollmesh certs token`)."""
+
+    def settings(self) -> dict[str, str]:
+        """As keyword arguments for TlsConfig.overridden (empty values are left out)."""
+        return {k: v for k, v in self.model_dump().items() if v}

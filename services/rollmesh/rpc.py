@@ -9,6 +9,7 @@ ROLLMESH_TRACING=0 to drop them from hot paths (e.g. benchmarks).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
@@ -169,14 +170,32 @@ def _malformed(method: str, e: Exception) -> MalformedRequestError:
     return MalformedRequestError(f"the request is not a valid protobuf message for {method}: {clip(str(e), 200)}")
 
 
-def _authorize(authorizer: Authorizer, method: str, context: Any) -> None:
+async def _authorize(authorizer: Authorizer, method: str, context: Any, request: Any, streaming: bool) -> None:
     """Identifies the caller and checks its roles before the servicer runs (raises the refusal)."""
     if not authorizer.enabled:
         return
     auth = context.auth_context() or {}
     metadata = dict(context.invocation_metadata() or ())
-    identity = authorizer.check(method, auth.get("x509_pem_cert", ()), metadata.get("authorization"), context.peer())
+    try:
+        identity = authorizer.check(
+            method, auth.get("x509_pem_cert", ()), metadata.get("authorization"), context.peer()
+        )
+    except RollmeshError:
+        if streaming:
+            # A client that is still sending its first message when the refusal arrives gets a
+            # local INTERNAL from grpc instead of our status: take that message (briefly) first.
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(_first_message(request), REFUSAL_READ_S)
+        raise
     set_caller(identity)
+
+
+REFUSAL_READ_S = 1.0
+
+
+async def _first_message(request: Any) -> None:
+    if hasattr(request, "__anext__"):
+        await request.__anext__()
 
 
 class _ServerInterceptor(grpc.aio.ServerInterceptor):
@@ -253,7 +272,7 @@ class _ServerInterceptor(grpc.aio.ServerInterceptor):
                 start = time.perf_counter()
                 try:
                     try:
-                        _authorize(self.authorizer, method, context)
+                        await _authorize(self.authorizer, method, context, request, handler.request_streaming)
                         if isinstance(request, _Undecodable):
                             raise request.error
                         result = inner_stream(request, context)
@@ -277,7 +296,7 @@ class _ServerInterceptor(grpc.aio.ServerInterceptor):
                 start = time.perf_counter()
                 try:
                     try:
-                        _authorize(self.authorizer, method, context)
+                        await _authorize(self.authorizer, method, context, request, handler.request_streaming)
                         if isinstance(request, _Undecodable):
                             raise request.error
                         response = await inner_unary(request, context)

@@ -49,13 +49,20 @@ async def mesh(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> As
         grace_s=1.0,
     )
     async with Mesh(config) as m:
+        # The evals this module runs are the mesh's orchestrator (security is on by default).
+        credentials = pytest.MonkeyPatch()
+        for key, value in m.identity("orchestrator").env().items():
+            credentials.setenv(key, value)
         argv = inference_command(
             InferenceConfig(model="wiki-search", backend="scripted"), host="127.0.0.1", nats_url=m.nats_url, grace_s=1
         )
-        scripted = ServiceProcess("scripted", "inference", argv, base / "logs" / "scripted.log").start()
+        scripted = ServiceProcess(
+            "scripted", "inference", argv, base / "logs" / "scripted.log", tls=m.identity("inference")
+        ).start()
         m.services.append(scripted)  # stopped with the mesh
         await scripted.wait_ready(120)
         yield m
+        credentials.undo()
 
 
 def eval_cmd(mesh: Mesh, *args: str, json_out: bool = False) -> list[str]:
@@ -168,8 +175,10 @@ async def slow_guesser(mesh: Mesh) -> AsyncIterator[str]:
     eval is reliably still running when the test interrupts it."""
     from rollmesh.inference.backends.scripted import ScriptedBackend, load_script
     from rollmesh.inference.server import InferenceServer
+    from rollmesh.security.tls import using
 
-    server = InferenceServer(ScriptedBackend(load_script("guess-number"), model="slow-guesser", delay_s=0.1))
+    with using(mesh.identity("inference")):  # a server of the mesh: its certificate, not the process's
+        server = InferenceServer(ScriptedBackend(load_script("guess-number"), model="slow-guesser", delay_s=0.1))
     await server.start()
     yield server.address
     await server.stop(0)

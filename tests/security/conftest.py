@@ -1,28 +1,15 @@
 """Credentials for the security tests: a mesh CA (`rollmesh certs init`), a second CA nobody
-trusts, and an expired certificate from the mesh CA. `using(config)` makes a TLS config this
-process's (servers built and channels opened inside it use it)."""
+trusts, and an expired certificate from the mesh CA. `using(config)` (security.tls) makes a TLS
+config this process's: servers built and channels opened inside it use it."""
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from rollmesh.security import pki, roles
-from rollmesh.security import tls as security_tls
-from rollmesh.security.tls import TlsConfig
-
-
-@contextlib.contextmanager
-def using(config: TlsConfig) -> Iterator[TlsConfig]:
-    previous = security_tls.current()
-    security_tls.configure(config)
-    try:
-        yield config
-    finally:
-        security_tls.configure(previous)
+from rollmesh.security.tls import TlsConfig, using
 
 
 @pytest.fixture(scope="session")
@@ -67,3 +54,6 @@ def expired(certs: Path) -> TlsConfig:
     (d / "orchestrator.pem").write_bytes(cert)
     (d / "orchestrator-key.pem").write_bytes(key)
     return TlsConfig(cert=str(d / "orchestrator.pem"), key=str(d / "orchestrator-key.pem"), ca=str(certs / "ca.pem"))
+
+
+__all__ = ["callers", "member", "using"]

@@ -42,7 +42,8 @@ log = get_logger(__name__)
 DEFAULT_NATS_PORT = 4222
 DEFAULT_DIR = "rollmesh-mesh"
 # "rollmesh env server on 127.0.0.1:40123: ...", "rollmesh inference server on ...", "rubric server on ..."
-ADDRESS_RE = re.compile(r"server on (\S+):\s")
+# Anchored at a line start: a traceback quoting the source of these lines must not match.
+ADDRESS_RE = re.compile(r"^rollmesh (?:env|inference|rubric) server on (\S+):\s", re.MULTILINE)
 LOG_TAIL_BYTES = 3000
 TLS_ENV = (
     security_tls.ENV_CERT,

@@ -4,9 +4,12 @@ flag, else environment variable (ROLLMESH_TLS_CERT, ...). They set the process's
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+
+if TYPE_CHECKING:
+    from ..security.tls import TlsConfig
 
 TlsCertOpt = Annotated[
     str | None,
@@ -43,15 +46,20 @@ def configure_security(
     tls_ca: str | None,
     tokens_file: str | None = None,
     *,
+    identity: str | None = None,
     serve: tuple[str, str] | None = None,
     insecure: bool = False,
 ) -> None:
-    """Set this process's TLS settings from the flags; for a server (`serve` = (host, what)),
-    refuse an exposed address without security unless `insecure`. Exits with a clear error."""
+    """Set this process's TLS settings from the flags, else the environment, else (with `identity`)
+    the credentials of a local mesh that is running (see local_mesh_credentials). For a server
+    (`serve` = (host, what)), refuse an exposed address without security unless `insecure`. Exits
+    with a clear error."""
     from ..errors import RollmeshError
     from ..security.tls import TlsConfig, check_bind, configure
 
     config = TlsConfig.from_env().overridden(cert=tls_cert, key=tls_key, ca=tls_ca, tokens_file=tokens_file)
+    if not config.enabled and identity and (local := local_mesh_credentials(identity)) is not None:
+        config = local
     try:
         config.validate(server=serve is not None)
         if serve is not None:
@@ -62,30 +70,32 @@ def configure_security(
     configure(config)
 
 
+def local_mesh_credentials(identity: str) -> TlsConfig | None:
+    """While a local mesh runs (`rollmesh up` writes ./rollmesh-mesh/mesh.json, or
+    $ROLLMESH_MESH_DIR/mesh.json), a command started next to it joins it as `identity` with its
+    credentials: the quickstart needs no extra step and still runs with security on."""
+    import json
+    import os
+    from pathlib import Path
+
+    from ..security import pki
+
+    state = Path(os.environ.get("ROLLMESH_MESH_DIR") or "rollmesh-mesh") / "mesh.json"
+    try:
+        certs = json.loads(state.read_text()).get("certs")
+    except (OSError, ValueError, AttributeError):
+        return None
+    if not certs or not Path(certs, f"{identity}.pem").exists():
+        return None
+    typer.secho(f"using the local mesh's credentials ({certs}, as {identity})", err=True, dim=True)
+    return pki.member_config(certs, identity)
+
+
 def configure_client(
     identity: str,
     tls_cert: str | None = None,
     tls_key: str | None = None,
     tls_ca: str | None = None,
 ) -> None:
-    """A client command's TLS settings: the flags or environment; with neither, and a local mesh
-    running (`rollmesh up` writes ./rollmesh-mesh/mesh.json, or $ROLLMESH_MESH_DIR), that mesh's
-    credentials as `identity`, so the quickstart needs no extra step."""
-    import json
-    import os
-    from pathlib import Path
-
-    from ..security import pki
-    from ..security.tls import TlsConfig
-
-    config = TlsConfig.from_env().overridden(cert=tls_cert, key=tls_key, ca=tls_ca)
-    if not config.enabled:
-        state = Path(os.environ.get("ROLLMESH_MESH_DIR") or "rollmesh-mesh") / "mesh.json"
-        try:
-            certs = json.loads(state.read_text()).get("certs")
-        except (OSError, ValueError):
-            certs = None
-        if certs and Path(certs, f"{identity}.pem").exists():
-            config = pki.member_config(certs, identity)
-            typer.secho(f"using the local mesh's credentials ({certs}, as {identity})", err=True, dim=True)
-    configure_security(config.cert, config.key, config.ca)
+    """A client command's TLS settings (configure_security, as `identity` of a local mesh)."""
+    configure_security(tls_cert, tls_key, tls_ca, identity=identity)

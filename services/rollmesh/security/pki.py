@@ -209,3 +209,17 @@ def sibling(config: TlsConfig, name: str) -> TlsConfig | None:
     if not ((d / f"{name}.pem").exists() and (d / f"{name}-key.pem").exists()):
         return None
     return member_config(d, name)
+
+
+def add_token(directory: str | Path, name: str, roles: Sequence[str]) -> str:
+    """A new bearer token for `name` with `roles`: its hash appended to DIR/tokens.toml (servers
+    reading that file accept it after a restart); returns the secret, which is stored nowhere."""
+    unknown = set(roles) - set(R.ROLES)
+    if unknown or not roles:
+        raise ValueError(f"roles must be among {', '.join(R.ROLES)}; got {sorted(unknown) or 'none'}")
+    token = secrets.token_urlsafe(32)
+    quoted_roles = ", ".join(f'"{r}"' for r in roles)
+    path = Path(directory) / "tokens.toml"
+    with path.open("a") as f:
+        f.write(f'\n[[token]]\nname = "{name}"\nroles = [{quoted_roles}]\nsha256 = "{hash_token(token)}"\n')
+    return token

@@ -9,11 +9,13 @@ rotating a certificate is replacing two files."""
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import logging
 import os
 import socket
 import ssl
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -182,6 +184,18 @@ def configure(config: TlsConfig) -> TlsConfig:
     global _current
     _current = config
     return config
+
+
+@contextlib.contextmanager
+def using(config: TlsConfig) -> Iterator[TlsConfig]:
+    """This process's settings are `config` inside the block: servers built and channels opened
+    there use it (a process that hosts a server and is a client under other identities)."""
+    previous = current()
+    configure(config)
+    try:
+        yield config
+    finally:
+        configure(previous)
 
 
 # ---- binding ---------------------------------------------------------------------------------------
