@@ -5,8 +5,8 @@ every child; bad configurations are clear errors."""
 from __future__ import annotations
 
 import json
-import re
 import os
+import re
 import signal
 import socket
 import subprocess

@@ -103,8 +103,8 @@ async def test_megabyte_names_and_paths_are_not_echoed(served) -> None:
     assert "1000000 chars" in err.details()
     err = await _fails(
         stub.LoadWeights(inf_pb.LoadWeightsRequest(path="/" + "p" * 1_000_000), timeout=10),
-        grpc.StatusCode.NOT_FOUND,
-        "FILE_NOT_FOUND",
+        grpc.StatusCode.PERMISSION_DENIED,
+        "PATH_NOT_ALLOWED",
     )
     assert "chars" in err.details()
 

@@ -10,7 +10,7 @@ import json
 import aiohttp
 import grpc
 import pytest
-from rollmesh.errors import DataLossError, InvalidArgumentError, NotFoundError
+from rollmesh.errors import DataLossError, InvalidArgumentError, NotFoundError, PermissionDeniedError
 from rollmesh.inference.client import InferenceClient
 from rollmesh.inference.server import InferenceServer
 from rollmesh.inference.weights import encode
@@ -186,9 +186,9 @@ async def test_load_weights_from_a_checkpoint(served, tiny_model_dir) -> None:
     response = await client.load_weights(str(tiny_model_dir))
     assert response.policy_version == version + 1 and response.tensors_updated > 0
     assert await _greedy_ids(client) == before  # same weights as served
-    with pytest.raises(NotFoundError) as e:
+    with pytest.raises(PermissionDeniedError) as e:  # outside the weights roots, or missing: one answer
         await client.load_weights("/no/such/checkpoint")
-    assert e.value.reason == "FILE_NOT_FOUND"
+    assert e.value.reason == "PATH_NOT_ALLOWED"
     with pytest.raises(InvalidArgumentError, match="not newer") as e:
         await client.load_weights(str(tiny_model_dir), policy_version=1)
     assert e.value.reason == "INVALID_FIELD" and e.value.metadata == {"field": "policy_version"}

@@ -38,10 +38,17 @@ async def env_server(
 
 @contextlib.asynccontextmanager
 async def scripted_inference(
-    script: str | Sequence[str], *, name: str = "scripted", nats_url: str | None = None, delay_s: float = 0.0
+    script: str | Sequence[str],
+    *,
+    name: str = "scripted",
+    nats_url: str | None = None,
+    delay_s: float = 0.0,
+    weights_roots: Sequence[str] = (),
 ) -> AsyncIterator[InferenceServer]:
     replies = load_script(script) if isinstance(script, str) else list(script)
-    server = InferenceServer(ScriptedBackend(replies, model=name, delay_s=delay_s), nats_url=nats_url)
+    server = InferenceServer(
+        ScriptedBackend(replies, model=name, delay_s=delay_s), nats_url=nats_url, weights_roots=list(weights_roots)
+    )
     await server.start()
     try:
         yield server

@@ -69,7 +69,10 @@ async def test_scheduling_waits_for_fresh_weights(nats, tmp_path) -> None:
     _, store = nats
     run_id = f"w{uuid.uuid4().hex[:10]}"
     await store.put(run_id, 20)  # the trainer is 20 steps ahead of the inference server (version 0)
-    async with env_server(env("arithmetic")) as envs, scripted_inference(["7"]) as inference:
+    async with (
+        env_server(env("arithmetic")) as envs,
+        scripted_inference(["7"], weights_roots=[str(tmp_path)]) as inference,
+    ):
         cfg = RolloutConfig(run_id=run_id, env="arithmetic", rollouts_per_task=2, max_off_policy_steps=8)
         async with RolloutEngine(
             cfg, env_addresses=[envs.address], inference_addresses=[inference.address], policy=store
@@ -90,7 +93,10 @@ async def test_scheduling_waits_for_fresh_weights(nats, tmp_path) -> None:
 
 async def test_eval_runs_have_no_policy_and_are_never_stale(nats) -> None:
     _, store = nats
-    async with env_server(env("arithmetic")) as envs, scripted_inference(["7"]) as inference:
+    async with (
+        env_server(env("arithmetic")) as envs,
+        scripted_inference(["7"]) as inference,
+    ):
         cfg = RolloutConfig(run_id=f"e{uuid.uuid4().hex[:10]}", env="arithmetic", max_off_policy_steps=0)
         async with RolloutEngine(
             cfg, env_addresses=[envs.address], inference_addresses=[inference.address], policy=store

@@ -16,15 +16,16 @@ os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
 
 @pytest.fixture
-async def served(tiny_model_dir: Path, nats_url: str) -> AsyncIterator[tuple[str, Any, Any]]:
-    """An inference server registered under a name of its own (other tests' servers stay out)."""
+async def served(tiny_model_dir: Path, nats_url: str, tmp_path: Path) -> AsyncIterator[tuple[str, Any, Any]]:
+    """An inference server registered under a name of its own (other tests' servers stay out); it
+    loads checkpoints from under the test's tmp_path (its weights root)."""
     from rollmesh.inference.backends.hf import HFBackend
     from rollmesh.inference.client import InferenceClient
     from rollmesh.inference.server import InferenceServer
 
     name = f"tiny-push-{uuid.uuid4().hex[:6]}"
     backend = await HFBackend.create(str(tiny_model_dir), dtype="float32", name=name)
-    server = InferenceServer(backend, nats_url=nats_url)
+    server = InferenceServer(backend, nats_url=nats_url, weights_roots=[str(tiny_model_dir), str(tmp_path)])
     await server.start()
     client = await InferenceClient.connect(server.address, timeout_s=60)
     yield name, backend, client

@@ -100,6 +100,13 @@ def load_train_config(path: str | Path | None, overrides: Sequence[str] = ()) ->
             cfg.mesh.inference = InferenceConfig(model="tiny")
     if not cfg.mesh.dir or cfg.mesh.dir == MeshConfig().dir:
         cfg.mesh.dir = str(run_dir(cfg) / "mesh")
+    if cfg.mesh.inference is not None and cfg.trainer.get("push", {}).get("mode") == "path":
+        # LoadWeights reads only under its roots: the mesh's servers may load the run's checkpoints.
+        checkpoints = cfg.trainer.get("checkpoint", {}).get("dir") or str(run_dir(cfg) / "checkpoints")
+        model = cfg.mesh.inference.model
+        roots = [Path(checkpoints).resolve(), *([Path(model).resolve()] if Path(model).exists() else [])]
+        for root in roots:
+            cfg.mesh.inference.extra_args += ["--weights-root", str(root)]
     return cfg
 
 
@@ -127,6 +134,8 @@ def trainer_config(cfg: TrainRunConfig, *, nats_url: str, model_path: str) -> di
     data.setdefault("model", model_path)
     data.setdefault("seed", cfg.seed)
     data.setdefault("checkpoint", {}).setdefault("dir", str(out / "checkpoints"))
+    # The trainer checks a whole group's advantages against its rewards once it has them all.
+    data.setdefault("batch", {}).setdefault("group_size", rollout_config(cfg).rollouts_per_task)
     try:
         TrainerConfig.model_validate(data)  # fail here, not in the subprocess
     except Exception as e:

@@ -43,6 +43,7 @@ from .security_options import (  # noqa: E402
     TlsCertOpt,
     TlsKeyOpt,
     TokensFileOpt,
+    configure_client,
     configure_security,
 )
 
@@ -88,7 +89,9 @@ def env_serve(
 
     setup_logging("rollmesh-env")
     setup_tracing("rollmesh-env")
-    configure_security(tls_cert, tls_key, tls_ca, tokens_file, serve=(host, "environments"), insecure=insecure)
+    configure_security(
+        tls_cert, tls_key, tls_ca, tokens_file, identity="env", serve=(host, "environments"), insecure=insecure
+    )
     try:
         kwargs = parse_args(arg or [])
         envs = [e for t in targets for e in load_environments(t, kwargs)]
@@ -147,6 +150,14 @@ def inference_serve(
     max_model_len: Annotated[int | None, typer.Option(help="Context length (vllm; default: the model's).")] = None,
     max_batch_size: Annotated[int, typer.Option(help="Sequences per forward pass (hf).")] = 32,
     max_weights_mb: Annotated[float, typer.Option(help="Largest UpdateWeights payload, MiB.")] = 65536.0,
+    weights_root: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="A directory LoadWeights may read checkpoints from (repeatable; symlinks are resolved). "
+            "Default: only the served model's own directory. A trainer pushing by path needs its "
+            "checkpoint directory here."
+        ),
+    ] = None,
     nats: NatsOpt = None,
     advertise_host: Annotated[str | None, typer.Option(help="Host other machines reach this server at.")] = None,
     grace: Annotated[float, typer.Option(help="Seconds in-flight requests get on SIGTERM.")] = 30.0,
@@ -164,7 +175,9 @@ def inference_serve(
 
     setup_logging("rollmesh-inference")
     setup_tracing("rollmesh-inference")
-    configure_security(tls_cert, tls_key, tls_ca, tokens_file, serve=(host, "a model"), insecure=insecure)
+    configure_security(
+        tls_cert, tls_key, tls_ca, tokens_file, identity="inference", serve=(host, "a model"), insecure=insecure
+    )
 
     async def main() -> None:
         try:
@@ -181,9 +194,10 @@ def inference_serve(
             nats_url=nats,
             advertise_host=advertise_host,
             max_weights_bytes=int(max_weights_mb * 1024 * 1024),
+            weights_roots=weights_root or None,
         )
         await server.start()
-        extra = f", OpenAI API on http://{server.openai_address}/v1" if server.openai_address else ""
+        extra = f", OpenAI API on {server.openai_url}/v1" if server.openai_url else ""
         typer.echo(f"rollmesh inference server on {server.address}: {engine.model} ({engine.name}){extra}", err=True)
         await server.serve_until_signal(grace)
 
@@ -242,19 +256,43 @@ def conformance(
     certificate of an identity with the orchestrator role (or operator) when the server wants one."""
     from ..apps.conformance import Options, run_cli
 
-    configure_security(tls_cert, tls_key, tls_ca)
+    configure_client("orchestrator", tls_cert, tls_key, tls_ca)
     options = Options(timeout_s=timeout, max_wait_s=max_wait, drain_pid=drain_pid, inference=inference)
     raise typer.Exit(run_cli(address, as_json=as_json, options=options))
+
+
+@app.command()
+def health(
+    address: Annotated[str, typer.Argument(help="host:port of a rollmesh gRPC server.")],
+    kind: Annotated[
+        str | None, typer.Option(help="env | inference | rubric: the name its certificate carries.")
+    ] = None,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for SERVING.")] = 5.0,
+    tls_cert: TlsCertOpt = None,
+    tls_key: TlsKeyOpt = None,
+    tls_ca: TlsCaOpt = None,
+) -> None:
+    """Exit 0 when the server answers grpc.health.v1 SERVING (over TLS with the TLS settings): a
+    readiness probe for servers with mutual TLS, which Kubernetes' built-in gRPC probe cannot reach."""
+    from ..rpc import wait_for_ready
+
+    configure_security(tls_cert, tls_key, tls_ca, identity="orchestrator")
+    try:
+        asyncio.run(wait_for_ready(address, timeout, kind=kind))
+    except TimeoutError as e:
+        _fail(str(e), code=1)
 
 
 @app.command("ls")
 def ls(nats: NatsOpt = "nats://127.0.0.1:4222") -> None:
     """List the live servers in the registry."""
+    from ..errors import RollmeshError
     from ..registry import print_services
 
+    configure_client("orchestrator")
     try:
         asyncio.run(print_services(nats or "nats://127.0.0.1:4222"))
-    except OSError as e:
+    except (OSError, RollmeshError) as e:
         _fail(f"cannot reach NATS at {nats}: {e}")
 
 
@@ -262,11 +300,22 @@ def ls(nats: NatsOpt = "nats://127.0.0.1:4222") -> None:
 def nats_cmd(
     port: Annotated[int, typer.Option(help="Client port.")] = 4222,
     store: Annotated[str | None, typer.Option(help="JetStream storage directory (default: a temporary one).")] = None,
+    host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
+    tls_dir: Annotated[
+        str | None,
+        typer.Option(help="A `rollmesh certs init` directory: TLS, client certificates required, per-role users."),
+    ] = None,
+    insecure: InsecureOpt = False,
 ) -> None:
     """Run the embedded NATS server (JetStream on) in the foreground."""
     from ..natsd import run_foreground
+    from ..security.tls import is_loopback
 
-    raise typer.Exit(run_foreground(port=port, store_dir=store))
+    if not tls_dir and not is_loopback(host):
+        if not insecure:
+            _fail(f"refusing to serve NATS on {host} without --tls-dir (anyone could publish rollouts); or --insecure")
+        typer.secho(f"warning: NATS on {host} without TLS or users (--insecure)", fg=typer.colors.YELLOW, err=True)
+    raise typer.Exit(run_foreground(host=host, port=port, store_dir=store, auth_dir=tls_dir))
 
 
 @bench_app.command("env-step")
@@ -274,11 +323,12 @@ def bench_env_step(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     episodes: Annotated[int, typer.Option(help="Concurrent episodes for the throughput run.")] = 64,
     seconds: Annotated[float, typer.Option(help="Seconds per measurement.")] = 3.0,
+    mtls: Annotated[bool, typer.Option(help="Also measure a server with mutual TLS and role checks.")] = True,
 ) -> None:
-    """Environment steps in-process versus through the gRPC server on loopback."""
+    """Environment steps in-process versus through the gRPC server on loopback, plaintext and mTLS."""
     from ..apps.bench.env_step import main as bench_main
 
-    bench_main(as_json=as_json, concurrency=episodes, seconds=seconds)
+    bench_main(as_json=as_json, concurrency=episodes, seconds=seconds, mtls=mtls)
 
 
 @bench_app.command("inference")
@@ -406,3 +456,55 @@ def certs_init(
         typer.echo(f"  {m.name + '.pem':<18} roles: {', '.join(m.roles)}")
     typer.echo("  tokens.toml        bearer-token hashes (servers: --tokens-file); secrets in <name>.token")
     typer.echo("  nats-auth.conf     nats-server TLS + users (rollmesh nats --tls-dir DIR)")
+
+
+@certs_app.command("issue")
+def certs_issue(
+    directory: Annotated[str, typer.Argument(help="A `rollmesh certs init` directory (its CA signs).")],
+    name: Annotated[str, typer.Argument(help="The identity (certificate CN); files DIR/NAME.pem, DIR/NAME-key.pem.")],
+    role: Annotated[list[str], typer.Option("--role", help="A role of the identity (repeatable).")],
+    serves: Annotated[
+        list[str] | None, typer.Option("--serves", help="env | inference | rubric | nats: a server of that kind.")
+    ] = None,
+    host: Annotated[
+        list[str] | None, typer.Option("--host", help="Another name or IP of a server (repeatable).")
+    ] = None,
+    days: Annotated[int, typer.Option(help="Days the certificate is valid.")] = 825,
+) -> None:
+    """Issue (or reissue, to rotate) one identity's certificate from the directory's CA; the
+    nats-server authorization is rewritten to include it."""
+    from pathlib import Path
+
+    from ..security import nats_auth, pki, roles
+
+    unknown = set(role) - set(roles.ROLES)
+    if unknown:
+        _fail(f"unknown roles {sorted(unknown)}; roles: {', '.join(roles.ROLES)}")
+    d = Path(directory)
+    try:
+        ca = pki.CertificateAuthority.load(d)
+    except (OSError, ValueError) as e:
+        _fail(f"{d} has no usable CA (ca.pem, ca-key.pem): {e}")
+    member = pki.Member(name, tuple(role), tuple(serves or ()))
+    pki.write_member(ca, d, member, hosts=host or [], days=days)
+    known = {m.name: m for m in pki.MESH}
+    known[name] = member
+    members = [m for m in known.values() if (d / f"{m.name}.pem").exists()]
+    nats_auth.write_nats_config(d, members)
+    typer.echo(f"wrote {d / (name + '.pem')} and {d / (name + '-key.pem')} (roles: {', '.join(role)})")
+
+
+@certs_app.command("token")
+def certs_token(
+    directory: Annotated[str, typer.Argument(help="The directory whose tokens.toml servers read (--tokens-file).")],
+    name: Annotated[str, typer.Argument(help="Who the token is for (shown in audit lines).")],
+    role: Annotated[list[str], typer.Option("--role", help="A role of the token (repeatable).")],
+) -> None:
+    """Make a bearer token (for HTTP clients such as Prometheus or a browser proxy, or gRPC clients
+    without a certificate): prints the secret once; only its hash is stored."""
+    from ..security import pki
+
+    try:
+        typer.echo(pki.add_token(directory, name, role))
+    except (OSError, ValueError) as e:
+        _fail(str(e))

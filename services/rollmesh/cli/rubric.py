@@ -84,11 +84,18 @@ def serve(
     cfg = _load(config, overrides)
     setup_logging("rollmesh-rubric")
     setup_tracing("rollmesh-rubric")
-    configure_security(tls_cert, tls_key, tls_ca, tokens_file, serve=(cfg.server.host, "rubrics"), insecure=insecure)
-    if cfg.dashboard.enabled:
-        configure_security(
-            tls_cert, tls_key, tls_ca, tokens_file, serve=(cfg.dashboard.host, "the dashboard"), insecure=insecure
-        )
+    for host, what in ((cfg.server.host, "rubrics"), (cfg.dashboard.host, "the dashboard")):
+        if what == "rubrics" or cfg.dashboard.enabled:
+            configure_security(
+                tls_cert,
+                tls_key,
+                tls_ca,
+                tokens_file,
+                table=cfg.tls.settings(),
+                identity="rubric",
+                serve=(host, what),
+                insecure=insecure,
+            )
 
     from ..monitor.service import serve as serve_service
 

@@ -46,18 +46,24 @@ def configure_security(
     tls_ca: str | None,
     tokens_file: str | None = None,
     *,
+    table: dict[str, str] | None = None,
     identity: str | None = None,
     serve: tuple[str, str] | None = None,
     insecure: bool = False,
 ) -> None:
-    """Set this process's TLS settings from the flags, else the environment, else (with `identity`)
+    """Set this process's TLS settings from the flags, else `table` ([tls] of a TOML file), else the
+    environment, else (with `identity`)
     the credentials of a local mesh that is running (see local_mesh_credentials). For a server
     (`serve` = (host, what)), refuse an exposed address without security unless `insecure`. Exits
     with a clear error."""
     from ..errors import RollmeshError
     from ..security.tls import TlsConfig, check_bind, configure
 
-    config = TlsConfig.from_env().overridden(cert=tls_cert, key=tls_key, ca=tls_ca, tokens_file=tokens_file)
+    config = (
+        TlsConfig.from_env()
+        .overridden(**(table or {}))  # a [tls] table of the command's TOML file
+        .overridden(cert=tls_cert, key=tls_key, ca=tls_ca, tokens_file=tokens_file)
+    )
     if not config.enabled and identity and (local := local_mesh_credentials(identity)) is not None:
         config = local
     try:

@@ -23,6 +23,10 @@ def _serve(config: str, overrides: list[str], max_steps: int | None) -> None:
         from ..trainer.config import load_trainer_config
 
         cfg = load_trainer_config(config, overrides)
+        from ..security.tls import TlsConfig, configure
+
+        # [tls] of the trainer's file, over ROLLMESH_TLS_* (how the run launcher passes them).
+        configure(TlsConfig.from_env().overridden(**cfg.tls.settings()))
         if max_steps is not None:
             cfg.max_steps = max_steps
         from ..trainer.loop import run_trainer

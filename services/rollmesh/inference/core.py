@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import math
 import os
 import uuid
@@ -13,11 +14,14 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ..errors import InvalidArgumentError, NotFoundError, UnimplementedError, quoted
+from ..errors import InvalidArgumentError, NotFoundError, PermissionDeniedError, UnimplementedError, quoted
 from .backend import Backend, GenerationRequest, Sampling, TokenDelta
+from .templates import RENDER_MEMORY_BYTES, RENDER_MEMORY_PER_PROMPT_CHAR, TemplateSandbox, check_template_kwargs
 
 if TYPE_CHECKING:
     import torch
+
+log = logging.getLogger(__name__)
 
 MAX_N = 64
 DEFAULT_MAX_TOKENS = 256
@@ -29,6 +33,10 @@ MAX_CHARS_PER_CONTEXT_TOKEN = 32
 # any client template arguments) run on the prompt threads so the event loop keeps serving.
 INLINE_PROMPT_CHARS = 4096
 PROMPT_THREADS = 2
+# LoadWeights: the longest path considered (Linux's PATH_MAX), and the files of a checkpoint
+# directory that the backends read, each of which must also resolve inside a weights root.
+MAX_WEIGHTS_PATH_CHARS = 4096
+CHECKPOINT_FILE_SUFFIXES = (".safetensors", ".bin", ".json")
 
 
 @dataclass
@@ -82,10 +90,26 @@ _NUMBER_FIELDS = {
 }
 
 
+def default_weights_roots(backend: Backend) -> list[str]:
+    """Where LoadWeights may read when the server is given no roots: the served model's own
+    directory (reloading the base weights), when the backend was loaded from one."""
+    path = getattr(backend, "model_path", None)
+    return [str(path)] if path else []
+
+
+def _within(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
+
+
 class InferenceCore:
-    def __init__(self, backend: Backend) -> None:
+    def __init__(self, backend: Backend, *, weights_roots: Sequence[str | os.PathLike[str]] | None = None) -> None:
         self.backend = backend
         self._prompt_pool: ThreadPoolExecutor | None = None
+        self._templates: TemplateSandbox | None = None
+        roots = default_weights_roots(backend) if weights_roots is None else weights_roots
+        # absolute now (relative to the directory the server started in); symlinks are resolved
+        # at each check, so a root may be created or moved after the start
+        self.weights_roots: tuple[str, ...] = tuple(os.path.abspath(os.path.expanduser(os.fspath(r))) for r in roots)
 
     @property
     def max_prompt_chars(self) -> int:
@@ -112,15 +136,52 @@ class InferenceCore:
         tools: Sequence[Mapping[str, Any]] | None = None,
         *,
         add_generation_prompt: bool = True,
-        template_kwargs: Mapping[str, Any] | None = None,
+        template_kwargs: Any = None,
     ) -> list[int]:
         """Token ids of a chat prompt as the model's chat template renders it; bounded in size, and
-        off the event loop when it is large."""
+        off the event loop when it is large. `template_kwargs` come from the client: only the
+        allow-listed switches (templates.ALLOWED_TEMPLATE_KWARGS), and a template of its own
+        (`chat_template`) from a caller with the operator role, rendered in the sandbox."""
+        switches, template = check_template_kwargs(template_kwargs)
         chars = _prompt_chars(messages, tools)
         self.check_prompt_chars(chars)
+        if template is not None:
+            text = await self._render_client_template(template, messages, tools, add_generation_prompt, switches)
+            return await self._off_loop(len(text), self._text_ids, text)
         return await self._off_loop(
-            chars, self._chat_ids, messages, tools, add_generation_prompt, template_kwargs=template_kwargs
+            chars, self._chat_ids, messages, tools, add_generation_prompt, template_kwargs=switches
         )
+
+    @property
+    def template_sandbox(self) -> TemplateSandbox:
+        if self._templates is None:
+            memory = max(RENDER_MEMORY_BYTES, RENDER_MEMORY_PER_PROMPT_CHAR * self.max_prompt_chars)
+            self._templates = TemplateSandbox(memory_bytes=memory)
+        return self._templates
+
+    async def _render_client_template(
+        self,
+        template: str,
+        messages: Sequence[Mapping[str, Any]],
+        tools: Sequence[Mapping[str, Any]] | None,
+        add_generation_prompt: bool,
+        switches: Mapping[str, Any],
+    ) -> str:
+        if not messages:
+            raise InvalidArgumentError(
+                "a chat prompt needs at least one message", reason="MISSING_FIELD", metadata={"field": "chat.messages"}
+            )
+        tok = self.backend.tokenizer
+        context = {
+            # as transformers renders templates: the special tokens, which the switches override
+            **dict(getattr(tok, "special_tokens_map", None) or {}),
+            **switches,
+            "messages": [_template_message(m) for m in messages],
+            "tools": [{"type": "function", "function": t} for t in tools] if tools else None,
+            "documents": None,
+            "add_generation_prompt": add_generation_prompt,
+        }
+        return await self.template_sandbox.render(template, context, self.max_prompt_chars)
 
     async def tokenize_text(self, text: str, *, add_special_tokens: bool = False) -> list[int]:
         """Token ids of plain text, bounded in size and off the event loop when it is large."""
@@ -134,6 +195,16 @@ class InferenceCore:
         if self._prompt_pool is not None:
             self._prompt_pool.shutdown(wait=False, cancel_futures=True)
             self._prompt_pool = None
+        if self._templates is not None:
+            self._templates.close()
+            self._templates = None
+
+    async def aclose(self) -> None:
+        """close(), and waits for the template renderers to exit."""
+        templates, self._templates = self._templates, None
+        self.close()
+        if templates is not None:
+            await templates.aclose()
 
     @property
     def vocab_size(self) -> int:
@@ -171,7 +242,17 @@ class InferenceCore:
                 reason="INVALID_FIELD",
                 metadata={"field": "chat.messages"},
             ) from None
-        ids = list(tok(text, add_special_tokens=False)["input_ids"])
+        return self._text_ids(text)
+
+    def _text_ids(self, text: str) -> list[int]:
+        """Token ids of a rendered prompt, refused before tokenising when it cannot fit."""
+        if len(text) > self.max_prompt_chars:
+            raise InvalidArgumentError(
+                f"the chat template renders a prompt of {len(text)} characters, more than the model's context "
+                f"of {self.backend.context_length} tokens can hold (limit {self.max_prompt_chars} characters)",
+                reason="PROMPT_TOO_LONG",
+            )
+        ids = list(self.backend.tokenizer(text, add_special_tokens=False)["input_ids"])
         self.check_prompt(ids)
         return ids
 
@@ -306,8 +387,39 @@ class InferenceCore:
         return version, applied
 
     async def load_weights(self, path: str, requested_version: int) -> tuple[int, int]:
-        if not os.path.exists(path):  # noqa: ASYNC240 (one stat; not worth a thread)
-            raise NotFoundError(f"no checkpoint at {quoted(path)} on the inference server", reason="FILE_NOT_FOUND")
+        resolved = await asyncio.to_thread(self.allowed_checkpoint, path)
+        if resolved is None:
+            # One answer for a path outside the roots and a path that does not exist, so that the
+            # server tells nothing about its file system.
+            log.warning("LoadWeights refused %s (weights roots: %s)", quoted(path), ", ".join(self.weights_roots))
+            raise PermissionDeniedError(
+                f"no checkpoint this server may load at {quoted(path)}: LoadWeights reads existing paths under "
+                "the server's weights roots only (rollmesh inference serve --weights-root)",
+                reason="PATH_NOT_ALLOWED",
+            )
         version = self.next_version(requested_version)
-        applied = await self.backend.load_weights(path, version)
+        applied = await self.backend.load_weights(resolved, version)
         return version, applied
+
+    def allowed_checkpoint(self, path: str) -> str | None:
+        """The real path of `path` (symlinks resolved) if it exists inside a weights root, and, for
+        a directory, so does every checkpoint file in it; else None. Blocking (file system)."""
+        if not path or len(path) > MAX_WEIGHTS_PATH_CHARS or "\0" in path:
+            return None
+        try:
+            roots = [os.path.realpath(r) for r in self.weights_roots]
+            real = os.path.realpath(path)
+            if not any(_within(real, r) for r in roots):
+                return None
+            if os.path.isdir(real):
+                with os.scandir(real) as entries:
+                    for entry in entries:
+                        if entry.name.endswith(CHECKPOINT_FILE_SUFFIXES) and entry.is_symlink():
+                            target = os.path.realpath(entry.path)
+                            if not any(_within(target, r) for r in roots):
+                                return None
+            elif not os.path.isfile(real):
+                return None
+        except (OSError, ValueError):
+            return None
+        return real

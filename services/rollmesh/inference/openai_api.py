@@ -1,5 +1,8 @@
 """OpenAI-compatible HTTP facade (`/v1/chat/completions`, `/v1/completions`, `/v1/models`) on the
-same InferenceCore as the gRPC service, so off-the-shelf agents and eval tools work unchanged."""
+same InferenceCore as the gRPC service, so off-the-shelf agents and eval tools work unchanged.
+
+It serves HTTPS when TLS is on (security.tls) and, when it can tell who calls (a CA or a tokens
+file), /v1/ needs the orchestrator role, like Generate over gRPC; /health stays open."""
 
 from __future__ import annotations
 
@@ -8,7 +11,6 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
@@ -17,11 +19,15 @@ from ..errors import (
     FailedPreconditionError,
     InvalidArgumentError,
     NotFoundError,
+    PermissionDeniedError,
     ResourceExhaustedError,
     RollmeshError,
+    UnauthenticatedError,
     UnavailableError,
     UnimplementedError,
 )
+from ..security.http_auth import HttpSite, auth_middleware, start_site
+from ..security.tls import TlsConfig, current
 from .backend import Sampling
 from .core import InferenceCore
 
@@ -31,6 +37,8 @@ HTTP_STATUS = {
     InvalidArgumentError: 400,
     FailedPreconditionError: 400,
     UnimplementedError: 400,  # e.g. chat input to a model without a chat template: send token ids
+    UnauthenticatedError: 401,
+    PermissionDeniedError: 403,
     NotFoundError: 404,
     ResourceExhaustedError: 429,
     UnavailableError: 503,
@@ -116,7 +124,12 @@ class OpenAIApp:
                     "each tool's function must be an object", reason="INVALID_FIELD", metadata={"field": "tools"}
                 )
             continues = bool(messages) and messages[-1].get("role") == "assistant"
-            ids = await self.core.render_chat(messages, tools, add_generation_prompt=not continues)
+            ids = await self.core.render_chat(
+                messages,
+                tools,
+                add_generation_prompt=not continues,
+                template_kwargs=body.get("chat_template_kwargs"),  # allow-listed in InferenceCore
+            )
             sampling = self.core.sampling(len(ids), **_sampling_params(body, None))
         except RollmeshError as e:
             return _error(e)
@@ -224,15 +237,6 @@ class OpenAIApp:
         return response
 
 
-@dataclass
-class HttpServer:
-    runner: web.AppRunner
-    address: str
-
-    async def stop(self) -> None:
-        await self.runner.cleanup()
-
-
 @web.middleware
 async def _errors(request: web.Request, handler: Any) -> web.StreamResponse:
     """Client faults are 4xx with a JSON error body; only our own bugs are 500 (and logged)."""
@@ -249,12 +253,15 @@ async def _errors(request: web.Request, handler: Any) -> web.StreamResponse:
         )
 
 
-async def start_http(core: InferenceCore, host: str, port: int) -> HttpServer:
-    app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[_errors])
+def make_app(core: InferenceCore, tls: TlsConfig) -> web.Application:
+    # Callers are checked first (outermost), before a handler reads a body or touches the model.
+    app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[auth_middleware(tls), _errors])
     app.add_routes(OpenAIApp(core).routes())
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, host, port)
-    await site.start()
-    bound = runner.addresses[0][1] if runner.addresses else port
-    return HttpServer(runner, f"{host}:{bound}")
+    return app
+
+
+async def start_http(core: InferenceCore, host: str, port: int, *, tls: TlsConfig | None = None) -> HttpSite:
+    """Serves the facade on host:port (0 = a free port). `tls` (default: the process's settings,
+    security.tls.current()) turns on HTTPS and, with a CA or a tokens file, the role check."""
+    tls = current() if tls is None else tls
+    return await start_site(make_app(core, tls), host, port, tls, what="the OpenAI API")

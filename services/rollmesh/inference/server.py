@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import grpc
@@ -175,8 +176,8 @@ class InferenceServicer(inf_grpc.InferenceServiceServicer):
         self, request_iterator: AsyncIterator[inf_pb.UpdateWeightsRequest], context: grpc.aio.ServicerContext
     ) -> inf_pb.UpdateWeightsResponse:
         t0 = time.perf_counter()
+        assembler: WeightsAssembler | None = None
         try:
-            assembler: WeightsAssembler | None = None
             async for request in request_iterator:
                 kind = request.WhichOneof("kind")
                 if kind == "header":
@@ -204,6 +205,8 @@ class InferenceServicer(inf_grpc.InferenceServiceServicer):
             tensors = assembler.finish()
             version, applied = await self.core.update_weights(tensors, assembler.header.policy_version)
         except RollmeshError as e:
+            if assembler is not None:
+                assembler.discard()  # the refusal (and its traceback) must not keep the bytes alive
             await abort(context, e)
         log.info("weights updated: %d tensors, policy version %d", applied, version)
         return inf_pb.UpdateWeightsResponse(
@@ -266,8 +269,11 @@ class InferenceServer(HostedServer):
         openai_port: int | None = None,
         max_weights_bytes: int = DEFAULT_MAX_WEIGHTS_BYTES,
         capacity: int = 64,
+        weights_roots: Sequence[str | os.PathLike[str]] | None = None,
     ) -> None:
-        self.core = InferenceCore(backend)
+        """`weights_roots`: the directories LoadWeights may read from (None = the served model's
+        own directory, see core.default_weights_roots; [] = none: LoadWeights refuses every path)."""
+        self.core = InferenceCore(backend, weights_roots=weights_roots)
         self.servicer = InferenceServicer(self.core, max_weights_bytes=max_weights_bytes)
         rpc = create_server(
             [(inf_grpc.add_InferenceServiceServicer_to_server, self.servicer, SERVICE_NAME)],
@@ -301,15 +307,20 @@ class InferenceServer(HostedServer):
         if self.openai_port is not None:
             from .openai_api import start_http
 
-            self._http = await start_http(self.core, self.rpc.host, self.openai_port)
+            self._http = await start_http(self.core, self.rpc.host, self.openai_port, tls=self.rpc.tls)
 
     @property
     def openai_address(self) -> str | None:
         return self._http.address if self._http else None
+
+    @property
+    def openai_url(self) -> str | None:
+        """The facade's base URL (https when TLS is on)."""
+        return self._http.url if self._http else None
 
     async def release(self) -> None:
         if self._http:
             await self._http.stop()
             self._http = None
         await self.core.backend.close()
-        self.core.close()
+        await self.core.aclose()

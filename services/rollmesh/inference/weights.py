@@ -24,6 +24,14 @@ DTYPES = {
     inf_pb.TENSOR_DTYPE_I32: "int32",
 }
 DTYPE_ENUM = {v: k for k, v in DTYPES.items()}
+ITEM_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "float64": 8, "int64": 8, "int32": 4}
+# A safetensors payload is an 8-byte length, a JSON header (per tensor: its name and
+# {"dtype":..,"shape":[..],"data_offsets":[a,b]}; an optional __metadata__ map; padding), then the
+# data. The header's size is bounded generously from the manifest, so that total_bytes can be
+# checked against what the declared tensors need before any byte is buffered.
+HEADER_BYTES_PER_TENSOR = 128
+HEADER_BYTES_PER_DIM = 24
+HEADER_SLACK_BYTES = 1024 * 1024
 
 
 def _listing(names: list[str], limit: int = 5) -> str:
@@ -56,6 +64,7 @@ class WeightsAssembler:
         self.header = header
         self.params = params
         self._check_manifest()
+        self._check_total_bytes()
         self._buf = bytearray()
         self._sha = hashlib.sha256()
 
@@ -78,15 +87,52 @@ class WeightsAssembler:
                     reason="INVALID_FIELD",
                     metadata={"field": f"header.tensors[{i}].dtype"},
                 )
+        names = [t.name for t in self.header.tensors]
+        if len(set(names)) != len(names):
+            twice = sorted({n for n in names if names.count(n) > 1})
+            raise InvalidArgumentError(
+                f"tensors listed twice in the header: {_listing(twice)}",
+                reason="INVALID_FIELD",
+                metadata={"field": "header.tensors"},
+            )
+
+    def payload_bounds(self) -> tuple[int, int]:
+        """The fewest and the most bytes a safetensors payload of the declared tensors can have."""
+        data = framing = 0
+        for t in self.header.tensors:
+            shape = self.params[t.name].shape
+            numel = 1
+            for d in shape:
+                numel *= d
+            data += numel * ITEM_BYTES[DTYPES[t.dtype]]
+            # a name is JSON-escaped in the header: at most 6 bytes per byte (\uXXXX), and quotes
+            framing += 6 * len(t.name.encode()) + 2 + HEADER_BYTES_PER_TENSOR + HEADER_BYTES_PER_DIM * len(shape)
+        return 8 + data, 8 + data + framing + HEADER_SLACK_BYTES
+
+    def _check_total_bytes(self) -> None:
+        total = self.header.total_bytes
+        least, most = self.payload_bounds()
+        if not least <= total <= most:
+            raise InvalidArgumentError(
+                f"weights header declares total_bytes={total}, but a safetensors payload of its "
+                f"{len(self.header.tensors)} tensors has between {least} and {most} bytes",
+                reason="INVALID_FIELD",
+                metadata={"field": "header.total_bytes"},
+            )
 
     def add(self, chunk: bytes) -> None:
         if len(self._buf) + len(chunk) > self.header.total_bytes:
+            self.discard()
             raise InvalidArgumentError(
                 f"weights stream longer than the header's total_bytes ({self.header.total_bytes})",
                 reason="CHECKPOINT_INVALID",
             )
         self._buf += chunk
         self._sha.update(chunk)
+
+    def discard(self) -> None:
+        """Drops what was buffered (a refused stream must not hold its bytes until collected)."""
+        self._buf = bytearray()
 
     def finish(self) -> dict[str, torch.Tensor]:
         from safetensors.torch import load
@@ -102,6 +148,7 @@ class WeightsAssembler:
             tensors = load(bytes(self._buf))
         except Exception as e:  # safetensors raises its own error types
             raise InvalidArgumentError(f"payload is not a safetensors file: {e}", reason="CHECKPOINT_INVALID") from None
+        self.discard()  # the tensors hold their own copy: free the payload before they are applied
         declared = {t.name: t for t in self.header.tensors}
         if set(tensors) != set(declared):
             raise InvalidArgumentError(

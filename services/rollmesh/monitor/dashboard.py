@@ -6,6 +6,11 @@ GET /api/apps/{app}                     reward series, per-function distribution
 GET /api/apps/{app}/traces/{trace_id}   one trace's score and messages
 GET /metrics                            Prometheus exposition
 GET /healthz                            200 when serving (and live scoring, if configured), else 503
+
+With TLS on (security.tls) it serves HTTPS; when it can tell who calls (a CA or a tokens file), every
+path but /healthz needs the reader role (security.roles.HTTP_ROLES): the page, the API and /metrics
+show production traces and scores. Browsers identify with a client certificate; scrapers and
+proxies with `Authorization: Bearer <token>`.
 """
 
 from __future__ import annotations
@@ -17,6 +22,8 @@ from typing import Any
 
 from aiohttp import web
 
+from ..security.http_auth import HttpSite, auth_middleware, start_site, url
+from ..security.tls import TlsConfig, current
 from .metrics import CONTENT_TYPE, LiveMetrics
 from .scoreboard import Scoreboard
 
@@ -47,7 +54,10 @@ class Dashboard:
         port: int = 8071,
         refresh_s: float = 2.0,
         title: str = "rollmesh live scores",
+        tls: TlsConfig | None = None,
     ) -> None:
+        """`tls` (default: the process's settings, security.tls.current()) turns on HTTPS and, with a
+        CA or a tokens file, the role check of every request."""
         self.board = board
         self.metrics = metrics
         self.health = health
@@ -55,11 +65,13 @@ class Dashboard:
         self.port = port
         self.refresh_s = refresh_s
         self.title = title
+        self.tls = current() if tls is None else tls
         self.app = self._make_app()
-        self._runner: web.AppRunner | None = None
+        self._site: HttpSite | None = None
 
     def _make_app(self) -> web.Application:
-        app = web.Application()
+        # Every route is behind the middleware, so none can show traces to a caller without the role.
+        app = web.Application(middlewares=[auth_middleware(self.tls)])
         app.router.add_get("/", self._index)
         app.router.add_get("/static/{name}", self._static)
         app.router.add_get("/api/apps", self._apps)
@@ -70,28 +82,18 @@ class Dashboard:
         return app
 
     async def start(self) -> Dashboard:
-        self._runner = web.AppRunner(self.app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port)
-        try:
-            await site.start()
-        except OSError as e:
-            await self._runner.cleanup()
-            self._runner = None
-            raise RuntimeError(f"dashboard cannot listen on {self.host}:{self.port}: {e}") from e
-        sockets = site._server.sockets if site._server is not None else []  # type: ignore[union-attr]
-        if sockets:
-            self.port = sockets[0].getsockname()[1]
+        self._site = await start_site(self.app, self.host, self.port, self.tls, what="the dashboard")
+        self.port = self._site.port
         return self
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        return url(self.host, self.port, tls=self.tls.enabled)
 
     async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+        if self._site is not None:
+            await self._site.stop()
+            self._site = None
 
     # ---- handlers --------------------------------------------------------------------------------
 

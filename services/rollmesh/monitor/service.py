@@ -27,6 +27,7 @@ from ..proto.v1 import bus_pb2 as bus_pb
 from ..rubric.config import RubricServiceConfig
 from ..rubric.scoring import RubricBook
 from ..rubric.server import RubricServer
+from ..security.tls import TlsConfig
 from .dashboard import Dashboard
 from .live import LiveScorer
 from .metrics import LiveMetrics
@@ -87,7 +88,11 @@ class BusFeed:
 
 
 class RubricService:
-    def __init__(self, cfg: RubricServiceConfig, *, nats_url: str | None = None) -> None:
+    def __init__(
+        self, cfg: RubricServiceConfig, *, nats_url: str | None = None, dashboard_tls: TlsConfig | None = None
+    ) -> None:
+        """`dashboard_tls`: the dashboard's TLS and caller checks (default: the process's settings,
+        security.tls.current(), which the gRPC server always uses)."""
         self.cfg = cfg
         self.nats_url = nats_url
         m, d = cfg.monitor, cfg.dashboard
@@ -119,7 +124,13 @@ class RubricService:
             )
         self.dashboard = (
             Dashboard(
-                self.board, metrics=self.metrics, health=self.health, host=d.host, port=d.port, refresh_s=d.refresh_s
+                self.board,
+                metrics=self.metrics,
+                health=self.health,
+                host=d.host,
+                port=d.port,
+                refresh_s=d.refresh_s,
+                tls=dashboard_tls,
             )
             if d.enabled
             else None

@@ -8,13 +8,16 @@ import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from ..errors import InvalidArgumentError, UnavailableError
+from ..errors import InvalidArgumentError, UnavailableError, quoted
 from . import judge as judge_mod
 from .builtins import BUILTINS, Params, ScoreFn, builtin
 from .context import ScoreContext
 from .matching import compile_pattern, in_thread, make_extractor, normalize, search
 from .mathverify import START_TIMEOUT_S
 from .resources import Resources
+from .upstream import LOG_HINT, UpstreamError, upstream_failure
+
+ENV_SERVER = "the environment server"
 
 # ---- built-ins: answers ------------------------------------------------------------------------
 
@@ -189,12 +192,15 @@ def _tool_specs(p: Params, res: Resources) -> Callable[[ScoreContext], Awaitable
             return ctx.info["tools"]
         if not ctx.env:
             raise ValueError("no tool specs: set params.tools, task.info.tools, or trajectory.task.env")
-        return await res.env_tools(ctx.env, address)
+        try:
+            return await res.env_tools(ctx.env, address)
+        except Exception as e:
+            raise upstream_failure(ENV_SERVER, e) from e
 
     return specs
 
 
-@builtin("tool_call_validity")
+@builtin("tool_call_validity", address_params=("address",))
 def tool_call_validity(p: Params, res: Resources) -> ScoreFn:
     """Checks every tool call of the assistant messages: it names an offered tool and its arguments
     are a JSON object valid for that tool's JSON schema. mode = "all" (1 when every call is valid,
@@ -242,7 +248,7 @@ def tool_call_validity(p: Params, res: Resources) -> ScoreFn:
 # ---- built-ins: remote scorers -------------------------------------------------------------------
 
 
-@builtin("env_score", timeout_s=60.0)
+@builtin("env_score", timeout_s=60.0, address_params=("address",))
 def env_score(p: Params, res: Resources) -> ScoreFn:
     """The environment's own score: its server's Score RPC on the trajectory's task, messages and
     state. params: address (else a live server of the environment from the registry), env (default
@@ -261,22 +267,29 @@ def env_score(p: Params, res: Resources) -> ScoreFn:
         env = env_name or ctx.env
         if not env:
             raise ValueError("trajectory.task.env is empty; set params.env")
-        client = await res.env_client(env, address)
         try:
-            rewards, total = await client.score(env, ctx.task, ctx.messages, ctx.state)
-        except UnavailableError:
-            await res.forget_env(env, client.address)
-            raise
+            client = await res.env_client(env, address)
+            try:
+                rewards, total = await client.score(env, ctx.task, ctx.messages, ctx.state)
+            except UnavailableError:
+                await res.forget_env(env, client.address)
+                raise
+        except Exception as e:
+            raise upstream_failure(ENV_SERVER, e) from e
         if not key:
             return total
-        if key not in rewards:
-            raise KeyError(f"environment {env!r} returned rewards {sorted(rewards)}, not {key!r}")
+        if key not in rewards:  # the names are the environment's: only the client's own key goes back
+            missing = KeyError(f"environment {env!r} returned rewards {sorted(rewards)}, not {key!r}")
+            raise UpstreamError(
+                f"KeyError: {missing}",
+                public=f"the environment returned no reward {quoted(key)} (BAD_PARAMS): check params.key; {LOG_HINT}",
+            )
         return rewards[key]
 
     return score
 
 
-@builtin("judge", timeout_s=120.0)
+@builtin("judge", timeout_s=120.0, address_params=("address",))
 def judge(p: Params, res: Resources) -> ScoreFn:
     """An LLM judge on a rollmesh inference server; see rollmesh.rubric.judge for its params."""
     model = p.get("model", "", kind=str)
@@ -291,7 +304,7 @@ def judge(p: Params, res: Resources) -> ScoreFn:
             reason="BAD_PARAMS",
         )
     template = p.get("prompt", judge_mod.DEFAULT_PROMPT, kind=str)
-    judge_mod.check_template(template, p.where)
+    judge_mod.check_template(template, p.where, inline=p.inline)
     temperature = p.number("temperature", 0.0, minimum=0.0)
     sampling: dict[str, Any] = {"temperature": temperature, "max_tokens": int(p.number("max_tokens", 8, minimum=1))}
     if (seed := p.get("seed", None, kind=int)) is not None:

@@ -18,10 +18,12 @@ _REQUIRED = object()
 
 
 class Params:
-    """Typed access to a function's params; unknown or ill-typed params are errors at compile time."""
+    """Typed access to a function's params; unknown or ill-typed params are errors at compile time.
+    `inline`: they come from a client's spec, not from the service's configuration."""
 
-    def __init__(self, where: str, params: Mapping[str, Any]) -> None:
+    def __init__(self, where: str, params: Mapping[str, Any], *, inline: bool = False) -> None:
         self.where = where
+        self.inline = inline
         self._params = dict(params)
         self._known: set[str] = set()
 
@@ -73,6 +75,9 @@ class Builtin:
     timeout_s: float
     # Added to the outer time bound, for one-off setup that the function bounds itself (worker start).
     setup_s: float = 0.0
+    # Params that name a host:port the function connects to (checked against the service's
+    # allow-list when a client's inline spec sets them; see addresses.py).
+    address_params: tuple[str, ...] = ()
 
     @property
     def doc(self) -> str:
@@ -83,10 +88,10 @@ BUILTINS: dict[str, Builtin] = {}
 
 
 def builtin(
-    name: str, *, timeout_s: float = 10.0, setup_s: float = 0.0
+    name: str, *, timeout_s: float = 10.0, setup_s: float = 0.0, address_params: tuple[str, ...] = ()
 ) -> Callable[[Callable[[Params, Resources], ScoreFn]], Any]:
     def register(make: Callable[[Params, Resources], ScoreFn]) -> Callable[[Params, Resources], ScoreFn]:
-        BUILTINS[name] = Builtin(name, make, timeout_s, setup_s)
+        BUILTINS[name] = Builtin(name, make, timeout_s, setup_s, address_params)
         return make
 
     return register

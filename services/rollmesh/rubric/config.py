@@ -29,7 +29,7 @@ from typing import Any
 from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .. import convert
-from ..config import Section
+from ..config import Section, TlsSection
 from ..errors import InvalidArgumentError
 from ..proto.v1 import rubric_pb2 as rubric_pb
 
@@ -137,6 +137,12 @@ class ServerConfig(Section):
     """Import-path functions ("pkg.module:fn") in inline specs sent over gRPC execute code chosen by the caller; only
     configured rubrics may use them unless this is set.
     """
+    allowed_addresses: list[str] = Field(default_factory=list)
+    """host:port addresses that inline specs sent over gRPC may name in params.address (judge, env_score,
+    tool_call_validity), besides the addresses of servers in the NATS registry and those the configured rubrics use;
+    any other is refused (PERMISSION_DENIED, ADDRESS_NOT_ALLOWED), so a client cannot make the service call hosts of
+    its choosing. Compared exactly as written.
+    """
 
     @field_validator("max_message_mb", "default_deadline_s")
     @classmethod
@@ -151,6 +157,15 @@ class ServerConfig(Section):
         if v < 1:
             raise ValueError("must be >= 1")
         return v
+
+    @field_validator("allowed_addresses")
+    @classmethod
+    def _addresses(cls, v: list[str]) -> list[str]:
+        out = [a.strip() for a in v]
+        for a in out:
+            if not a or any(c.isspace() for c in a):
+                raise ValueError(f"allowed address {a!r} must be a host:port without spaces")
+        return out
 
 
 class MonitorConfig(Section):
@@ -295,6 +310,7 @@ class RubricServiceConfig(Section):
     rubric: list[RubricConfig] = Field(default_factory=list)
     monitor: MonitorConfig = Field(default_factory=MonitorConfig)
     dashboard: DashboardConfig = Field(default_factory=DashboardConfig)
+    tls: TlsSection = Field(default_factory=TlsSection)
 
     @model_validator(mode="after")
     def _unique(self) -> RubricServiceConfig:

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..env.rubric import Rubric
-from ..errors import InvalidArgumentError
+from ..errors import MAX_QUOTED_CHARS, InvalidArgumentError, clip, quoted
 from .builtin_functions import BUILTINS
 from .builtins import Params, ScoreFn
 from .config import RewardFunctionConfig
@@ -44,10 +44,13 @@ class CompiledFunction:
     fn: ScoreFn
 
 
-def compile_function(cfg: RewardFunctionConfig, resources: Resources, *, allow_imports: bool) -> CompiledFunction:
-    """InvalidArgumentError for an unknown function or bad params (reason UNKNOWN_FUNCTION / BAD_PARAMS)."""
-    where = f"reward function {cfg.name!r} ({cfg.function})"
-    params = Params(where, cfg.params)
+def compile_function(
+    cfg: RewardFunctionConfig, resources: Resources, *, allow_imports: bool, inline: bool = False
+) -> CompiledFunction:
+    """InvalidArgumentError for an unknown function or bad params (reason UNKNOWN_FUNCTION / BAD_PARAMS).
+    `inline`: the function comes from a client's spec (stricter checks, e.g. of judge prompts)."""
+    where = f"reward function {cfg.name!r} ({clip(cfg.function, MAX_QUOTED_CHARS)})"
+    params = Params(where, cfg.params, inline=inline)
     if cfg.function in BUILTINS:
         b = BUILTINS[cfg.function]
         timeout_s = params.number("timeout_s", b.timeout_s, minimum=0.001)
@@ -66,7 +69,7 @@ def compile_function(cfg: RewardFunctionConfig, resources: Resources, *, allow_i
         fn = load_python_function(cfg.function, kwargs, where)
     else:
         raise InvalidArgumentError(
-            f"{where}: unknown function {cfg.function!r}; built-ins are {sorted(BUILTINS)}, "
+            f"{where}: unknown function {quoted(cfg.function)}; built-ins are {sorted(BUILTINS)}, "
             "or give a Python import path 'package.module:function'",
             reason="UNKNOWN_FUNCTION",
             metadata={"builtins": ",".join(sorted(BUILTINS))},
@@ -81,9 +84,9 @@ def load_python_function(path: str, kwargs: Mapping[str, Any], where: str) -> Sc
         for part in attr.split("."):
             obj = getattr(obj, part)
     except (ImportError, AttributeError, ValueError) as e:
-        raise InvalidArgumentError(f"{where}: cannot load {path!r}: {e}", reason="UNKNOWN_FUNCTION") from e
+        raise InvalidArgumentError(f"{where}: cannot load {quoted(path)}: {e}", reason="UNKNOWN_FUNCTION") from e
     if not callable(obj):
-        raise InvalidArgumentError(f"{where}: {path!r} is not callable", reason="UNKNOWN_FUNCTION")
+        raise InvalidArgumentError(f"{where}: {quoted(path)} is not callable", reason="UNKNOWN_FUNCTION")
     target = functools.partial(obj, **kwargs) if kwargs else obj
     if inspect.iscoroutinefunction(obj):
         wrapped = target

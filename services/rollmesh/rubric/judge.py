@@ -2,7 +2,10 @@
 
 Params of the `judge` function (all optional except a target: `model` or `address`):
     prompt         str.format template with {question} {answer} {completion} {messages}
-                   (literal braces doubled: {{ }}); default: DEFAULT_PROMPT
+                   (literal braces doubled: {{ }}); default: DEFAULT_PROMPT. Inline specs (sent by a
+                   client) use the fields plain; configured rubrics may add a conversion or a format
+                   spec (width at most MAX_FORMAT_WIDTH). Attribute and index access ({x.y}, {x[0]})
+                   are refused everywhere
     system         system message (default none)
     model          inference server registry name (needs a NATS URL), or
     address        host:port of an inference server
@@ -20,7 +23,9 @@ Params of the `judge` function (all optional except a target: `model` or `addres
     cache_size     LRU entries of judge replies per endpoint, keyed by (model, rendered prompt,
                    sampling); 0 = no cache; default 4096
 
-Output that stays unparseable is an error (a JudgeError in RewardResult.errors), never a 0.
+Output that stays unparseable is an error (a JudgeError in RewardResult.errors), never a 0. Over
+gRPC, a failed judge is told in a fixed text with a reason (see upstream.py), never in the judge's
+own words.
 """
 
 from __future__ import annotations
@@ -36,23 +41,31 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import DeadlineExceededError, InvalidArgumentError, ResourceExhaustedError, UnavailableError
+from ..errors import DeadlineExceededError, InvalidArgumentError, ResourceExhaustedError, UnavailableError, quoted
 from ..inference.client import InferenceClient
 from .context import ScoreContext, render_messages
 from .matching import compile_pattern, search
+from .upstream import LOG_HINT, UpstreamError, reason_of
 
 DEFAULT_PROMPT = (
     "You grade answers. Question:\n{question}\n\nReference answer:\n{answer}\n\n"
     "Answer to grade:\n{completion}\n\nIs the answer correct? Reply with yes or no."
 )
 TEMPLATE_FIELDS = frozenset({"question", "answer", "completion", "messages"})
+# A width pads the field to that many characters on every rendering: "{question:>100000000}" would
+# cost 100 MB per call. Precision only cuts, so it needs no bound.
+MAX_FORMAT_WIDTH = 1000
+_FORMAT_SPEC = re.compile(r"(?:.?[<>^])?(?P<width>\d+)?(?:\.\d+)?s?", re.DOTALL)
 RETRYABLE = (UnavailableError, DeadlineExceededError, ResourceExhaustedError)
 _FIRST_NUMBER = re.compile(r"[-+]?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?")
 _YES_NO = re.compile(r"\b(yes|no)\b", re.IGNORECASE)
 
 
-class JudgeError(Exception):
+class JudgeError(UpstreamError):
     """The judge could not give a score (unreachable after retries, or unparseable output)."""
+
+    def __init__(self, message: str, *, public: str) -> None:
+        super().__init__(f"JudgeError: {message}", public=public)
 
 
 # ---- parsing ---------------------------------------------------------------------------------
@@ -99,18 +112,59 @@ def make_parser(
     return parser
 
 
-def check_template(template: str, where: str) -> None:
+def check_template(template: str, where: str, *, inline: bool = False) -> None:
+    """InvalidArgumentError unless `template` only uses TEMPLATE_FIELDS, without attribute or index
+    access; in an `inline` spec (a client's) without conversions or format specs either, in a
+    configured one with a width of at most MAX_FORMAT_WIDTH."""
     try:
-        fields = {f for _, f, _, _ in string.Formatter().parse(template) if f is not None}
+        parsed = list(string.Formatter().parse(template))
     except ValueError as e:
         raise InvalidArgumentError(
             f"{where}: bad prompt template: {e} (double literal braces: {{{{ }}}})", reason="BAD_PARAMS"
         ) from e
+    fields = set()
+    for _, name, spec, conversion in parsed:
+        if name is None:
+            continue
+        if "." in name or "[" in name:
+            raise InvalidArgumentError(
+                f"{where}: prompt template field {quoted(name)} uses attribute or index access; "
+                f"use the fields {sorted(TEMPLATE_FIELDS)} as they are",
+                reason="BAD_RUBRIC",
+            )
+        if inline and (spec or conversion):
+            raise InvalidArgumentError(
+                f"{where}: prompt template field {quoted(name)} has a "
+                f"{'format spec' if spec else 'conversion'}; an inline spec's prompt uses its fields plain, "
+                "e.g. {completion}",
+                reason="BAD_RUBRIC",
+            )
+        if spec:
+            check_format_spec(name, spec, where)
+        fields.add(name)
     bad = sorted(f for f in fields if f not in TEMPLATE_FIELDS)
     if bad:
         raise InvalidArgumentError(
-            f"{where}: prompt template uses {bad}; it may use {sorted(TEMPLATE_FIELDS)} (double literal braces)",
+            f"{where}: prompt template uses {quoted(bad)}; it may use {sorted(TEMPLATE_FIELDS)} "
+            "(double literal braces)",
             reason="BAD_PARAMS",
+        )
+
+
+def check_format_spec(name: str, spec: str, where: str) -> None:
+    # Nested fields ({completion:{answer}}) would take the width from the trajectory: refused.
+    m = None if "{" in spec or "}" in spec else _FORMAT_SPEC.fullmatch(spec)
+    if m is None:
+        raise InvalidArgumentError(
+            f"{where}: prompt template field {quoted(name)}: format spec {quoted(spec)} is not "
+            "[[fill]align][width][.precision] of a string",
+            reason="BAD_RUBRIC",
+        )
+    if m.group("width") and int(m.group("width")) > MAX_FORMAT_WIDTH:
+        raise InvalidArgumentError(
+            f"{where}: prompt template field {quoted(name)}: width {m.group('width')[:20]} is over the limit of "
+            f"{MAX_FORMAT_WIDTH}",
+            reason="BAD_RUBRIC",
         )
 
 
@@ -265,6 +319,7 @@ class Judge:
         messages = [{"role": "system", "content": self.system}] if self.system else []
         messages.append({"role": "user", "content": render(self.template, ctx)})
         last_problem = ""
+        public = ""
         fresh = False
         for attempt in range(self.retries + 1):
             if attempt:
@@ -275,15 +330,23 @@ class Judge:
                 text = await self.endpoint.ask(messages, self.sampling, timeout_s=self.call_timeout_s, fresh=fresh)
             except RETRYABLE as e:
                 last_problem = f"{type(e).__name__}: {e}"
+                public = f"the judge failed ({reason_of(e)}) after {attempt + 1} attempts; {LOG_HINT}"
                 if isinstance(e, UnavailableError):
                     await self.endpoint.drop_client()
                 continue
+            except Exception as e:  # not worth a retry (e.g. PROMPT_TOO_LONG, no such model)
+                self.endpoint.stats.failures += 1
+                raise JudgeError(
+                    f"judge {self.target}: {type(e).__name__}: {e}",
+                    public=f"the judge failed ({reason_of(e)}); {LOG_HINT}",
+                ) from e
             score = self.parser(text)
             if score is not None:
                 return score
             last_problem = f"unparseable judge output {text[:200]!r}"
+            public = f"unparseable judge output: the reply did not give a score in the form asked; {LOG_HINT}"
             if not self.retry_parse:
                 break
             fresh = True  # a new sample, not the cached reply
         self.endpoint.stats.failures += 1
-        raise JudgeError(f"judge {self.target}: {last_problem}")
+        raise JudgeError(f"judge {self.target}: {last_problem}", public=public)

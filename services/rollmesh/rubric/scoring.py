@@ -14,6 +14,9 @@ RewardResult conventions (a consumer can tell a partial or skipped score from a 
 
 Group advantages leave out members that were skipped or are partial (advantage 0), so an
 infrastructure failure never pulls the others' advantages.
+
+With `redact` (the gRPC server's results), a failure of a server a function calls (a judge, an
+environment) is logged in full and reported in `errors` by a fixed text with a reason (upstream.py).
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import math
 from collections import OrderedDict
 from collections.abc import Sequence
 
-from ..advantages import group_advantages
+from ..advantages import PARTIAL_METRIC, SKIPPED_METRIC, group_advantages
 from ..errors import NotFoundError, quoted
 from ..proto.v1 import rubric_pb2 as rubric_pb
 from ..proto.v1 import trajectory_pb2 as traj_pb
@@ -32,12 +35,13 @@ from .config import RubricConfig, RubricServiceConfig, from_spec, to_spec
 from .context import ScoreContext
 from .functions import CompiledFunction, compile_function
 from .resources import Resources
+from .upstream import UpstreamError
 
 log = logging.getLogger(__name__)
 
 FAILED = "rubric/failed"
-PARTIAL = "rubric/partial"
-SKIPPED = "rubric/skipped"
+PARTIAL = PARTIAL_METRIC
+SKIPPED = SKIPPED_METRIC
 
 
 class CompiledRubric:
@@ -48,15 +52,19 @@ class CompiledRubric:
         self.functions = list(functions)
 
     @classmethod
-    def compile(cls, cfg: RubricConfig, resources: Resources, *, allow_imports: bool = True) -> CompiledRubric:
-        """InvalidArgumentError for an unknown function or bad params."""
-        return cls(cfg, [compile_function(f, resources, allow_imports=allow_imports) for f in cfg.functions])
+    def compile(
+        cls, cfg: RubricConfig, resources: Resources, *, allow_imports: bool = True, inline: bool = False
+    ) -> CompiledRubric:
+        """InvalidArgumentError for an unknown function or bad params; `inline`: a client's spec."""
+        return cls(
+            cfg, [compile_function(f, resources, allow_imports=allow_imports, inline=inline) for f in cfg.functions]
+        )
 
-    async def score(self, trajectory: traj_pb.Trajectory) -> rubric_pb.RewardResult:
+    async def score(self, trajectory: traj_pb.Trajectory, *, redact: bool = False) -> rubric_pb.RewardResult:
         if trajectory.stop_reason == traj_pb.STOP_REASON_ERROR:
             return self._skipped(trajectory)
         ctx = ScoreContext.of(trajectory)
-        outcomes = await asyncio.gather(*(self._run(f, ctx) for f in self.functions))
+        outcomes = await asyncio.gather(*(self._run(f, ctx, redact) for f in self.functions))
         result = rubric_pb.RewardResult()
         total = 0.0
         partial = False
@@ -75,18 +83,23 @@ class CompiledRubric:
         return result
 
     async def score_group(
-        self, trajectories: Sequence[traj_pb.Trajectory]
+        self, trajectories: Sequence[traj_pb.Trajectory], *, redact: bool = False
     ) -> tuple[list[rubric_pb.RewardResult], list[float]]:
-        results = list(await asyncio.gather(*(self.score(t) for t in trajectories)))
+        results = list(await asyncio.gather(*(self.score(t, redact=redact) for t in trajectories)))
         usable = [None if is_incomplete(r) else r.reward for r in results]
         adv = self.spec.advantage
         return results, group_advantages(usable, normalize_std=adv.normalize_std, leave_one_out=adv.leave_one_out)
 
-    async def _run(self, f: CompiledFunction, ctx: ScoreContext) -> tuple[float, str | None]:
+    async def _run(self, f: CompiledFunction, ctx: ScoreContext, redact: bool) -> tuple[float, str | None]:
         bound = asyncio.timeout(f.timeout_s)
         try:
             async with bound:
                 value = float(await f.fn(ctx))
+        except UpstreamError as e:
+            if not redact:
+                return 0.0, e.detail
+            log.warning("reward function %s of rubric %s: %s", f.name, self.name, e.detail)
+            return 0.0, e.public
         except Exception as e:
             if isinstance(e, TimeoutError) and bound.expired():
                 return 0.0, f"timed out after {f.timeout_s:g} s"
@@ -160,7 +173,9 @@ class RubricBook:
         key = spec.SerializeToString(deterministic=True)
         rubric = self._inline.get(key)
         if rubric is None:
-            rubric = CompiledRubric.compile(from_spec(spec), self.resources, allow_imports=self.allow_inline_imports)
+            rubric = CompiledRubric.compile(
+                from_spec(spec), self.resources, allow_imports=self.allow_inline_imports, inline=True
+            )
             self._inline[key] = rubric
             while len(self._inline) > self.max_inline:
                 self._inline.popitem(last=False)
@@ -169,6 +184,9 @@ class RubricBook:
 
     def specs(self) -> list[rubric_pb.RubricSpec]:
         return [self._named[n].spec for n in self.names]
+
+    def configured(self) -> list[RubricConfig]:
+        return [self._named[n].config for n in self.names]
 
     async def close(self) -> None:
         await self.resources.close()

@@ -2,14 +2,18 @@
 
 Limits: message size (gRPC), group size, functions per inline spec, concurrent RPCs
 (RESOURCE_EXHAUSTED beyond), and a deadline on every call (the client's, else the configured
-default: DEADLINE_EXCEEDED when scoring overruns it)."""
+default: DEADLINE_EXCEEDED when scoring overruns it).
+
+Trust: an inline spec may only name addresses on the service's allow-list (addresses.py), and
+results tell failures of judges and environment servers in fixed texts, never in the upstream's
+own words (upstream.py)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -31,6 +35,7 @@ from ..proto.v1 import rubric_pb2_grpc as rubric_grpc
 from ..registry import record_for
 from ..rpc import RpcLimits, create_server
 from ..rpc_errors import abort
+from .addresses import AddressPolicy, config_addresses
 from .config import RubricServiceConfig, ServerConfig
 from .scoring import CompiledRubric, RubricBook
 
@@ -54,14 +59,19 @@ class RubricLimits:
 
 
 class RubricServicer(rubric_grpc.RubricServiceServicer):
-    def __init__(self, book: RubricBook, *, limits: RubricLimits = RubricLimits()) -> None:
+    def __init__(
+        self, book: RubricBook, *, limits: RubricLimits = RubricLimits(), addresses: AddressPolicy | None = None
+    ) -> None:
         self.book = book
         self.limits = limits
+        self.addresses = addresses or AddressPolicy(
+            config_addresses(book.configured()), nats_url=book.resources.nats_url
+        )
         self.instance_id = uuid.uuid4().hex[:12]
         self.active = 0
         self.draining = False
 
-    def _rubric(self, name: str, spec: rubric_pb.RubricSpec, has_spec: bool) -> CompiledRubric:
+    async def _rubric(self, name: str, spec: rubric_pb.RubricSpec, has_spec: bool) -> CompiledRubric:
         if has_spec and spec.functions:
             if len(spec.functions) > self.limits.max_functions:
                 raise InvalidArgumentError(
@@ -69,6 +79,8 @@ class RubricServicer(rubric_grpc.RubricServiceServicer):
                     reason="TOO_MANY_FUNCTIONS",
                     metadata={"limit": str(self.limits.max_functions)},
                 )
+            # Every call, not once per compiled spec: a server that left the registry is off the list.
+            await self.addresses.check(spec)
             if not spec.name and name:
                 named = rubric_pb.RubricSpec()
                 named.CopyFrom(spec)
@@ -122,10 +134,10 @@ class RubricServicer(rubric_grpc.RubricServiceServicer):
         self, request: rubric_pb.ScoreTrajectoryRequest, context: grpc.aio.ServicerContext
     ) -> rubric_pb.ScoreTrajectoryResponse:
         async def work() -> rubric_pb.ScoreTrajectoryResponse:
-            rubric = self._rubric(request.rubric, request.spec, request.HasField("spec"))
+            rubric = await self._rubric(request.rubric, request.spec, request.HasField("spec"))
             if not request.HasField("trajectory"):
                 raise InvalidArgumentError("ScoreTrajectory needs a trajectory", reason="NO_TRAJECTORY")
-            return rubric_pb.ScoreTrajectoryResponse(result=await rubric.score(request.trajectory))
+            return rubric_pb.ScoreTrajectoryResponse(result=await rubric.score(request.trajectory, redact=True))
 
         return await self._serve(context, work)
 
@@ -133,7 +145,7 @@ class RubricServicer(rubric_grpc.RubricServiceServicer):
         self, request: rubric_pb.ScoreGroupRequest, context: grpc.aio.ServicerContext
     ) -> rubric_pb.ScoreGroupResponse:
         async def work() -> rubric_pb.ScoreGroupResponse:
-            rubric = self._rubric(request.rubric, request.spec, request.HasField("spec"))
+            rubric = await self._rubric(request.rubric, request.spec, request.HasField("spec"))
             n = len(request.trajectories)
             if n == 0:
                 raise InvalidArgumentError(
@@ -147,7 +159,7 @@ class RubricServicer(rubric_grpc.RubricServiceServicer):
                     reason="GROUP_TOO_LARGE",
                     metadata={"limit": str(self.limits.max_group_size)},
                 )
-            results, advantages = await rubric.score_group(request.trajectories)
+            results, advantages = await rubric.score_group(request.trajectories, redact=True)
             return rubric_pb.ScoreGroupResponse(results=results, advantages=advantages)
 
         return await self._serve(context, work)
@@ -172,10 +184,16 @@ class RubricServer(HostedServer):
         nats_url: str | None = None,
         advertise_host: str | None = None,
         close_book: bool = True,
+        allowed_addresses: Sequence[str] = (),
     ) -> None:
         self.book = book
         self.close_book = close_book
-        self.servicer = RubricServicer(book, limits=limits)
+        # Registered servers are looked up where the book resolves names, else where this server registers.
+        self.addresses = AddressPolicy(
+            config_addresses(book.configured()) | set(allowed_addresses),
+            nats_url=book.resources.nats_url or nats_url,
+        )
+        self.servicer = RubricServicer(book, limits=limits, addresses=self.addresses)
         rpc = create_server(
             [(rubric_grpc.add_RubricServiceServicer_to_server, self.servicer, SERVICE_NAME)],
             host=host,
@@ -199,6 +217,7 @@ class RubricServer(HostedServer):
             nats_url=nats_url,
             advertise_host=s.advertise_host,
             close_book=book is None,
+            allowed_addresses=s.allowed_addresses,
         )
 
     def drain(self) -> None:
@@ -224,5 +243,6 @@ class RubricServer(HostedServer):
         log.info("rubric server on %s: rubrics %s", self.address, ", ".join(self.book.names) or "(inline only)")
 
     async def release(self) -> None:
+        await self.addresses.close()
         if self.close_book:
             await self.book.close()

@@ -18,6 +18,12 @@ import torch
 from ..proto.v1 import trajectory_pb2 as traj_pb
 
 SAMPLE_WEIGHT_METRIC = "sample_weight"
+# Sampler logprobs the loss may divide by: log-softmax is <= 0 (a rounding error above it is let
+# through), and a sampled token is never e^-80 unlikely. The floor keeps the importance ratio
+# exp(logprob - old) <= e^80 finite in float32, so one forged value cannot make the step's
+# gradients NaN.
+LOGPROB_CEIL = 1e-5
+LOGPROB_FLOOR = -80.0
 
 
 class InvalidTrajectory(ValueError):
@@ -59,7 +65,7 @@ def sampling_temperature(traj: traj_pb.Trajectory) -> float:
     return 1.0
 
 
-def _check_turn(traj_id: str, i: int, turn: traj_pb.Turn, need_logprobs: bool) -> list[int]:
+def _check_turn(traj_id: str, i: int, turn: traj_pb.Turn, need_logprobs: bool, vocab_size: int | None) -> list[int]:
     n = len(turn.completion_ids)
     mask = list(turn.completion_mask) or [1] * n
     if len(mask) != n:
@@ -77,8 +83,24 @@ def _check_turn(traj_id: str, i: int, turn: traj_pb.Turn, need_logprobs: bool) -
         raise InvalidTrajectory(
             f"trajectory {traj_id} turn {i}: completion_mask holds values other than 0/1", "BAD_MASK"
         )
-    if any(t < 0 for t in turn.prompt_ids) or any(t < 0 for t in turn.completion_ids):
-        raise InvalidTrajectory(f"trajectory {traj_id} turn {i}: negative token id", "BAD_TOKEN_ID")
+    for ids in (turn.prompt_ids, turn.completion_ids):
+        if ids and min(ids) < 0:
+            raise InvalidTrajectory(f"trajectory {traj_id} turn {i}: negative token id", "BAD_TOKEN_ID")
+        # an id past the embedding would index out of range: a crash of the step (on a GPU, of the process)
+        if ids and vocab_size is not None and max(ids) >= vocab_size:
+            raise InvalidTrajectory(
+                f"trajectory {traj_id} turn {i}: token id {max(ids)} is outside the model's vocabulary of "
+                f"{vocab_size} (were the rollouts sampled from another model?)",
+                "BAD_TOKEN_ID",
+            )
+    if need_logprobs:
+        bad = next((lp for lp in turn.completion_logprobs if not LOGPROB_FLOOR <= lp <= LOGPROB_CEIL), None)
+        if bad is not None:  # NaN fails both comparisons
+            raise InvalidTrajectory(
+                f"trajectory {traj_id} turn {i}: completion logprob {bad:g} is not a log-probability of a sampled "
+                f"token (finite, in [{LOGPROB_FLOOR:g}, 0])",
+                "BAD_LOGPROB",
+            )
     return mask
 
 
@@ -88,9 +110,11 @@ def trajectory_samples(
     need_logprobs: bool = True,
     max_seq_len: int = 4096,
     temperature: float | None = None,
+    vocab_size: int | None = None,
 ) -> list[Sample]:
     """The sequences of one trajectory (one per run of prefix-consistent turns). Raises
-    InvalidTrajectory for a malformed one. Errored trajectories are the caller's to skip."""
+    InvalidTrajectory for a malformed one (lengths, mask, token ids outside [0, vocab_size),
+    logprobs that are no sampler's). Errored trajectories are the caller's to skip."""
     tid = traj.trajectory_id
     if not traj.turns:
         raise InvalidTrajectory(f"trajectory {tid} has no turns", "NO_TURNS")
@@ -101,7 +125,7 @@ def trajectory_samples(
     samples: list[Sample] = []
     current: Sample | None = None
     for i, turn in enumerate(traj.turns):
-        mask = _check_turn(tid, i, turn, need_logprobs)
+        mask = _check_turn(tid, i, turn, need_logprobs, vocab_size)
         logprobs = list(turn.completion_logprobs) if need_logprobs else [0.0] * len(mask)
         prompt = list(turn.prompt_ids)
         if current is not None and prompt[: len(current.tokens)] == current.tokens:

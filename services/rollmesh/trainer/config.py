@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from ..config import Section, load_config, read_toml
+from ..config import Section, TlsSection, load_config, read_toml
 from ..errors import InvalidArgumentError
 
 RUN_ID_PATTERN = r"^[A-Za-z0-9_\-=]+$"  # a NATS subject token
@@ -52,6 +52,23 @@ class BatchConfig(Section):
     max_policy_lag: int = Field(0, ge=0)
     """Skip samples more than this many policy versions behind the trainer (0 = keep all; the orchestrator's
     max_off_policy_steps already bounds staleness at sampling time).
+    """
+    max_abs_advantage: float = Field(100.0, gt=0)
+    """GRPO: rollouts whose advantage is larger in absolute value are refused (dead-lettered, counted as invalid).
+    Group-relative advantages never exceed the group's reward range (with std normalisation, about the square root of
+    the group size), so only a reward scale far beyond the usual reaches it; raise it for such rewards.
+    """
+    group_size: int = Field(0, ge=0)
+    """Rollouts per group (the orchestrator's rollouts_per_task), for the group check (check_group_advantages): once
+    every member of a group has arrived, their advantages must be exactly group_advantages of their rewards, and a
+    group with more members is refused. 0 = unknown: only what holds for part of a group is checked.
+    """
+    check_group_advantages: bool = True
+    """GRPO: refuse a group (every member with its group_id: dead-lettered, never trained) whose advantages cannot come
+    from its rewards: members the rubric left out (metrics rubric/partial or rubric/skipped) must have advantage 0,
+    the others' advantages must be (reward - baseline) x scale for one baseline and one scale > 0, and with
+    group_size, a whole group must match rollmesh.advantages.group_advantages under one of its settings. Groups are
+    remembered across steps. Off for advantages of one's own making (max_abs_advantage still holds).
     """
 
 
@@ -146,6 +163,7 @@ class TrainerConfig(Section):
 
     loss: LossConfig = Field(default_factory=LossConfig)
     batch: BatchConfig = Field(default_factory=BatchConfig)
+    tls: TlsSection = Field(default_factory=TlsSection)
     deepspeed: DeepSpeedSection = Field(default_factory=DeepSpeedSection)
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     push: PushConfig = Field(default_factory=PushConfig)

@@ -10,13 +10,17 @@ Exactly once: a step's rollouts are committed by the first checkpoint after it (
 the stream cursor and the ids trained per step since the previous checkpoint); on start the
 trainer resumes from the newest complete checkpoint and replays from its cursor, and the metrics
 file is cut back to that step, so the metrics file is the committed history.
+
+Trust: a rollout enters a batch only after its shape, token ids, logprobs and advantage passed
+(batching.py, validation.py), and its group's advantages agree with its rewards. Refused rollouts
+are dead-lettered with why, counted per reason in the step's metrics, and acknowledged with the
+step like every other (the cursor moves past them), so they are never trained nor redelivered.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import math
 import os
 import time
 from collections.abc import Sequence
@@ -28,7 +32,7 @@ import torch
 import torch.distributed as dist
 
 from .. import bus
-from ..errors import InvalidArgumentError
+from ..errors import InvalidArgumentError, quoted
 from ..proto.v1 import trajectory_pb2 as traj_pb
 from ..telemetry import get_logger
 from .batching import InvalidTrajectory, Sample, StepPlan, plan_step, trajectory_samples
@@ -36,6 +40,7 @@ from .checkpoint import HF_DIR, Checkpoint, CheckpointStore
 from .config import TrainerConfig
 from .consumer import Delivery, FileSource, RolloutConsumer, decode
 from .model import DS_TAG, DeepSpeedPolicy, StepStats
+from .validation import GroupLedger, baseline_reward, check_advantage, describe, finite
 from .weights_push import PushReport, WeightsPusher
 
 log = get_logger(__name__)
@@ -49,17 +54,42 @@ PUSH_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": 
 
 
 @dataclass
+class Member:
+    """A valid rollout of the step that belongs to a group: evidence for the group check."""
+
+    group_id: str
+    reward: float | None  # None: left out of the group's baseline
+    advantage: float
+    delivery: Delivery
+
+
+@dataclass
 class Collected:
     """The rollouts of one step: those trained on and those skipped (with why)."""
 
     trajectories: list[traj_pb.Trajectory] = field(default_factory=list)
     samples: list[Sample] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)  # trajectory id (or seq) -> reason
+    invalid: dict[str, str] = field(default_factory=dict)  # trajectory id (or seq) -> why code, of "invalid" ones
+    members: dict[str, Member] = field(default_factory=dict)  # trajectory id -> group evidence
+    unusable: dict[str, str] = field(default_factory=dict)  # trajectory id -> group id: errored or refused members
+    seen: set[str] = field(default_factory=set)  # trajectory ids of the step
     first_seq: int = 0
     last_seq: int = 0
 
     def count(self, reason: str) -> int:
         return sum(1 for r in self.skipped.values() if r == reason)
+
+    def invalid_by_reason(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for code in self.invalid.values():
+            out[code] = out.get(code, 0) + 1
+        return dict(sorted(out.items()))
+
+    def drop(self, tid: str) -> None:
+        """Takes a rollout back out of the batch."""
+        self.trajectories = [t for t in self.trajectories if t.trajectory_id != tid]
+        self.samples = [s for s in self.samples if s.trajectory_id != tid]
 
 
 @dataclass
@@ -92,6 +122,7 @@ class Trainer:
         self._pusher: WeightsPusher | None = None
         self._push_task: asyncio.Task[None] | None = None
         self._gathered: tuple[int, dict[str, torch.Tensor]] | None = None  # (step, weights)
+        self.groups = GroupLedger(cfg.batch.group_size)
 
     @classmethod
     async def create(cls, cfg: TrainerConfig) -> Trainer:
@@ -279,53 +310,84 @@ class Trainer:
         want = self.cfg.batch.rollouts_per_step
         out = Collected()
         waited_since = caught_up = time.monotonic()
-        while len(out.trajectories) < want and not self._stop:
-            deliveries = await self._source.fetch(want - len(out.trajectories), timeout_s=FETCH_TIMEOUT_S)
-            if not deliveries:
-                if isinstance(self._source, FileSource) and self._source.exhausted:
-                    break
-                if time.monotonic() - caught_up > CATCH_UP_EVERY_S:
-                    caught_up = time.monotonic()
-                    await self._catch_up()
-                if time.monotonic() - waited_since > WAIT_LOG_EVERY_S:
-                    log.info("waiting for rollouts of run %s (%d/%d)", self.cfg.run_id, len(out.trajectories), want)
-                    waited_since = time.monotonic()
-                continue
-            for d in deliveries:
-                out.first_seq = out.first_seq or d.seq
-                out.last_seq = d.seq
-                await self._classify(d, out)
+        while True:
+            while len(out.trajectories) < want and not self._stop:
+                deliveries = await self._source.fetch(want - len(out.trajectories), timeout_s=FETCH_TIMEOUT_S)
+                if not deliveries:
+                    if isinstance(self._source, FileSource) and self._source.exhausted:
+                        break
+                    if time.monotonic() - caught_up > CATCH_UP_EVERY_S:
+                        caught_up = time.monotonic()
+                        await self._catch_up()
+                    if time.monotonic() - waited_since > WAIT_LOG_EVERY_S:
+                        log.info("waiting for rollouts of run %s (%d/%d)", self.cfg.run_id, len(out.trajectories), want)
+                        waited_since = time.monotonic()
+                    continue
+                for d in deliveries:
+                    out.first_seq = out.first_seq or d.seq
+                    out.last_seq = d.seq
+                    await self._classify(d, out)
+            # Groups are judged on the whole step's members; refused ones leave room for more rollouts.
+            if not await self._check_groups(out) or self._stop:
+                break
+            if isinstance(self._source, FileSource) and self._source.exhausted:
+                break
         if self._stop and isinstance(self._source, RolloutConsumer) and len(out.trajectories) < want:
             # A partial batch when stopping is not trained: the next start replays it from the cursor.
             return Collected()
+        self._record_groups(out)
         return out
+
+    def _checks_groups(self) -> bool:
+        return self.cfg.loss.kind == "grpo" and self.cfg.batch.check_group_advantages
 
     async def _classify(self, d: Delivery, out: Collected) -> None:
         cfg = self.cfg
+        grpo = cfg.loss.kind == "grpo"
         try:
             traj = decode(d)
         except Exception as e:
             await self._reject(d, f"undecodable Trajectory: {e}", "UNDECODABLE", out, key=f"seq:{d.seq}")
             return
         tid = traj.trajectory_id or f"seq:{d.seq}"
+        group_id = traj.group_id if self._checks_groups() else ""
+        # On the bus a trajectory id is unique (it is the publish dedup key): a second one would be
+        # trained twice and count twice in its group. Files may repeat an example on purpose.
+        on_bus = d.handle is not None
+        if (on_bus and tid in out.seen) or (group_id and self.groups.seen(group_id, tid)):
+            await self._reject(
+                d, f"trajectory id {quoted(tid)} was seen before", "DUPLICATE_ID", out, key=f"seq:{d.seq}"
+            )
+            return
+        out.seen.add(tid)
         if traj.stop_reason == traj_pb.STOP_REASON_ERROR:
             out.skipped[tid] = "error"  # an infrastructure failure is never a reward-zero sample
-            return
-        if cfg.batch.skip_zero_advantage and traj.advantage == 0.0 and cfg.loss.kind == "grpo":
-            out.skipped[tid] = "zero_advantage"
-            return
-        if not math.isfinite(traj.advantage) or not math.isfinite(traj.reward):
-            await self._reject(d, "advantage or reward is not a finite number", "NON_FINITE", out, key=tid)
+            if group_id:
+                out.unusable[tid] = group_id
             return
         try:
+            if not finite(traj):
+                raise InvalidTrajectory("advantage or reward is not a finite number", "NON_FINITE")
+            if grpo:
+                check_advantage(traj, cfg.batch.max_abs_advantage)
+            if group_id and (refused := self.groups.refused(group_id)):
+                raise InvalidTrajectory(describe(group_id, refused), "GROUP_REFUSED")
             samples = trajectory_samples(
                 traj,
-                need_logprobs=cfg.loss.kind == "grpo",
+                need_logprobs=grpo,
                 max_seq_len=cfg.batch.max_seq_len,
                 temperature=cfg.loss.temperature,
+                vocab_size=self.engine.vocab_size,
             )
         except InvalidTrajectory as e:
+            if group_id:
+                out.unusable[tid] = group_id
             await self._reject(d, str(e), e.reason, out, key=tid)
+            return
+        if group_id:
+            out.members[tid] = Member(group_id, baseline_reward(traj), traj.advantage, d)
+        if cfg.batch.skip_zero_advantage and traj.advantage == 0.0 and grpo:
+            out.skipped[tid] = "zero_advantage"
             return
         if cfg.batch.max_policy_lag and any(
             self.version - s.policy_version > cfg.batch.max_policy_lag for s in samples
@@ -335,8 +397,42 @@ class Trainer:
         out.trajectories.append(traj)
         out.samples.extend(samples)
 
+    async def _check_groups(self, out: Collected) -> int:
+        """Refuses the step's members of every group whose advantages cannot come from its rewards
+        (validation.py); returns how many rollouts left the batch."""
+        by_group: dict[str, dict[str, tuple[float | None, float]]] = {}
+        for tid, m in out.members.items():
+            by_group.setdefault(m.group_id, {})[tid] = (m.reward, m.advantage)
+        unusable: dict[str, int] = {}
+        for group_id in out.unusable.values():
+            unusable[group_id] = unusable.get(group_id, 0) + 1
+        before = len(out.trajectories)
+        for group_id, members in by_group.items():
+            why = self.groups.problem(group_id, members, unusable.get(group_id, 0))
+            if not why:
+                continue
+            self.groups.refuse(group_id, why)
+            for tid in members:
+                m = out.members.pop(tid)
+                out.unusable[tid] = group_id
+                out.drop(tid)
+                await self._reject(m.delivery, describe(group_id, why), "ADVANTAGE_MISMATCH", out, key=tid)
+        return before - len(out.trajectories)
+
+    def _record_groups(self, out: Collected) -> None:
+        members: dict[str, dict[str, tuple[float | None, float]]] = {}
+        for tid, m in out.members.items():
+            members.setdefault(m.group_id, {})[tid] = (m.reward, m.advantage)
+        unusable: dict[str, set[str]] = {}
+        for tid, group_id in out.unusable.items():
+            unusable.setdefault(group_id, set()).add(tid)
+        for group_id in members.keys() | unusable.keys():
+            self.groups.record(group_id, members.get(group_id, {}), unusable.get(group_id, set()))
+        out.members.clear()  # their deliveries (raw bytes) are not needed any more
+
     async def _reject(self, d: Delivery, why: str, reason: str, out: Collected, *, key: str) -> None:
         out.skipped[key] = "invalid"
+        out.invalid[key] = reason
         log.warning("skipping rollout %s: %s", key, why)
         if self._publisher is not None and d.handle is not None:
             try:
@@ -407,6 +503,7 @@ class Trainer:
             "truncated": sum(1 for s in c.samples if s.truncated),
             "skipped_error": c.count("error"),
             "skipped_invalid": c.count("invalid"),
+            "skipped_invalid_reasons": c.invalid_by_reason(),
             "skipped_stale": c.count("stale"),
             "skipped_zero_advantage": c.count("zero_advantage"),
             "first_seq": c.first_seq,

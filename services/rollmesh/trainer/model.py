@@ -116,6 +116,16 @@ def _merge(into: dict[str, Any], new: dict[str, Any]) -> None:
             into[k] = v
 
 
+def vocab_size(model: Any) -> int:
+    """Token ids the model can both embed and predict (the module sizes survive ZeRO-3 partitioning,
+    unlike the weights' shapes); the tokenizer's length may differ from either."""
+    sizes = [int(model.get_input_embeddings().num_embeddings)]
+    out = model.get_output_embeddings()
+    if out is not None and getattr(out, "out_features", None):
+        sizes.append(int(out.out_features))
+    return min(sizes)
+
+
 @dataclass
 class StepStats:
     loss: float
@@ -155,6 +165,7 @@ class DeepSpeedPolicy:
             self._hf_ds = HfDeepSpeedConfig(self.ds_config)
         self.tokenizer = AutoTokenizer.from_pretrained(cfg.tokenizer or cfg.model)
         model = AutoModelForCausalLM.from_pretrained(cfg.model, dtype=torch.float32)
+        self.vocab_size = vocab_size(model)
         if cfg.gradient_checkpointing:
             model.gradient_checkpointing_enable()
         model.config.use_cache = False

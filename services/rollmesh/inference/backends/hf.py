@@ -203,6 +203,8 @@ class HFBackend:
         self.hf_model = model
         self.tokenizer = tokenizer
         self.model = model_name
+        # the Hugging Face directory the weights came from (create() sets it; None for a GGUF)
+        self.model_path: str | None = None
         self.device = torch.device(device)
         self.max_batch_size = max(1, int(max_batch_size))
         cfg = model.config
@@ -254,7 +256,9 @@ class HFBackend:
             return model, tokenizer
 
         model, tokenizer = await asyncio.to_thread(load)
-        return cls(model, tokenizer, model_name=name or resolved.name, device=device, max_batch_size=max_batch_size)
+        backend = cls(model, tokenizer, model_name=name or resolved.name, device=device, max_batch_size=max_batch_size)
+        backend.model_path = None if resolved.gguf_file else str(resolved.path)
+        return backend
 
     def _eos_ids(self) -> frozenset[int]:
         ids: set[int] = set()

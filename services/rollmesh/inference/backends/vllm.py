@@ -107,6 +107,13 @@ def safetensors_files(path: str | Path) -> list[Path]:
     index = p / "model.safetensors.index.json"
     if index.exists():
         names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        # shards are files of this directory: an index must not point LoadWeights elsewhere
+        outside = [n for n in names if not isinstance(n, str) or Path(n).is_absolute() or ".." in Path(n).parts]
+        if outside:
+            raise InvalidArgumentError(
+                f"{quoted(str(index))} names shards outside its directory: {quoted(outside[:3])}",
+                reason="CHECKPOINT_INVALID",
+            )
         return [p / n for n in names]
     return sorted(p.glob("*.safetensors"))
 
