@@ -146,9 +146,17 @@ async def connect(
 
 
 async def ensure_streams(js: JetStreamContext, specs: tuple[StreamSpec, ...] = STREAMS) -> None:
-    """Creates the streams, or brings an existing one's config up to date. Idempotent."""
+    """Creates the streams, or brings an existing one's config up to date. Idempotent. A stream
+    that exists as configured is only looked at, so publishers and readers, whose NATS users may
+    not create or change streams, can call this too."""
     for spec in specs:
         config = spec.config()
+        try:
+            have = (await js.stream_info(spec.name)).config.as_dict()
+        except nats.js.errors.NotFoundError:
+            have = None
+        if have is not None and all(have.get(k) == v for k, v in config.as_dict().items()):
+            continue
         try:
             await js.add_stream(config)
         except nats.js.errors.BadRequestError:

@@ -7,8 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +25,6 @@ from rollmesh.rpc import create_channel
 from rollmesh.rpc_errors import error_info
 from rollmesh.security import pki
 from rollmesh.security import tls as security_tls
-from rollmesh.security.tls import TlsConfig
 
 pytest.importorskip("torch")
 pytest.importorskip("transformers")
@@ -225,16 +223,6 @@ async def test_health_answers_while_big_legal_prompts_render(served) -> None:
 # ---- with authentication: the role decides -------------------------------------------------------
 
 
-@contextmanager
-def _using(config: TlsConfig) -> Iterator[None]:
-    previous = security_tls.current()
-    security_tls.configure(config)
-    try:
-        yield
-    finally:
-        security_tls.configure(previous)
-
-
 @pytest.fixture(scope="module")
 async def secured(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[dict[str, Any]]:
     """A server with mutual TLS, and channels of an orchestrator and of an operator."""
@@ -242,7 +230,7 @@ async def secured(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
 
     certs = pki.init(tmp_path_factory.mktemp("pki"))
     backend = await HFBackend.create(str(tiny_model_dir), dtype="float32", name="tiny")
-    with _using(pki.member_config(certs, "inference")):
+    with security_tls.using(pki.member_config(certs, "inference")):
         server = await InferenceServer(backend).start()
     channels = {
         name: create_channel(server.address, kind="inference", tls=pki.member_config(certs, name))

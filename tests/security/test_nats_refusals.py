@@ -154,3 +154,21 @@ async def test_publishers_publish_only_their_apps(secured: str, certs: Path) -> 
     finally:
         await nc.close()
     assert await _count(secured, certs, "MONITOR") == before + 1
+
+
+async def test_readers_read_scores_and_publishers_do_not(secured: str, certs: Path) -> None:
+    from rollmesh.monitor.publish import ScoreReader
+    from rollmesh.security.tls import using
+
+    with using(member(certs, "reader")):
+        async with ScoreReader(secured, "shop", deliver="new") as reader:
+            nc, _ = await _connect(secured, member(certs, "rubric"))  # the rubric service writes scores
+            try:
+                score = bus_pb2.MonitorScore(app="shop", trace_id="t-read")
+                await nc.jetstream().publish("rollmesh.scores.shop", score.SerializeToString(), timeout=5)
+            finally:
+                await nc.close()
+            assert (await reader.next(10)).trace_id == "t-read"
+    with using(member(certs, "publisher")), pytest.raises((TimeoutError, nats.errors.TimeoutError)):
+        async with ScoreReader(secured, "shop") as reader:
+            await reader.next(1)

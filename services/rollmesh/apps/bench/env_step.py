@@ -13,12 +13,10 @@ so the cost of security is measured side by side: per step, and per handshake.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import tempfile
 import time
-from collections.abc import Iterator
 from typing import Any
 
 from ...env.client import EnvClient
@@ -81,16 +79,6 @@ async def connections(address: str, count: int) -> list[float]:
     return sorted(lat)
 
 
-@contextlib.contextmanager
-def as_client(config: TlsConfig) -> Iterator[None]:
-    previous = security_tls.current()
-    security_tls.configure(config)
-    try:
-        yield
-    finally:
-        security_tls.configure(previous)
-
-
 def measure(concurrency: int, seconds: float, *, mtls: bool = True, handshakes: int = 50) -> dict[str, Any]:
     inproc_sps, inproc_lat = asyncio.run(inprocess(seconds))
     args = [a for k, v in ENV_ARGS.items() for a in ("--arg", f"{k}={v}")]
@@ -98,7 +86,7 @@ def measure(concurrency: int, seconds: float, *, mtls: bool = True, handshakes: 
     plain_env = dict.fromkeys(
         (security_tls.ENV_CERT, security_tls.ENV_KEY, security_tls.ENV_CA, security_tls.ENV_TOKENS), ""
     )
-    with as_client(TlsConfig()):
+    with security_tls.using(TlsConfig()):
         proc, address = start_env_server(TARGET, args, env=plain_env)
         try:
             _, seq_lat = asyncio.run(grpc_run(address, 1, seconds))
@@ -112,7 +100,7 @@ def measure(concurrency: int, seconds: float, *, mtls: bool = True, handshakes: 
             certs = pki.init(tmp)
             server = pki.member_config(certs, "env")
             tls_args = ["--tls-cert", server.cert, "--tls-key", server.key, "--tls-ca", server.ca]
-            with as_client(pki.member_config(certs, "orchestrator")):
+            with security_tls.using(pki.member_config(certs, "orchestrator")):
                 proc, address = start_env_server(TARGET, [*args, *tls_args])
                 try:
                     _, tls_seq = asyncio.run(grpc_run(address, 1, seconds))
