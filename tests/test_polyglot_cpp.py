@@ -1,7 +1,11 @@
 """The C++ environment-server helper and client (clients/cpp): the build and its unit tests, the
 example bulls-and-cows server passing every `rollmesh conformance` check (idle timeout and drain
 included), whole episodes, error reasons and the registry seen from Python, and the C++ `play`
-client against both a Python and a C++ environment server. Real processes on 127.0.0.1."""
+client against both a Python and a C++ environment server. With certificates of `rollmesh certs
+init`: the server with mutual TLS passes conformance as the orchestrator, refuses a reader's
+episode (PERMISSION_DENIED, MISSING_ROLE) and connections without a certificate of its CA,
+registers over TLS in a NATS that maps certificates to users, and `play` plays over mutual TLS.
+Real processes on 127.0.0.1."""
 
 from __future__ import annotations
 
@@ -20,6 +24,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from rollmesh import bus
 from rollmesh.env.client import EnvClient
 from rollmesh.errors import DeadlineExceededError, FailedPreconditionError, ResourceExhaustedError
 from rollmesh.natsd import EmbeddedNats
@@ -29,6 +34,7 @@ from rollmesh.proto.v1 import environment_pb2_grpc as env_grpc
 from rollmesh.proto.v1 import messages_pb2 as msg_pb
 from rollmesh.registry import Registry
 from rollmesh.rpc_errors import error_info
+from rollmesh.security import pki
 
 CPP = Path(__file__).resolve().parents[1] / "clients" / "cpp"
 SERVER = CPP / "build" / "bulls-and-cows-server"
@@ -117,7 +123,7 @@ def test_cpp_unit_tests_pass() -> None:
     result = run(CPP / "test.sh", timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     summary = re.search(r"^(\d+) passed, (\d+) failed$", result.stdout, re.M)
-    assert summary and int(summary.group(1)) >= 25 and summary.group(2) == "0", result.stdout[-3000:]
+    assert summary and int(summary.group(1)) >= 31 and summary.group(2) == "0", result.stdout[-3000:]
 
 
 def test_every_conformance_check_passes() -> None:
@@ -290,6 +296,12 @@ async def test_limits_and_idle_timeout_from_the_command_line() -> None:
                     async with client.episode("bulls-and-cows", "train-002"):
                         pass
                 assert refused.value.reason == "EPISODE_LIMIT" and refused.value.metadata == {"limit": "2"}
+            # The server frees a slot when it sees the stream end, a moment after the client closes it.
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                if not (await client.describe()).active_episodes:
+                    break
+                await asyncio.sleep(0.05)
             async with client.episode("bulls-and-cows", "train-000") as ep:  # the slots came back
                 await ep.step("012")
                 await asyncio.sleep(2.5)  # idle past the server's timeout
@@ -408,3 +420,154 @@ def test_play_cracks_the_cpp_servers_codes(server: Served) -> None:
         assert line["rewards"] == f"efficiency:{(MAX_TURNS - guesses + 1) / MAX_TURNS:.6g},solved:1"
     answer = run(PLAY, server.address, "--episodes", "3")  # replies the reference answer: one turn
     assert answer.returncode == 0 and answer.stdout.count("turns=1 stop=done reward=1.5 ") == 3, answer.stdout
+
+
+# --- transport security ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A CA and the mesh's identities (`rollmesh certs init`): env, orchestrator, reader, ..."""
+    return pki.init(tmp_path_factory.mktemp("certs"))
+
+
+def identity(certs: Path, name: str) -> list[str]:
+    """The TLS flags of an identity of `certs`."""
+    return ["--tls-cert", str(certs / f"{name}.pem"), "--tls-key", str(certs / f"{name}-key.pem"),
+            "--tls-ca", str(certs / "ca.pem")]  # fmt: skip
+
+
+def secure_channel(address: str, ca: Path, cert: Path | None = None) -> grpc.Channel:
+    """A channel that trusts `ca`, presents `cert` (its key is <name>-key.pem) and checks the
+    server's certificate for env.rollmesh."""
+    key = cert.with_name(cert.stem + "-key.pem") if cert else None
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=ca.read_bytes(),
+        private_key=key.read_bytes() if key else None,
+        certificate_chain=cert.read_bytes() if cert else None,
+    )
+    return grpc.secure_channel(address, credentials, options=[("grpc.ssl_target_name_override", "env.rollmesh")])
+
+
+def test_conformance_over_mutual_tls(certs: Path) -> None:
+    """Every check, idle timeout and drain included, as the orchestrator identity."""
+    srv = cpp_server(*identity(certs, "env"), "--idle-timeout", "3", "--grace", "5")
+    try:
+        result = run(
+            ROLLMESH, "conformance", "--json", "--max-wait", "10", "--drain-pid", str(srv.pid),
+            *identity(certs, "orchestrator"), srv.address, timeout=300,
+        )  # fmt: skip
+        report = json.loads(result.stdout)
+        not_passed = {c["name"]: f"{c['status']}: {c['detail']}" for c in report["checks"] if c["status"] != "PASS"}
+        assert not_passed == {}, json.dumps(report, indent=1)
+        assert result.returncode == 0 and report["passed"]
+        assert {"health", "reflection", "idle-timeout", "drain"} <= {c["name"] for c in report["checks"]}
+        assert srv.wait() == 0, "".join(srv.stderr)  # the drain check sent SIGTERM
+    finally:
+        srv.process.kill()
+
+
+def test_roles_and_certificates(certs: Path, tmp_path: Path) -> None:
+    srv = cpp_server(*identity(certs, "env"))
+    ca = certs / "ca.pem"
+    start = env_pb.EpisodeRequest(start=env_pb.StartEpisode(env="bulls-and-cows", task_id="train-000"))
+    try:
+        with secure_channel(srv.address, ca, certs / "reader.pem") as channel:  # may describe, not play
+            reader = env_grpc.EnvironmentServiceStub(channel)
+            assert reader.Describe(env_pb.DescribeRequest(), timeout=10).environments[0].name == "bulls-and-cows"
+            with pytest.raises(grpc.RpcError) as refused:
+                next(reader.Episode(iter([start]), timeout=10))
+        assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        info = error_info(refused.value)  # type: ignore[arg-type]
+        assert info is not None and (info.reason, info.domain) == ("MISSING_ROLE", "rollmesh.dev")
+        assert dict(info.metadata) == {"identity": "reader", "required": "orchestrator"}
+        assert refused.value.details() == (
+            "'reader' may not call /rollmesh.v1.EnvironmentService/Episode: it needs one of the roles orchestrator"
+        )
+        with secure_channel(srv.address, ca, certs / "orchestrator.pem") as channel:
+            started = next(env_grpc.EnvironmentServiceStub(channel).Episode(iter([start]), timeout=10))
+            assert started.started.episode_id
+        with secure_channel(srv.address, ca, certs / "publisher.pem") as channel:  # reflection needs a role too
+            reflect = channel.stream_stream(
+                "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+                request_serializer=bytes,
+                response_deserializer=bytes,
+            )
+            with pytest.raises(grpc.RpcError) as hidden:
+                next(reflect(iter([b"\x3a\x00"]), timeout=10))  # list_services
+            assert hidden.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        # no client certificate, another CA's certificate, plaintext: no call gets through
+        other = pki.init(tmp_path / "other")
+        for what, channel in {
+            "no certificate": secure_channel(srv.address, ca),
+            "another CA": secure_channel(srv.address, ca, other / "orchestrator.pem"),
+            "plaintext": grpc.insecure_channel(srv.address),
+        }.items():
+            with channel, pytest.raises(grpc.RpcError) as failed:
+                env_grpc.EnvironmentServiceStub(channel).Describe(env_pb.DescribeRequest(), timeout=10)
+            assert failed.value.code() == grpc.StatusCode.UNAVAILABLE, (what, failed.value)
+    finally:
+        assert srv.stop() == 0, "".join(srv.stderr)
+    audit = "".join(srv.stderr)
+    assert re.search(
+        r"rollmesh: audit: access denied: /rollmesh.v1.EnvironmentService/Episode by reader "
+        r"from ipv4:127.0.0.1:\d+ \(MISSING_ROLE\)",
+        audit,
+    ), audit
+
+
+def test_an_exposed_address_needs_mutual_tls(certs: Path) -> None:
+    refused = run(SERVER, "--host", "0.0.0.0", "--port", "0", timeout=60)
+    assert refused.returncode == 2
+    assert "refusing to serve environments on 0.0.0.0 without TLS and caller authentication" in refused.stderr
+    tls_only = ["--tls-cert", certs / "env.pem", "--tls-key", certs / "env-key.pem"]
+    refused = run(SERVER, "--host", "0.0.0.0", "--port", "0", *tls_only, timeout=60)
+    assert refused.returncode == 2 and "without caller authentication (--tls-ca)" in refused.stderr
+    for flags in (["--insecure"], identity(certs, "env")):
+        srv = cpp_server("--host", "0.0.0.0", *flags)
+        assert srv.stop() == 0, "".join(srv.stderr)
+
+
+async def test_registers_over_tls(certs: Path) -> None:
+    """A NATS that requires client certificates and maps each to a user with its roles'
+    permissions (DIR/nats-auth.conf): the env identity may write the registry."""
+    with EmbeddedNats(auth_dir=certs) as nats:
+        srv = cpp_server("--nats", nats.url, *identity(certs, "env"))
+        try:
+            nc = await bus.connect(nats.url, tls=pki.member_config(certs, "orchestrator"))
+            registry = await Registry.from_client(nc)
+            try:
+                (record,) = await registry.list("environment", "bulls-and-cows")
+                assert record.address == srv.address and record.kind == bus_pb.SERVICE_KIND_ENVIRONMENT
+                assert srv.stop() == 0, "".join(srv.stderr)
+                assert await registry.list("environment", "bulls-and-cows") == []  # deregistered over TLS
+            finally:
+                await registry.close()
+                await nc.close()
+        finally:
+            srv.process.kill()
+        # without a certificate, or as an identity that may not write the registry, no server
+        plain = run(SERVER, "--port", "0", "--nats", nats.url, timeout=60)
+        assert plain.returncode == 1 and "cannot connect to NATS" in plain.stderr, plain.stderr
+        reader = run(SERVER, "--port", "0", "--nats", nats.url, *identity(certs, "reader"), timeout=60)
+        assert reader.returncode == 1 and "permissions violation" in reader.stderr.lower(), reader.stderr
+
+
+def test_play_over_mutual_tls(certs: Path) -> None:
+    """The C++ client against a Python and a C++ server with mutual TLS."""
+    python = Served([ROLLMESH, "env", "serve", "arithmetic", "--port", "0", *identity(certs, "env")])
+    cpp = cpp_server(*identity(certs, "env"))
+    try:
+        result = run(PLAY, python.address, "--split", "test", "--episodes", "3", *identity(certs, "orchestrator"))
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.count("turns=1 stop=done reward=1 ") == 3, result.stdout
+        result = run(PLAY, cpp.address, "--episodes", "2", *identity(certs, "orchestrator"))
+        assert result.returncode == 0 and result.stdout.count("stop=done reward=1.5 ") == 2, result.stdout
+        for address in (python.address, cpp.address):
+            refused = run(PLAY, address, *identity(certs, "reader"))
+            assert refused.returncode == 1 and "play: PERMISSION_DENIED MISSING_ROLE:" in refused.stderr, refused.stderr
+            plain = run(PLAY, address)
+            assert plain.returncode == 1 and "play: UNAVAILABLE" in plain.stderr, plain.stderr
+    finally:
+        assert python.stop() == 0
+        assert cpp.stop() == 0

@@ -3,7 +3,11 @@ module, its generated code is fresh, its own tests pass, including those against
 environment, inference and rubric servers and a nats-server (a trace published from Go is scored
 by the Python rubric service and read back in Go); its examples run; the example maze server
 passes `rollmesh conformance` (drain included), plays whole episodes with the Python EnvClient,
-registers in the NATS registry (`rollmesh ls` lists it) and exits 0 on SIGTERM."""
+registers in the NATS registry (`rollmesh ls` lists it) and exits 0 on SIGTERM. With certificates
+of `rollmesh certs init`: the maze server with mutual TLS passes conformance as the orchestrator,
+refuses a reader's episode (PERMISSION_DENIED, MISSING_ROLE) and connections without a certificate
+of its CA, registers over TLS in a NATS that maps certificates to users, and the Go client plays
+on a Python server with mutual TLS."""
 
 from __future__ import annotations
 
@@ -19,13 +23,19 @@ from collections import deque
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import pytest
+from rollmesh import bus
 from rollmesh.apps.conformance import CHECKS, Options, Status, run_conformance
 from rollmesh.env.client import EnvClient
 from rollmesh.errors import DeadlineExceededError, ResourceExhaustedError
 from rollmesh.natsd import EmbeddedNats
 from rollmesh.proto.v1 import bus_pb2
+from rollmesh.proto.v1 import environment_pb2 as env_pb
+from rollmesh.proto.v1 import environment_pb2_grpc as env_grpc
 from rollmesh.registry import Registry
+from rollmesh.rpc_errors import error_info
+from rollmesh.security import pki
 
 ROOT = Path(__file__).resolve().parents[1]
 GO = ROOT / "clients" / "go"
@@ -122,7 +132,18 @@ def logs(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def servers(logs: Path, nats_url: str, tiny_model_dir: Path) -> Iterator[dict[str, str]]:
+def certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A CA and the mesh's identities (`rollmesh certs init`): env, orchestrator, reader, ..."""
+    return pki.init(tmp_path_factory.mktemp("certs"))
+
+
+def identity(certs: Path, name: str) -> list[str | Path]:
+    """The TLS flags of an identity of `certs`."""
+    return ["--tls-cert", certs / f"{name}.pem", "--tls-key", certs / f"{name}-key.pem", "--tls-ca", certs / "ca.pem"]
+
+
+@pytest.fixture(scope="module")
+def servers(logs: Path, nats_url: str, tiny_model_dir: Path, certs: Path) -> Iterator[dict[str, str]]:
     """The Python servers the Go clients talk to, as the ROLLMESH_TEST_* variables of the Go tests."""
     (logs / "rubrics.toml").write_text(RUBRICS)
     rubric = ["rubric", "serve", "--config", logs / "rubrics.toml", "--nats", nats_url, "--port", "0", "--no-dashboard"]
@@ -137,12 +158,17 @@ def servers(logs: Path, nats_url: str, tiny_model_dir: Path) -> Iterator[dict[st
         started.append(llm)
         scorer = Server(logs / "rubric.log", ROLLMESH, *rubric, ready=r"(?s)server on (\S+:\d+):.*live scoring on")
         started.append(scorer)
+        secure = ["env", "serve", "arithmetic", "--port", "0", *identity(certs, "env")]
+        mtls = Server(logs / "env-mtls.log", ROLLMESH, *secure, ready=r"server on (\S+:\d+):")
+        started.append(mtls)
         yield {
             "ROLLMESH_TEST_ENV": env.match.group(1),
             "ROLLMESH_TEST_INFERENCE": llm.match.group(1),
             "ROLLMESH_TEST_RUBRIC": scorer.match.group(1),
             "ROLLMESH_TEST_NATS": nats_url,
             "ROLLMESH_TEST_NATS_SERVER": str(ROOT / ".venv" / "bin" / "nats-server"),
+            "ROLLMESH_TEST_TLS_ENV": mtls.match.group(1),
+            "ROLLMESH_TEST_CERTS": str(certs),
         }
     finally:
         for s in started:
@@ -224,6 +250,9 @@ LIVE_GO_TESTS = {
     "TestScoreReader",
     "TestTraceToScoreRoundTrip",
     "TestRegisterHeartbeatAndDeregister",
+    "TestMutualTLSWithThePythonServer",
+    "TestRegisterOverTLSWithAClientCertificate",
+    "TestMonitorOverTLS",
 }
 
 
@@ -232,7 +261,7 @@ def test_go_tests_pass(servers: dict[str, str]) -> None:
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-3000:]
     passed = set(re.findall(r"^--- PASS: (\w+)", result.stdout, re.M))
     assert LIVE_GO_TESTS <= passed, LIVE_GO_TESTS - passed
-    assert len(passed) >= 35, sorted(passed)
+    assert len(passed) >= 45, sorted(passed)
     assert "--- FAIL" not in result.stdout and "--- SKIP" not in result.stdout, result.stdout[-4000:]
 
 
@@ -423,3 +452,140 @@ async def test_the_maze_server_registers_and_deregisters(logs: Path, nats_url: s
             assert await registry.list("environment", "maze") == []  # deleted, well before the TTL
     finally:
         srv.process.kill()
+
+
+# --- transport security ---------------------------------------------------------------------------
+
+
+def secure_stub(
+    address: str, ca: Path, cert: Path | None = None
+) -> tuple[grpc.Channel, env_grpc.EnvironmentServiceStub]:
+    """A channel that trusts `ca`, presents `cert` (its key is <name>-key.pem) and checks the
+    server's certificate for env.rollmesh."""
+    key = cert.with_name(cert.stem + "-key.pem") if cert else None
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=ca.read_bytes(),
+        private_key=key.read_bytes() if key else None,
+        certificate_chain=cert.read_bytes() if cert else None,
+    )
+    channel = grpc.secure_channel(address, credentials, options=[("grpc.ssl_target_name_override", "env.rollmesh")])
+    return channel, env_grpc.EnvironmentServiceStub(channel)
+
+
+def start_request() -> env_pb.EpisodeRequest:
+    return env_pb.EpisodeRequest(start=env_pb.StartEpisode(env="maze", task_id="train-000"))
+
+
+def test_conformance_over_mutual_tls(logs: Path, certs: Path) -> None:
+    """Every check, drain included, as the orchestrator identity."""
+    srv = maze(logs / "mtls-conformance.log", *identity(certs, "env"), "--idle-timeout", "3", "--grace", "5")
+    try:
+        address, pid = srv.match.group(1), str(srv.process.pid)
+        result = run(
+            ROLLMESH, "conformance", "--json", "--max-wait", "10", "--drain-pid", pid,
+            *identity(certs, "orchestrator"), address, timeout=300,
+        )  # fmt: skip
+        report = json.loads(result.stdout)
+        not_passed = {c["name"]: f"{c['status']}: {c['detail']}" for c in report["checks"] if c["status"] != "PASS"}
+        assert not_passed == {}, json.dumps(report, indent=1)
+        assert result.returncode == 0 and report["passed"]
+        assert {"health", "reflection", "idle-timeout", "drain", "episode:maze"} <= {
+            c["name"] for c in report["checks"]
+        }
+        assert srv.process.wait(timeout=30) == 0  # the drain check's SIGTERM
+    finally:
+        srv.process.kill()
+
+
+def test_roles_and_certificates(logs: Path, certs: Path, tmp_path: Path) -> None:
+    srv = maze(logs / "mtls-roles.log", *identity(certs, "env"))
+    address, ca = srv.match.group(1), certs / "ca.pem"
+    try:
+        # a reader may describe, not play
+        channel, reader = secure_stub(address, ca, certs / "reader.pem")
+        with channel:
+            assert reader.Describe(env_pb.DescribeRequest(), timeout=10).environments[0].name == "maze"
+            assert [m.total for m in reader.ListTasks(env_pb.ListTasksRequest(env="maze", split="test"), timeout=10)]
+            with pytest.raises(grpc.RpcError) as refused:
+                next(reader.Episode(iter([start_request()]), timeout=10))
+        assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        info = error_info(refused.value)  # type: ignore[arg-type]
+        assert info is not None and (info.reason, info.domain) == ("MISSING_ROLE", "rollmesh.dev")
+        assert dict(info.metadata) == {"identity": "reader", "required": "orchestrator"}
+        assert refused.value.details() == (
+            "'reader' may not call /rollmesh.v1.EnvironmentService/Episode: it needs one of the roles orchestrator"
+        )
+        # the orchestrator may play
+        channel, orchestrator = secure_stub(address, ca, certs / "orchestrator.pem")
+        with channel:
+            started = next(orchestrator.Episode(iter([start_request()]), timeout=10))
+            assert started.started.episode_id
+        # no client certificate, another CA's certificate, plaintext: no call gets through
+        other = pki.init(tmp_path / "other")
+        attempts = {
+            "no certificate": secure_stub(address, ca),
+            "another CA": secure_stub(address, ca, other / "orchestrator.pem"),
+            "plaintext": (plain := grpc.insecure_channel(address), env_grpc.EnvironmentServiceStub(plain)),
+        }
+        for what, (channel, stub) in attempts.items():
+            with channel, pytest.raises(grpc.RpcError) as failed:
+                stub.Describe(env_pb.DescribeRequest(), timeout=10)
+            assert failed.value.code() == grpc.StatusCode.UNAVAILABLE, (what, failed.value)
+    finally:
+        assert srv.stop() == 0
+    audit = srv.log.read_text()
+    assert re.search(
+        r"audit: access denied: /rollmesh.v1.EnvironmentService/Episode by reader from 127.0.0.1:\d+ \(MISSING_ROLE\)",
+        audit,
+    ), audit
+
+
+def test_an_exposed_address_needs_mutual_tls(logs: Path, certs: Path) -> None:
+    refused = run(BIN / "maze-server", "--host", "0.0.0.0", "--port", "0", timeout=60)
+    assert refused.returncode != 0
+    assert "refusing to serve environments on 0.0.0.0 without TLS and caller authentication" in refused.stderr
+    tls_only = ["--tls-cert", certs / "env.pem", "--tls-key", certs / "env-key.pem"]
+    refused = run(BIN / "maze-server", "--host", "0.0.0.0", "--port", "0", *tls_only, timeout=60)
+    assert refused.returncode != 0 and "without caller authentication (--tls-ca)" in refused.stderr
+    for flags in (["--insecure"], identity(certs, "env")):
+        srv = maze(logs / "exposed.log", "--host", "0.0.0.0", *flags)
+        assert srv.stop() == 0
+
+
+async def test_the_maze_server_registers_over_tls(logs: Path, certs: Path) -> None:
+    """A NATS that requires client certificates and maps each to a user with its roles'
+    permissions (DIR/nats-auth.conf): the env identity may write the registry."""
+    with EmbeddedNats(auth_dir=certs) as nats:
+        srv = maze(logs / "registered-tls.log", "--nats", nats.url, *identity(certs, "env"))
+        port = srv.match.group(1).rsplit(":", 1)[1]
+        try:
+            nc = await bus.connect(nats.url, tls=pki.member_config(certs, "orchestrator"))
+            registry = await Registry.from_client(nc)
+            try:
+                (record,) = await registry.list("environment", "maze")
+                assert record.address == f"127.0.0.1:{port}" and record.kind == bus_pb2.SERVICE_KIND_ENVIRONMENT
+                listed = run(ROLLMESH, "ls", "--nats", nats.url, env=as_env(certs, "orchestrator"), timeout=60)
+                assert listed.returncode == 0 and re.search(
+                    rf"environment\s+maze\s+0\.1\.0\s+127\.0\.0\.1:{port}", listed.stdout
+                )
+                assert srv.stop() == 0
+                assert await registry.list("environment", "maze") == []  # deregistered over TLS
+            finally:
+                await registry.close()
+                await nc.close()
+        finally:
+            srv.process.kill()
+        # without a certificate, or as an identity that may not register, the server does not start
+        plain = run(BIN / "maze-server", "--port", "0", "--nats", nats.url, timeout=60)
+        assert plain.returncode != 0 and "cannot reach NATS" in plain.stderr, plain.stderr
+        reader = run(BIN / "maze-server", "--port", "0", "--nats", nats.url, *identity(certs, "reader"), timeout=60)
+        assert reader.returncode != 0 and "permissions violation" in reader.stderr.lower(), reader.stderr
+
+
+def as_env(certs: Path, name: str) -> dict[str, str]:
+    """The environment variables that give a process the identity `name`."""
+    return {
+        "ROLLMESH_TLS_CERT": str(certs / f"{name}.pem"),
+        "ROLLMESH_TLS_KEY": str(certs / f"{name}-key.pem"),
+        "ROLLMESH_TLS_CA": str(certs / "ca.pem"),
+    }

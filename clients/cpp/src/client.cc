@@ -20,8 +20,11 @@ void ThrowIfFailed(const grpc::Status& status) {
 
 }  // namespace
 
-EnvClient::EnvClient(const std::string& address, double timeout_s, double episode_timeout_s)
+EnvClient::EnvClient(const std::string& address, double timeout_s, double episode_timeout_s,
+                     std::optional<TlsFiles> tls, const std::string& server_name)
     : timeout_s_(timeout_s), episode_timeout_s_(episode_timeout_s) {
+  const TlsFiles files = tls ? *tls : TlsFiles::FromEnv();
+  files.Validate(false);
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(-1);  // the server bounds its replies (limits.max_message_bytes)
   args.SetMaxSendMessageSize(-1);     // and refuses what is over its limit, with a status
@@ -29,7 +32,18 @@ EnvClient::EnvClient(const std::string& address, double timeout_s, double episod
   args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 10000);
   args.SetInt(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
   args.SetInt(GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);
-  channel_ = grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args);
+  std::shared_ptr<grpc::ChannelCredentials> credentials = grpc::InsecureChannelCredentials();
+  if (files.enabled()) {
+    grpc::SslCredentialsOptions options;
+    if (!files.ca.empty()) options.pem_root_certs = ReadPem(files.ca, "CA bundle");
+    if (!files.cert.empty()) {
+      options.pem_cert_chain = ReadPem(files.cert, "certificate");
+      options.pem_private_key = ReadPem(files.key, "private key");
+    }
+    credentials = grpc::SslCredentials(options);
+    args.SetSslTargetNameOverride(server_name.empty() ? ServerName("env") : server_name);
+  }
+  channel_ = grpc::CreateCustomChannel(address, credentials, args);
   stub_ = v1::EnvironmentService::NewStub(channel_);
 }
 

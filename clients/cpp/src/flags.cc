@@ -46,16 +46,25 @@ std::string Usage(const std::string& program) {
          "  --max-message-mb MB    largest gRPC message, MiB (default 16)\n"
          "  --grace S              seconds in-flight episodes get to finish on SIGTERM (default 10)\n"
          "  --nats URL             register in the registry of this NATS server\n"
-         "  --advertise-host HOST  host other machines reach this server at (registry)\n";
+         "  --advertise-host HOST  host other machines reach this server at (registry)\n"
+         "  --tls-cert FILE        this server's certificate, PEM; turns TLS on ($ROLLMESH_TLS_CERT)\n"
+         "  --tls-key FILE         the certificate's private key, PEM ($ROLLMESH_TLS_KEY)\n"
+         "  --tls-ca FILE          CA of the callers' certificates: mutual TLS and roles ($ROLLMESH_TLS_CA)\n"
+         "  --insecure             allow a --host beyond loopback without TLS and --tls-ca (warns)\n";
 }
 
 ServerOptions ParseFlags(int argc, const char* const* argv, bool* help) {
   ServerOptions o;
+  o.tls = TlsFiles::FromEnv();
   if (help) *help = false;
   for (int i = 1; i < argc; ++i) {
     std::string arg = argv[i], value;
     if (arg == "--help" || arg == "-h") {
       if (help) *help = true;
+      continue;
+    }
+    if (arg == "--insecure") {  // a switch: no value
+      o.insecure = true;
       continue;
     }
     if (arg.rfind("--", 0) != 0) throw std::invalid_argument("unexpected argument " + Quoted(arg));
@@ -89,6 +98,15 @@ ServerOptions ParseFlags(int argc, const char* const* argv, bool* help) {
       o.nats_url = value;
     } else if (arg == "--advertise-host") {
       o.advertise_host = value;
+    } else if (arg == "--tls-cert") {
+      o.tls.cert = value;
+    } else if (arg == "--tls-key") {
+      o.tls.key = value;
+    } else if (arg == "--tls-ca") {
+      o.tls.ca = value;
+    } else if (arg == "--insecure") {
+      if (value != "true" && value != "false") throw std::invalid_argument("--insecure: true or false, got " + Quoted(value));
+      o.insecure = value == "true";
     } else {
       throw std::invalid_argument("unknown flag " + Quoted(arg));
     }

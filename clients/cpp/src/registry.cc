@@ -1,10 +1,12 @@
 #include "registry.h"
 
+#include <arpa/inet.h>
 #include <google/protobuf/util/time_util.h>
 #include <nats/nats.h>
 
 #include <chrono>
 #include <cstdio>
+#include <memory>
 #include <regex>
 #include <stdexcept>
 
@@ -26,6 +28,34 @@ std::string KindToken(v1::ServiceKind kind) {
   return name;
 }
 
+// The name the NATS server's certificate must hold: the URL's host, or nats.rollmesh when the
+// host is an IP address (OpenSSL's host check matches names only; a mesh's NATS certificate
+// names nats.rollmesh).
+std::string ExpectedHostname(const std::string& url) {
+  std::string rest = url.substr(0, url.find(','));
+  if (size_t scheme = rest.find("://"); scheme != std::string::npos) rest = rest.substr(scheme + 3);
+  if (size_t at = rest.rfind('@'); at != std::string::npos) rest = rest.substr(at + 1);
+  std::string host;
+  if (!rest.empty() && rest.front() == '[') {
+    host = rest.substr(1, rest.find(']') - 1);
+  } else {
+    host = rest.substr(0, rest.find(':'));
+  }
+  unsigned char addr[sizeof(struct in6_addr)];
+  if (host.empty() || inet_pton(AF_INET, host.c_str(), addr) == 1 || inet_pton(AF_INET6, host.c_str(), addr) == 1)
+    return ServerName("nats");
+  return host;
+}
+
+// Asynchronous errors of the connection, e.g. a publish the server's permissions refuse (the
+// publish itself then only times out): said on stderr.
+void OnAsyncError(natsConnection* nc, natsSubscription*, natsStatus err, void*) {
+  const char* text = nullptr;
+  natsConnection_GetLastError(nc, &text);
+  std::fprintf(stderr, "rollmesh: NATS: %s%s%s\n", natsStatus_GetText(err), text && *text ? ": " : "",
+               text ? text : "");
+}
+
 }  // namespace
 
 std::string RecordKey(const v1::ServiceRecord& record) {
@@ -37,21 +67,30 @@ std::string RecordKey(const v1::ServiceRecord& record) {
   return KindToken(record.kind()) + "." + record.name() + "." + record.instance_id();
 }
 
-Registration::Registration(const std::string& nats_url, std::vector<v1::ServiceRecord> records)
+Registration::Registration(const std::string& nats_url, std::vector<v1::ServiceRecord> records, const TlsFiles& tls)
     : records_(std::move(records)) {
   for (const auto& r : records_) RecordKey(r);  // validate before connecting
   try {
-    natsOptions* opts = nullptr;
-    Check(natsOptions_Create(&opts), "NATS options");
-    natsOptions_SetURL(opts, nats_url.c_str());
-    natsOptions_SetName(opts, "rollmesh-registry");
-    natsOptions_SetTimeout(opts, 5000);
-    natsOptions_SetMaxReconnect(opts, -1);  // keep trying: the TTL, not the connection, is the judge
-    natsStatus s = natsConnection_Connect(&nc_, opts);
-    natsOptions_Destroy(opts);
-    Check(s, "cannot connect to NATS at " + nats_url);
+    natsOptions* raw = nullptr;
+    Check(natsOptions_Create(&raw), "NATS options");
+    std::unique_ptr<natsOptions, decltype(&natsOptions_Destroy)> opts(raw, natsOptions_Destroy);
+    natsOptions_SetURL(opts.get(), nats_url.c_str());
+    natsOptions_SetName(opts.get(), "rollmesh-registry");
+    natsOptions_SetTimeout(opts.get(), 5000);
+    natsOptions_SetMaxReconnect(opts.get(), -1);  // keep trying: the TTL, not the connection, is the judge
+    natsOptions_SetErrorHandler(opts.get(), OnAsyncError, nullptr);
+    if (tls.enabled()) {  // the server maps the certificate to a user with its roles' permissions
+      Check(natsOptions_SetSecure(opts.get(), true), "NATS over TLS");
+      if (!tls.ca.empty())
+        Check(natsOptions_LoadCATrustedCertificates(opts.get(), tls.ca.c_str()), "the CA bundle " + tls.ca);
+      if (!tls.cert.empty())
+        Check(natsOptions_LoadCertificatesChain(opts.get(), tls.cert.c_str(), tls.key.c_str()),
+              "the certificate " + tls.cert);
+      Check(natsOptions_SetExpectedHostname(opts.get(), ExpectedHostname(nats_url).c_str()), "NATS over TLS");
+    }
+    Check(natsConnection_Connect(&nc_, opts.get()), "cannot connect to NATS at " + nats_url);
     Check(natsConnection_JetStream(&js_, nc_, nullptr), "JetStream context");
-    s = js_KeyValue(&kv_, js_, kRegistryBucket);
+    natsStatus s = js_KeyValue(&kv_, js_, kRegistryBucket);
     if (s == NATS_NOT_FOUND) {
       kvConfig cfg;
       kvConfig_Init(&cfg);

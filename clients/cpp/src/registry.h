@@ -8,6 +8,7 @@
 #include <thread>
 #include <vector>
 
+#include "rollmesh/tls.h"
 #include "rollmesh/v1/bus.pb.h"
 
 struct __natsConnection;
@@ -25,9 +26,10 @@ std::string RecordKey(const v1::ServiceRecord& record);
 
 class Registration {
  public:
-  // Connects, opens the bucket (creating it when missing), puts the records with started_at and
-  // heartbeat_at, and starts the heartbeat. Throws std::runtime_error when NATS says no.
-  Registration(const std::string& nats_url, std::vector<v1::ServiceRecord> records);
+  // Connects (over TLS with tls's files when it names a CA or certificate), opens the bucket
+  // (creating it when missing), puts the records with started_at and heartbeat_at, and starts the
+  // heartbeat. Throws std::runtime_error when NATS says no.
+  Registration(const std::string& nats_url, std::vector<v1::ServiceRecord> records, const TlsFiles& tls = {});
   ~Registration();
   // Stops the heartbeat and deletes the records (the TTL expires them if NATS is gone).
   void Close();

@@ -19,6 +19,7 @@
 #include <thread>
 
 #include "registry.h"
+#include "security.h"
 #include "service.h"
 
 namespace rollmesh {
@@ -42,6 +43,22 @@ void ProtobufLog(google::protobuf::LogLevel level, const char* file, int line, c
 
 Clock::time_point After(double seconds) {
   return Clock::now() + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(seconds));
+}
+
+// Plaintext; TLS with the certificate; with a CA, mutual TLS: callers must present a certificate
+// that CA signed, and the calls of other services than EnvironmentService are checked at the
+// gate (the service's own handlers check theirs).
+std::shared_ptr<grpc::ServerCredentials> Credentials(const TlsFiles& tls) {
+  if (!tls.enabled()) return grpc::InsecureServerCredentials();
+  if (tls.cert.empty()) throw std::invalid_argument("a TLS server needs a certificate: give --tls-cert and --tls-key");
+  grpc::SslServerCredentialsOptions options(tls.authenticates()
+                                                ? GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY
+                                                : GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE);
+  options.pem_key_cert_pairs.push_back({ReadPem(tls.key, "private key"), ReadPem(tls.cert, "certificate")});
+  if (tls.authenticates()) options.pem_root_certs = ReadPem(tls.ca, "CA bundle");
+  std::shared_ptr<grpc::ServerCredentials> credentials = grpc::SslServerCredentials(options);
+  if (tls.authenticates()) credentials->SetAuthMetadataProcessor(std::make_shared<internal::MethodGate>());
+  return credentials;
 }
 
 }  // namespace
@@ -75,12 +92,16 @@ std::string Server::Start() {
   // service refuses first, with a reason.
   const int transport_cap = std::max(16384, 2 * o.max_episodes);
 
+  o.tls.Validate(true);
+  internal::CheckBind(o.host, "environments", o.tls, o.insecure);
+  std::shared_ptr<grpc::ServerCredentials> credentials = Credentials(o.tls);
+
   google::protobuf::SetLogHandler(ProtobufLog);
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
   int port = 0;
-  builder.AddListeningPort(JoinHostPort(o.host, o.port), grpc::InsecureServerCredentials(), &port);
+  builder.AddListeningPort(JoinHostPort(o.host, o.port), credentials, &port);
   builder.RegisterService(&impl_->service);
   builder.SetMaxReceiveMessageSize(max_bytes);
   builder.SetMaxSendMessageSize(max_bytes);
@@ -118,7 +139,7 @@ std::string Server::Start() {
       records.push_back(std::move(r));
     }
     try {
-      impl_->registration = std::make_unique<internal::Registration>(o.nats_url, std::move(records));
+      impl_->registration = std::make_unique<internal::Registration>(o.nats_url, std::move(records), o.tls);
     } catch (...) {
       impl_->serving = false;
       impl_->server->Shutdown(std::chrono::system_clock::now());

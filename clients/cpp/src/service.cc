@@ -7,6 +7,7 @@
 #include "convert.h"
 #include "episode_call.h"
 #include "page_token.h"
+#include "security.h"
 
 namespace rollmesh::internal {
 namespace {
@@ -18,6 +19,16 @@ grpc::ServerUnaryReactor* FinishUnary(grpc::CallbackServerContext* ctx, const gr
   reactor->Finish(status);
   return reactor;
 }
+
+// A streaming call refused before it started: it ends with the status at once.
+template <class Reactor>
+class Refused final : public Reactor {
+ public:
+  explicit Refused(const grpc::Status& status) { this->Finish(status); }
+  void OnDone() override { delete this; }
+};
+
+#define ROLLMESH_METHOD(name) "/rollmesh.v1.EnvironmentService/" name
 
 // One ListTasks call: the page is cut into messages of up to kListBatch tasks, written one by one.
 class ListTasksCall final : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
@@ -233,9 +244,16 @@ bool ServiceCore::WaitNoCalls(std::chrono::steady_clock::time_point deadline) {
 
 // --- the RPCs -------------------------------------------------------------------------------------
 
+grpc::Status ServiceCore::Authorize(grpc::CallbackServerContext* ctx, const char* method) const {
+  if (!options_.tls.authenticates()) return grpc::Status::OK;
+  return internal::Authorize(ctx->auth_context().get(), method, ctx->peer());
+}
+
 grpc::ServerUnaryReactor* EnvironmentServiceImpl::Describe(grpc::CallbackServerContext* ctx,
                                                            const grpc::ByteBuffer* request,
                                                            grpc::ByteBuffer* response) {
+  if (grpc::Status refused = core_->Authorize(ctx, ROLLMESH_METHOD("Describe")); !refused.ok())
+    return FinishUnary(ctx, refused);
   try {
     v1::DescribeRequest req;
     if (!Parse(*request, &req)) ThrowMalformed(req.GetTypeName());
@@ -248,18 +266,24 @@ grpc::ServerUnaryReactor* EnvironmentServiceImpl::Describe(grpc::CallbackServerC
   }
 }
 
-grpc::ServerWriteReactor<grpc::ByteBuffer>* EnvironmentServiceImpl::ListTasks(grpc::CallbackServerContext*,
+grpc::ServerWriteReactor<grpc::ByteBuffer>* EnvironmentServiceImpl::ListTasks(grpc::CallbackServerContext* ctx,
                                                                               const grpc::ByteBuffer* request) {
+  if (grpc::Status refused = core_->Authorize(ctx, ROLLMESH_METHOD("ListTasks")); !refused.ok())
+    return new Refused<grpc::ServerWriteReactor<grpc::ByteBuffer>>(refused);
   return new ListTasksCall(core_, request);
 }
 
 grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* EnvironmentServiceImpl::Episode(
     grpc::CallbackServerContext* ctx) {
+  if (grpc::Status refused = core_->Authorize(ctx, ROLLMESH_METHOD("Episode")); !refused.ok())
+    return new Refused<grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>>(refused);
   return EpisodeCall::Create(core_, ctx);
 }
 
 grpc::ServerUnaryReactor* EnvironmentServiceImpl::Score(grpc::CallbackServerContext* ctx,
                                                         const grpc::ByteBuffer* request, grpc::ByteBuffer* response) {
+  if (grpc::Status refused = core_->Authorize(ctx, ROLLMESH_METHOD("Score")); !refused.ok())
+    return FinishUnary(ctx, refused);
   auto req = std::make_shared<v1::ScoreRequest>();
   const HostedEnv* env = nullptr;
   v1::Task task;
@@ -315,6 +339,8 @@ grpc::ServerUnaryReactor* EnvironmentServiceImpl::Score(grpc::CallbackServerCont
 
 grpc::ServerUnaryReactor* EnvironmentServiceImpl::RunEpisode(grpc::CallbackServerContext* ctx,
                                                              const grpc::ByteBuffer* request, grpc::ByteBuffer*) {
+  if (grpc::Status refused = core_->Authorize(ctx, ROLLMESH_METHOD("RunEpisode")); !refused.ok())
+    return FinishUnary(ctx, refused);
   try {
     v1::RunEpisodeRequest req;
     if (!Parse(*request, &req)) ThrowMalformed(req.GetTypeName());

@@ -37,6 +37,8 @@ class ServiceCore {
   // `split`, or the default split when empty; UNKNOWN_SPLIT when the environment has no such split.
   const std::string& Split(const HostedEnv& env, const std::string& split) const;
   v1::DescribeResponse Describe() const;
+  // OK when the caller of ctx may call method (always, without --tls-ca), else the refusal.
+  grpc::Status Authorize(grpc::CallbackServerContext* ctx, const char* method) const;
   // Throws MESSAGE_TOO_LARGE when `reply` is over max_message_bytes.
   void CheckReplySize(const google::protobuf::Message& reply) const;
 

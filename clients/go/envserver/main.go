@@ -12,9 +12,10 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/rollmesh/rollmesh/clients/go/registry"
+	"github.com/rollmesh/rollmesh/clients/go/rollmesh"
 	pb "github.com/rollmesh/rollmesh/clients/go/rollmeshv1"
+	"github.com/rollmesh/rollmesh/clients/go/security"
 	"google.golang.org/protobuf/types/known/timestamppb"
 )
 
@@ -29,6 +30,12 @@ type Config struct {
 	NATS string
 	// AdvertiseHost is the host other machines reach this server at (default: Host).
 	AdvertiseHost string
+	// TLS: serve over TLS with TLS.Cert; with TLS.CA, mutual TLS and the role check (see
+	// WithTLS). The NATS connection of the registry uses the same settings.
+	TLS rollmesh.TLS
+	// Insecure lets Run listen beyond loopback without TLS and a CA (it warns); without it, Run
+	// refuses to.
+	Insecure bool
 }
 
 // Main serves the environments as a command with the flags every rollmesh environment server
@@ -36,9 +43,11 @@ type Config struct {
 //
 //	NAME [--host 127.0.0.1] [--port 50051] [--max-episodes 1024] [--idle-timeout 300]
 //	     [--max-message-mb 16] [--grace 10] [--nats URL] [--advertise-host HOST]
+//	     [--tls-cert FILE --tls-key FILE] [--tls-ca FILE] [--insecure]
 //
-// Once listening it prints "rollmesh env server on HOST:PORT: NAMES" to stderr; on SIGTERM or
-// SIGINT it shuts down gracefully and exits 0.
+// The TLS flags default to ROLLMESH_TLS_CERT, ROLLMESH_TLS_KEY and ROLLMESH_TLS_CA. A --host
+// other than loopback needs TLS and a CA, or --insecure. Once listening it prints "rollmesh env
+// server on HOST:PORT: NAMES" to stderr; on SIGTERM or SIGINT it shuts down gracefully and exits 0.
 func Main(envs ...*Environment) {
 	host := flag.String("host", "127.0.0.1", "interface to bind")
 	port := flag.Int("port", 50051, "port; 0 picks a free one")
@@ -48,6 +57,8 @@ func Main(envs ...*Environment) {
 	grace := flag.Float64("grace", 10, "seconds in-flight episodes get to finish on SIGTERM")
 	natsURL := flag.String("nats", os.Getenv("ROLLMESH_NATS_URL"), "NATS URL of the registry, e.g. nats://127.0.0.1:4222 (env ROLLMESH_NATS_URL)")
 	advertise := flag.String("advertise-host", "", "host other machines reach this server at (registry; default: --host)")
+	settings := rollmesh.TLSFlags(flag.CommandLine)
+	insecure := flag.Bool("insecure", false, "allow serving a non-loopback address without TLS and caller authentication (warns)")
 	flag.Parse()
 
 	if *maxEpisodes < 1 || *idle < 0 || *maxMB <= 0 || *grace < 0 {
@@ -57,7 +68,8 @@ func Main(envs ...*Environment) {
 	if *idle == 0 {
 		limits.IdleTimeout = NoIdleTimeout
 	}
-	cfg := Config{Host: *host, Port: *port, Limits: limits, Grace: seconds(*grace), NATS: *natsURL, AdvertiseHost: *advertise}
+	cfg := Config{Host: *host, Port: *port, Limits: limits, Grace: seconds(*grace), NATS: *natsURL, AdvertiseHost: *advertise,
+		TLS: *settings, Insecure: *insecure}
 	if err := Run(envs, cfg); err != nil {
 		log.Fatal(err)
 	}
@@ -66,7 +78,13 @@ func Main(envs ...*Environment) {
 // Run serves the environments until SIGTERM or SIGINT; then it reports NOT_SERVING,
 // deregisters, refuses new episodes and gives open ones cfg.Grace before it returns.
 func Run(envs []*Environment, cfg Config) error {
-	srv, err := New(envs, cfg.Limits)
+	if err := cfg.TLS.Validate(true); err != nil {
+		return err
+	}
+	if err := security.CheckBind(cfg.Host, "environments", cfg.TLS, cfg.Insecure); err != nil {
+		return err
+	}
+	srv, err := New(envs, cfg.Limits, WithTLS(cfg.TLS))
 	if err != nil {
 		return err
 	}
@@ -81,11 +99,11 @@ func Run(envs []*Environment, cfg Config) error {
 
 	var reg *registry.Registration
 	if cfg.NATS != "" {
-		nc, err := nats.Connect(cfg.NATS, nats.Name("rollmesh-env-"+strings.Join(srv.Names(), ",")),
-			nats.MaxReconnects(-1), nats.ReconnectWait(500*time.Millisecond))
+		settings := cfg.TLS
+		nc, err := security.ConnectNATS(cfg.NATS, "rollmesh-env-"+strings.Join(srv.Names(), ","), &settings)
 		if err != nil {
 			srv.Shutdown(0)
-			return fmt.Errorf("cannot reach NATS at %s: %w; is nats-server running?", cfg.NATS, err)
+			return err
 		}
 		defer nc.Close()
 		host := cfg.AdvertiseHost

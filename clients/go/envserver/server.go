@@ -4,8 +4,11 @@ import (
 	"net"
 	"time"
 
+	"github.com/rollmesh/rollmesh/clients/go/rollmesh"
 	pb "github.com/rollmesh/rollmesh/clients/go/rollmeshv1"
+	"github.com/rollmesh/rollmesh/clients/go/security"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/keepalive"
@@ -58,30 +61,70 @@ type Server struct {
 	service *service
 }
 
+// An Option changes how New builds a server.
+type Option func(*options)
+
+type options struct {
+	tls        rollmesh.TLS
+	authorizer *security.Authorizer
+}
+
+// WithTLS serves over TLS with settings.Cert; with settings.CA, callers must present a
+// certificate that CA signed (mutual TLS) and every call is checked against the role table
+// (security.MethodRoles): Describe and ListTasks need orchestrator or reader, episodes and Score
+// orchestrator, health checks nothing. Settings without a certificate or CA change nothing.
+func WithTLS(settings rollmesh.TLS) Option { return func(o *options) { o.tls = settings } }
+
+// WithAuthorizer checks every call with a (with WithTLS and a CA, the default is
+// &security.Authorizer{}: the role table, audit lines to the log package). It needs callers'
+// certificates: without a CA every call that needs a role is refused.
+func WithAuthorizer(a *security.Authorizer) Option { return func(o *options) { o.authorizer = a } }
+
 // New checks the environments and builds a server; Serve starts it.
-func New(envs []*Environment, limits Limits) (*Server, error) {
+func New(envs []*Environment, limits Limits, opts ...Option) (*Server, error) {
+	var o options
+	for _, opt := range opts {
+		opt(&o)
+	}
 	limits = limits.withDefaults()
 	svc, err := newService(envs, limits)
 	if err != nil {
 		return nil, err
 	}
 	check := sizeCheck(limits.MaxMessageBytes)
+	unary := []grpc.UnaryServerInterceptor{check.unary}
+	stream := []grpc.StreamServerInterceptor{check.stream}
+	var transport []grpc.ServerOption
+	if o.tls.Enabled() {
+		cfg, err := o.tls.ServerConfig()
+		if err != nil {
+			return nil, err
+		}
+		transport = append(transport, grpc.Creds(credentials.NewTLS(cfg)))
+		if o.tls.Authenticates() && o.authorizer == nil {
+			o.authorizer = &security.Authorizer{}
+		}
+	}
+	if a := o.authorizer; a != nil { // first: nothing runs for a caller that may not call
+		unary = append([]grpc.UnaryServerInterceptor{a.UnaryInterceptor()}, unary...)
+		stream = append([]grpc.StreamServerInterceptor{a.StreamInterceptor()}, stream...)
+	}
 	// The transport's stream cap sits well above the episode limit: a client that opens every
 	// episode on one connection must still get EPISODE_LIMIT, and its Describe calls, through.
 	streams := uint32(2 * limits.MaxConcurrentEpisodes)
 	if streams < 1024 {
 		streams = 1024
 	}
-	g := grpc.NewServer(
+	g := grpc.NewServer(append(transport,
 		grpc.CustomCodec(newCodec()), //nolint:staticcheck // supported throughout gRPC 1.x
-		grpc.UnaryInterceptor(check.unary),
-		grpc.StreamInterceptor(check.stream),
+		grpc.ChainUnaryInterceptor(unary...),
+		grpc.ChainStreamInterceptor(stream...),
 		grpc.MaxRecvMsgSize(limits.MaxMessageBytes),
 		grpc.MaxSendMsgSize(limits.MaxMessageBytes),
 		grpc.MaxConcurrentStreams(streams),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
-	)
+	)...)
 	pb.RegisterEnvironmentServiceServer(g, svc)
 	hs := health.NewServer()
 	hs.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)

@@ -8,10 +8,12 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/rollmesh/rollmesh/clients/go/internal/testpki"
 	"github.com/rollmesh/rollmesh/clients/go/internal/testservers"
 	"github.com/rollmesh/rollmesh/clients/go/monitor"
 	"github.com/rollmesh/rollmesh/clients/go/rollmesh"
 	pb "github.com/rollmesh/rollmesh/clients/go/rollmeshv1"
+	"github.com/rollmesh/rollmesh/clients/go/security"
 	"google.golang.org/protobuf/proto"
 )
 
@@ -210,5 +212,26 @@ func TestTraceToScoreRoundTrip(t *testing.T) {
 			t.Errorf("score %v", score)
 		}
 		delete(want, score.TraceId)
+	}
+}
+
+func TestMonitorOverTLS(t *testing.T) {
+	ca := testpki.New(t)
+	server := ca.Issue("nats", nil, "nats")
+	publisher := ca.Issue("publisher", []string{security.RolePublisher})
+	nc, err := security.ConnectNATS(testservers.SecureNATS(t, server.Cert, server.Key, server.CA), "monitor-test", &publisher)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	ctx := testservers.Context(t)
+	scores, err := monitor.ReadScores(nc, "shop", monitor.ScoreReaderOptions{CreateStream: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer scores.Close()
+	published, err := monitor.PublishTrace(ctx, nc, trace("shop", "", "4"), monitor.PublisherOptions{CreateStream: true})
+	if err != nil || published.Stream != monitor.MonitorStream.Name {
+		t.Fatalf("published %+v %v", published, err)
 	}
 }

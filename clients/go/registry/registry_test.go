@@ -5,9 +5,12 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/rollmesh/rollmesh/clients/go/internal/testpki"
 	"github.com/rollmesh/rollmesh/clients/go/internal/testservers"
 	"github.com/rollmesh/rollmesh/clients/go/registry"
+	"github.com/rollmesh/rollmesh/clients/go/rollmesh"
 	pb "github.com/rollmesh/rollmesh/clients/go/rollmeshv1"
+	"github.com/rollmesh/rollmesh/clients/go/security"
 )
 
 func record(name string) *pb.ServiceRecord {
@@ -90,6 +93,51 @@ func TestKeys(t *testing.T) {
 	for _, r := range bad {
 		if key, err := registry.Key(r); err == nil {
 			t.Errorf("key %q for %v", key, r)
+		}
+	}
+}
+
+func TestRegisterOverTLSWithAClientCertificate(t *testing.T) {
+	ca := testpki.New(t)
+	server := ca.Issue("nats", nil, "nats")
+	env := ca.Issue("env", []string{security.RoleServer}, "env")
+	url := testservers.SecureNATS(t, server.Cert, server.Key, server.CA)
+
+	nc, err := security.ConnectNATS(url, "registry-test", &env)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	if !nc.TLSRequired() {
+		t.Error("the connection is not over TLS")
+	}
+	reg, err := registry.Register(nc, 0, record("maze"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	records, err := registry.List(nc, pb.ServiceKind_SERVICE_KIND_ENVIRONMENT, "maze")
+	if err != nil || len(records) != 1 {
+		t.Errorf("listed %v %v", records, err)
+	}
+	if err := reg.Close(); err != nil {
+		t.Error(err)
+	}
+
+	// no client certificate, another CA's, or none of TLS: no connection
+	other := testpki.New(t)
+	foreign := other.Issue("env", []string{security.RoleServer}, "env")
+	foreign.CA = ca.Path()
+	for what, settings := range map[string]*rollmesh.TLS{
+		"no client certificate":    {CA: ca.Path()},
+		"another CA's certificate": &foreign,
+		"plaintext":                {},
+	} {
+		if nc, err := security.ConnectNATS(url, "registry-test", settings, nats.Timeout(2*time.Second)); err == nil {
+			// with TLS 1.3 the server may refuse the certificate after the client's handshake
+			if _, err := nc.Request("x", nil, 2*time.Second); err == nil || nc.IsConnected() {
+				t.Errorf("%s: connected (%v)", what, err)
+			}
+			nc.Close()
 		}
 	}
 }

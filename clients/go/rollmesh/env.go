@@ -19,7 +19,7 @@ type EnvClient struct {
 // DialEnv connects to the environment server at address ("host:port").
 func DialEnv(ctx context.Context, address string, opts Options) (*EnvClient, error) {
 	opts = opts.withDefaults()
-	conn, err := dial(ctx, address, opts)
+	conn, err := dial(ctx, address, "env", opts)
 	if err != nil {
 		return nil, err
 	}

@@ -23,7 +23,7 @@ func DialInference(ctx context.Context, address string, opts Options) (*Inferenc
 		opts.Timeout = 10 * time.Minute
 	}
 	opts = opts.withDefaults()
-	conn, err := dial(ctx, address, opts)
+	conn, err := dial(ctx, address, "inference", opts)
 	if err != nil {
 		return nil, err
 	}

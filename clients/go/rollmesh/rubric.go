@@ -23,7 +23,7 @@ func DialRubric(ctx context.Context, address string, opts Options) (*RubricClien
 		opts.Timeout = 2 * time.Minute
 	}
 	opts = opts.withDefaults()
-	conn, err := dial(ctx, address, opts)
+	conn, err := dial(ctx, address, "rubric", opts)
 	if err != nil {
 		return nil, err
 	}

@@ -107,7 +107,8 @@ const (
 	ErrorReason_CHECKPOINT_INVALID ErrorReason = 55
 	// DATA_LOSS: the weights received do not match their header (total_bytes or sha256).
 	ErrorReason_CHECKSUM_MISMATCH ErrorReason = 56
-	// NOT_FOUND: LoadWeights names a path the server cannot see.
+	// NOT_FOUND: a file the server was configured with is missing. (LoadWeights answers
+	// PATH_NOT_ALLOWED for a missing path, so that it is no oracle for the file system.)
 	ErrorReason_FILE_NOT_FOUND ErrorReason = 57
 	// UNAVAILABLE: the model backend failed while generating (the batch was dropped); retry,
 	// possibly on another replica.

@@ -3,6 +3,11 @@
 // server's ErrorInfo reason.
 //
 //   play ADDRESS [--env NAME] [--split SPLIT] [--episodes N] [--policy answer|bisect|codebreaker]
+//        [--tls-ca FILE] [--tls-cert FILE --tls-key FILE]
+//
+// With a CA (or $ROLLMESH_TLS_CA, ...) it connects over TLS and checks that the server's
+// certificate names env.rollmesh; servers with mutual TLS need the certificate of an identity with
+// the orchestrator role.
 //
 // Policies: `answer` replies the task's reference answer (the client decides what the policy sees);
 // `bisect` finds a number from "Higher"/"Lower" feedback (guess-number); `codebreaker` plays bulls
@@ -26,6 +31,7 @@ using rollmesh::v1::Message;
 struct Args {
   std::string address, env, split, policy = "answer";
   int episodes = 1;
+  rollmesh::TlsFiles tls = rollmesh::TlsFiles::FromEnv();
 };
 
 // A policy: the next assistant message, given the conversation so far.
@@ -108,7 +114,7 @@ std::string Join(const google::protobuf::Map<std::string, double>& values) {
 }
 
 int Play(const Args& args) {
-  rollmesh::EnvClient client(args.address, 30, 600);
+  rollmesh::EnvClient client(args.address, 30, 600, args.tls);
   rollmesh::v1::DescribeResponse info = client.Describe();
   std::printf("server %s (%s, %s), protocol %s\n", args.address.c_str(), info.server().language().c_str(),
               info.server().sdk_version().c_str(), info.server().protocol_version().c_str());
@@ -144,7 +150,8 @@ int Play(const Args& args) {
 
 int main(int argc, char** argv) {
   const char* usage =
-      "usage: play ADDRESS [--env NAME] [--split SPLIT] [--episodes N] [--policy answer|bisect|codebreaker]\n";
+      "usage: play ADDRESS [--env NAME] [--split SPLIT] [--episodes N] [--policy answer|bisect|codebreaker]\n"
+      "            [--tls-ca FILE] [--tls-cert FILE --tls-key FILE]   (default: $ROLLMESH_TLS_CA, ...)\n";
   Args args;
   try {
     for (int i = 1; i < argc; ++i) {
@@ -167,6 +174,12 @@ int main(int argc, char** argv) {
         args.policy = value();
         if (args.policy != "answer" && args.policy != "bisect" && args.policy != "codebreaker")
           throw std::invalid_argument("unknown policy " + rollmesh::Quoted(args.policy));
+      } else if (a == "--tls-ca") {
+        args.tls.ca = value();
+      } else if (a == "--tls-cert") {
+        args.tls.cert = value();
+      } else if (a == "--tls-key") {
+        args.tls.key = value();
       } else if (a.rfind("--", 0) == 0 || !args.address.empty()) {
         throw std::invalid_argument("unexpected argument " + rollmesh::Quoted(a));
       } else {

@@ -8,10 +8,12 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "rollmesh/errors.h"
+#include "rollmesh/tls.h"
 #include "rollmesh/v1/environment.grpc.pb.h"
 
 namespace rollmesh {
@@ -27,7 +29,13 @@ struct TaskPage {
 class EnvClient {
  public:
   // timeout_s bounds each unary call and ListTasks; episode_timeout_s a whole episode (0: none).
-  explicit EnvClient(const std::string& address, double timeout_s = 30, double episode_timeout_s = 0);
+  // tls: the transport security; nullopt reads ROLLMESH_TLS_CA, ROLLMESH_TLS_CERT and
+  // ROLLMESH_TLS_KEY. Plaintext when it names neither a CA nor a certificate; else the server is
+  // verified against the CA and must hold a certificate for server_name (default "env.rollmesh",
+  // whatever the address), and the client presents its certificate (mutual TLS) when it has one.
+  // Throws std::invalid_argument when the TLS settings are incomplete or a file cannot be read.
+  explicit EnvClient(const std::string& address, double timeout_s = 30, double episode_timeout_s = 0,
+                     std::optional<TlsFiles> tls = std::nullopt, const std::string& server_name = "");
 
   v1::DescribeResponse Describe();
   // One ListTasks call (page_size 0: all remaining).

@@ -10,6 +10,7 @@
 
 #include "rollmesh/environment.h"
 #include "rollmesh/errors.h"
+#include "rollmesh/tls.h"
 
 namespace rollmesh {
 
@@ -28,6 +29,13 @@ struct ServerOptions {
   double grace_s = 10;          // --grace: seconds in-flight episodes get on SIGTERM
   std::string nats_url;         // --nats: register in the registry of this NATS server
   std::string advertise_host;   // --advertise-host: the host in registry records (default: --host)
+  // --tls-cert/--tls-key: serve over TLS with this certificate; --tls-ca: mutual TLS (callers need a
+  // certificate of this CA) and every call is checked against the role table. Defaults:
+  // $ROLLMESH_TLS_CERT, $ROLLMESH_TLS_KEY, $ROLLMESH_TLS_CA (ParseFlags reads them). The registry's
+  // NATS connection uses the same files.
+  TlsFiles tls;
+  // --insecure: allow a --host beyond loopback without TLS and a CA (warns); without it Start refuses.
+  bool insecure = false;
 
   long long max_message_bytes() const;
 };
@@ -48,7 +56,8 @@ class Server {
   Server& operator=(const Server&) = delete;
 
   // Listens, registers (with --nats) and serves; returns "host:port" (the port it got).
-  // Throws std::runtime_error when it cannot listen or register.
+  // Throws std::invalid_argument for incomplete TLS settings or an address beyond loopback without
+  // TLS and a CA (unless insecure), std::runtime_error when it cannot listen or register.
   std::string Start();
   // Drains: health NOT_SERVING, deregistration, new episodes UNAVAILABLE (DRAINING); open
   // episodes get grace_s seconds, then are cancelled; returns once the server has stopped.

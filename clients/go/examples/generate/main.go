@@ -20,11 +20,12 @@ func main() {
 	address := flag.String("inference", "127.0.0.1:50061", "inference server")
 	prompt := flag.String("prompt", "What is 2 + 2?", "the user's message")
 	maxTokens := flag.Int("max-tokens", 16, "tokens to generate")
+	settings := rollmesh.TLSFlags(flag.CommandLine)
 	flag.Parse()
 
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	llm, err := rollmesh.DialInference(ctx, *address, rollmesh.Options{})
+	llm, err := rollmesh.DialInference(ctx, *address, rollmesh.Options{TLS: settings})
 	if err != nil {
 		log.Fatal(err)
 	}

@@ -2,6 +2,7 @@
 // maze with the tool move(direction).
 //
 //	maze-server --port 0
+//	maze-server --port 0 --tls-cert certs/env.pem --tls-key certs/env-key.pem --tls-ca certs/ca.pem
 package main
 
 import "github.com/rollmesh/rollmesh/clients/go/envserver"

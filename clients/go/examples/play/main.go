@@ -23,16 +23,17 @@ func main() {
 	split := flag.String("split", "", "split (default: the environment's default split)")
 	taskID := flag.String("task", "", "task id (default: the split's first task)")
 	maxTokens := flag.Int("max-tokens", 32, "tokens per reply")
+	settings := rollmesh.TLSFlags(flag.CommandLine)
 	flag.Parse()
 
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
-	env, err := rollmesh.DialEnv(ctx, *envAddress, rollmesh.Options{})
+	env, err := rollmesh.DialEnv(ctx, *envAddress, rollmesh.Options{TLS: settings})
 	if err != nil {
 		log.Fatal(err)
 	}
 	defer env.Close()
-	llm, err := rollmesh.DialInference(ctx, *llmAddress, rollmesh.Options{})
+	llm, err := rollmesh.DialInference(ctx, *llmAddress, rollmesh.Options{TLS: settings})
 	if err != nil {
 		log.Fatal(err)
 	}

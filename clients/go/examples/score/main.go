@@ -20,11 +20,12 @@ func main() {
 	question := flag.String("question", "What is 2 + 2?", "the user's message")
 	answer := flag.String("answer", "4", "the reference answer")
 	reply := flag.String("reply", "It is 4.", "the assistant's reply to score")
+	settings := rollmesh.TLSFlags(flag.CommandLine)
 	flag.Parse()
 
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	client, err := rollmesh.DialRubric(ctx, *address, rollmesh.Options{})
+	client, err := rollmesh.DialRubric(ctx, *address, rollmesh.Options{TLS: settings})
 	if err != nil {
 		log.Fatal(err)
 	}

@@ -15,6 +15,7 @@ import (
 	"github.com/rollmesh/rollmesh/clients/go/monitor"
 	"github.com/rollmesh/rollmesh/clients/go/rollmesh"
 	pb "github.com/rollmesh/rollmesh/clients/go/rollmeshv1"
+	"github.com/rollmesh/rollmesh/clients/go/security"
 )
 
 func main() {
@@ -25,9 +26,10 @@ func main() {
 	reply := flag.String("reply", "Thanks for asking: 4", "the assistant's reply")
 	createStream := flag.Bool("create-stream", false, "create the MONITOR stream when none exists")
 	timeout := flag.Duration("timeout", 30*time.Second, "how long to wait for the score")
+	settings := rollmesh.TLSFlags(flag.CommandLine)
 	flag.Parse()
 
-	nc, err := nats.Connect(*url, nats.Name("rollmesh-go-trace"))
+	nc, err := security.ConnectNATS(*url, "rollmesh-go-trace", settings)
 	if err != nil {
 		log.Fatal(err)
 	}

@@ -6,8 +6,10 @@ package testservers
 import (
 	"bufio"
 	"context"
+	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"regexp"
 	"testing"
 	"time"
@@ -20,6 +22,10 @@ const (
 	RubricAddress    = "ROLLMESH_TEST_RUBRIC"      // `rollmesh rubric serve`, rubric "rules"
 	RubricNATS       = "ROLLMESH_TEST_NATS"        // the NATS the rubric service live-scores
 	NATSServer       = "ROLLMESH_TEST_NATS_SERVER" // a nats-server binary (else one on PATH)
+	// `rollmesh env serve arithmetic` with mutual TLS, and the directory of `rollmesh certs
+	// init` whose env.pem it serves with (ca.pem, orchestrator.pem, reader.pem, ...)
+	TLSEnvAddress = "ROLLMESH_TEST_TLS_ENV"
+	CertsDir      = "ROLLMESH_TEST_CERTS"
 )
 
 // Address is the value of a variable above; the test skips when it is unset.
@@ -45,6 +51,23 @@ var listening = regexp.MustCompile(`Listening for client connections on (\S+:\d+
 // and returns its URL; it stops when the test ends.
 func NATS(t testing.TB) string {
 	t.Helper()
+	return startNATS(t)
+}
+
+// SecureNATS is NATS over TLS only, with the server certificate cert/key, and client
+// certificates of the CA ca required.
+func SecureNATS(t testing.TB, cert, key, ca string) string {
+	t.Helper()
+	config := filepath.Join(t.TempDir(), "nats.conf")
+	body := fmt.Sprintf("tls {\n  cert_file: %q\n  key_file: %q\n  ca_file: %q\n  verify: true\n  timeout: 5\n}\n", cert, key, ca)
+	if err := os.WriteFile(config, []byte(body), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return startNATS(t, "-c", config)
+}
+
+func startNATS(t testing.TB, args ...string) string {
+	t.Helper()
 	binary := os.Getenv(NATSServer)
 	if binary == "" {
 		var err error
@@ -52,7 +75,7 @@ func NATS(t testing.TB) string {
 			t.Skipf("no nats-server: set %s or put nats-server on PATH", NATSServer)
 		}
 	}
-	cmd := exec.Command(binary, "-js", "-a", "127.0.0.1", "-p", "-1", "-sd", t.TempDir())
+	cmd := exec.Command(binary, append([]string{"-js", "-a", "127.0.0.1", "-p", "-1", "-sd", t.TempDir()}, args...)...)
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)
