@@ -4,12 +4,16 @@ empty project and plays an episode. Its Wordle server passes `rollmesh conforman
 Python EnvClient, sends ErrorInfo reasons Python reads, registers in the NATS registry and exits 0
 on SIGTERM. Its clients and examples work against the Python servers (environment, inference with
 the tiny local model, rubric), and a trace published from TypeScript is scored live by the rubric
-service and read back from TypeScript. nats-servers of this module's own: the TypeScript tests make
-the MONITOR and SCORES streams themselves."""
+service and read back from TypeScript. With certificates of a development CA (pki.init), the
+Wordle server serves mutual TLS and checks the caller's roles on every method, the TypeScript client
+plays with the Python server over mutual TLS, and the registry and the bus work over TLS on a
+nats-server that maps client certificates to users. nats-servers of this module's own: the
+TypeScript tests make the MONITOR and SCORES streams themselves."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -23,14 +27,17 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import nats
 import pytest
 from rollmesh import bus
 from rollmesh.env.client import EnvClient
-from rollmesh.errors import NotFoundError
+from rollmesh.errors import NotFoundError, PermissionDeniedError, UnavailableError
 from rollmesh.inference.client import InferenceClient
-from rollmesh.natsd import EmbeddedNats
+from rollmesh.natsd import EmbeddedNats, free_port, nats_server_binary
 from rollmesh.proto.v1 import bus_pb2
+from rollmesh.rpc import create_channel
+from rollmesh.security import pki
 
 TS = Path(__file__).resolve().parents[1] / "clients" / "typescript"
 BIN = Path(sys.executable).parent
@@ -47,6 +54,10 @@ SERVE_FLAGS = [
     "--grace",
     "--nats",
     "--advertise-host",
+    "--tls-cert",
+    "--tls-key",
+    "--tls-ca",
+    "--insecure",
 ]
 
 pytestmark = pytest.mark.skipif(
@@ -315,7 +326,8 @@ def test_the_packed_tarball_installs_and_plays_an_episode(installed: Path, guess
     # ES modules import it too, and its types check
     (installed / "esm.mjs").write_text(ESM)
     esm = json.loads(run("node", "esm.mjs", timeout=30, cwd=installed).strip().splitlines()[-1])
-    assert esm == {"EnvClient": "function", "RollmeshError": "function", "publish": "function", "VERSION": "1.0.0"}
+    version = json.loads((TS / "package.json").read_text())["version"]
+    assert esm == {"EnvClient": "function", "RollmeshError": "function", "publish": "function", "VERSION": version}
     (installed / "typed.ts").write_text(TYPED)
     options = {"module": "node16", "moduleResolution": "node16", "strict": True, "noEmit": True, "skipLibCheck": True}
     (installed / "tsconfig.json").write_text(
@@ -389,7 +401,10 @@ def marks(guess: str, secret: str) -> str:
 async def test_a_solver_wins_every_wordle_task_with_the_python_client(wordle: str) -> None:
     async with await EnvClient.connect(wordle) as client:
         describe = await client.describe()
-        assert describe.server.language == "typescript" and describe.server.sdk_version == "rollmesh-typescript 1.0.0"
+        version = json.loads((TS / "package.json").read_text())["version"]
+        assert (
+            describe.server.language == "typescript" and describe.server.sdk_version == f"rollmesh-typescript {version}"
+        )
         env = describe.environments[0]
         assert (env.default_split, env.has_run_episode) == ("train", False)
         tasks = [t for split in env.splits for t in await client.tasks("wordle", split)]
@@ -648,3 +663,355 @@ async def test_without_a_stream_publishing_fails_clearly_or_creates_monitor_as_s
                 assert (made.max_age, made.duplicate_window) == (want.max_age, want.duplicate_window)
         finally:
             await nc.close()
+
+
+# --- TLS, mutual TLS and roles ----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A development CA and the mesh's certificates (rollmesh certs init)."""
+    return pki.init(tmp_path_factory.mktemp("pki"))
+
+
+def tls_flags(certs: Path, name: str) -> list[str | Path]:
+    return ["--tls-cert", certs / f"{name}.pem", "--tls-key", certs / f"{name}-key.pem", "--tls-ca", certs / "ca.pem"]
+
+
+def tls_env(certs: Path, name: str | None) -> dict[str, str]:
+    """ROLLMESH_TLS_* for identity `name` (None: the CA only, no client certificate)."""
+    env = {"ROLLMESH_TLS_CA": str(certs / "ca.pem"), "ROLLMESH_TLS_CERT": "", "ROLLMESH_TLS_KEY": ""}
+    if name:
+        env |= {"ROLLMESH_TLS_CERT": str(certs / f"{name}.pem"), "ROLLMESH_TLS_KEY": str(certs / f"{name}-key.pem")}
+    return env
+
+
+def env_client(address: str, certs: Path, name: str) -> EnvClient:
+    """The Python EnvClient with the certificate of `name` (checks the server's for env.rollmesh)."""
+    channel = create_channel(address, kind="env", tls=pki.member_config(certs, name))
+    return EnvClient(channel, address, timeout_s=10, step_timeout_s=10)
+
+
+@pytest.fixture(scope="module")
+def secure_wordle(built: Path, certs: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+    """The Wordle server with mutual TLS: (address, its log)."""
+    log = tmp_path_factory.mktemp("secure-wordle") / "server.log"
+    proc, address = start(["node", WORDLE, "--port", "0", *tls_flags(certs, "env")], log)
+    try:
+        yield address, log
+    finally:
+        assert stop(proc) == 0, log.read_text()
+
+
+def test_tls_wordle_server_passes_conformance_with_the_orchestrator_certificate(
+    built: Path, certs: Path, tmp_path: Path
+) -> None:
+    """Every check, none skipped, over mutual TLS: the server's certificate names env.rollmesh."""
+    log = tmp_path / "server.log"
+    proc, address = start(
+        ["node", WORDLE, "--port", "0", "--idle-timeout", "2", "--grace", "10", *tls_flags(certs, "env")], log
+    )
+    try:
+        cmd = [BIN / "rollmesh", "conformance", "--json", "--max-wait", "15", *tls_flags(certs, "orchestrator")]
+        out = subprocess.run(
+            [str(c) for c in [*cmd, "--drain-pid", str(proc.pid), address]],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        rc = proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    report = json.loads(out.stdout)
+    statuses = {c["name"]: c["status"] for c in report["checks"]}
+    assert out.returncode == 0 and set(statuses.values()) == {"PASS"}, out.stdout[-6000:] + out.stderr[-2000:]
+    assert "episode:wordle" in statuses and "drain" in statuses and "reflection" in statuses
+    assert rc == 0, log.read_text()
+    assert "access denied" not in log.read_text()
+
+
+async def test_tls_a_reader_describes_but_may_not_play(secure_wordle: tuple[str, Path], certs: Path) -> None:
+    address, log = secure_wordle
+    async with env_client(address, certs, "reader") as client:
+        assert (await client.describe()).environments[0].name == "wordle"
+        task = (await client.tasks("wordle", limit=1))[0]
+        with pytest.raises(PermissionDeniedError) as refused:
+            async with client.episode("wordle", task.task_id):
+                pass
+    assert refused.value.reason == "MISSING_ROLE"
+    assert refused.value.metadata == {"identity": "reader", "required": "orchestrator"}
+    assert "'reader' may not call /rollmesh.v1.EnvironmentService/Episode: it needs one of the roles orchestrator" in (
+        str(refused.value)
+    )
+    deadline = time.monotonic() + 5
+    while "access denied: /rollmesh.v1.EnvironmentService/Episode by reader" not in log.read_text():
+        assert time.monotonic() < deadline, log.read_text()
+        await asyncio.sleep(0.05)
+    line = next(x for x in log.read_text().splitlines() if "Episode by reader" in x)
+    assert re.fullmatch(
+        r"access denied: /rollmesh\.v1\.EnvironmentService/Episode by reader from \S+ \(MISSING_ROLE\)", line
+    )
+    async with env_client(address, certs, "orchestrator") as client:
+        async with client.episode("wordle", task.task_id) as ep:
+            step = await ep.step("crane")
+        assert step.turn == 1
+
+
+async def test_tls_no_client_certificate_or_one_of_another_ca_is_refused(
+    secure_wordle: tuple[str, Path], certs: Path, tmp_path: Path
+) -> None:
+    address, log = secure_wordle
+    other = pki.init(tmp_path / "other-ca")
+    attempts = {
+        "no client certificate": grpc.ssl_channel_credentials(root_certificates=(certs / "ca.pem").read_bytes()),
+        "another CA's certificate": grpc.ssl_channel_credentials(
+            root_certificates=(certs / "ca.pem").read_bytes(),
+            private_key=(other / "orchestrator-key.pem").read_bytes(),
+            certificate_chain=(other / "orchestrator.pem").read_bytes(),
+        ),
+    }
+    before = log.read_text()
+    for what, creds in attempts.items():
+        channel = grpc.aio.secure_channel(address, creds, options=[("grpc.ssl_target_name_override", "env.rollmesh")])
+        client = EnvClient(channel, address, timeout_s=5)
+        try:
+            with pytest.raises(UnavailableError):
+                await client.describe()
+        finally:
+            await client.close()
+        assert log.read_text() == before, what  # refused in the handshake: no call reached the server
+    # the TypeScript client the same way, and with the right certificate it plays
+    got = await asyncio.to_thread(node_json, TLS_PLAY, ADDRESS=address, **tls_env(certs, None))
+    assert got["describe"] == ["UNAVAILABLE", ""]
+
+
+TLS_PLAY = """
+const { EnvClient } = require("./dist/src/index.js");
+(async () => {
+  const client = new EnvClient(process.env.ADDRESS, { timeoutS: 10 });  // TLS from ROLLMESH_TLS_*
+  const env = process.env.ENV_NAME || "wordle";
+  const out = {};
+  const attempt = async (what, fn) => {
+    try { out[what] = await fn(); } catch (e) {
+      out[what] = [e.codeName, e.reason, ...(Object.keys(e.metadata ?? {}).length ? [e.metadata] : [])];
+    }
+  };
+  await attempt("describe", async () => (await client.describe()).environments.map((e) => e.name));
+  await attempt("episode", async () => {
+    const [task] = (await client.tasksPage(env, { pageSize: 1 })).tasks;
+    const episode = await client.episode(env, { taskId: task.taskId });
+    const step = await episode.act(task.answer);
+    await episode.close();
+    const prompt = episode.prompt.map((m) => m.content).join(" ");
+    return { prompt, answer: task.answer, rewards: step.rewards, done: step.done };
+  });
+  console.log(JSON.stringify(out));
+  client.close();
+})().catch((e) => { console.error(e); process.exit(1); });
+"""
+
+
+async def test_tls_the_typescript_client_plays_with_the_python_server_over_mutual_tls(
+    built: Path, certs: Path, tmp_path: Path
+) -> None:
+    log = tmp_path / "server.log"
+    cmd = [BIN / "rollmesh", "env", "serve", "arithmetic", "--port", "0", "--grace", "1", *tls_flags(certs, "env")]
+    proc, address = start(cmd, log)
+    try:
+        play = await asyncio.to_thread(
+            node_json, TLS_PLAY, ADDRESS=address, ENV_NAME="arithmetic", **tls_env(certs, "orchestrator")
+        )
+        reader = await asyncio.to_thread(
+            node_json, TLS_PLAY, ADDRESS=address, ENV_NAME="arithmetic", **tls_env(certs, "reader")
+        )
+        anonymous = await asyncio.to_thread(node_json, TLS_PLAY, ADDRESS=address, **tls_env(certs, None))
+    finally:
+        assert stop(proc) == 0, log.read_text()
+    assert play["describe"] == ["arithmetic"]
+    episode = play["episode"]
+    assert episode["done"] and episode["rewards"]["correct"] == 1 and "What is" in episode["prompt"], play
+    assert reader["describe"] == ["arithmetic"]
+    assert reader["episode"] == [
+        "PERMISSION_DENIED",
+        "MISSING_ROLE",
+        {"identity": "reader", "required": "orchestrator"},
+    ]
+    assert anonymous["describe"] == ["UNAVAILABLE", ""]
+
+
+RUBRIC_TLS = """
+const { RubricClient } = require("./dist/src/index.js");
+(async () => {
+  const rubrics = new RubricClient(process.env.ADDRESS, { timeoutS: 10 });  // TLS from ROLLMESH_TLS_*
+  const rollout = { task: { answer: "4" }, messages: [
+    { role: "user", content: "What is 2 + 2?" }, { role: "assistant", content: "4" }] };
+  const out = {};
+  const attempt = async (what, fn) => {
+    try { out[what] = await fn(); } catch (e) { out[what] = [e.codeName, e.reason, e.metadata]; }
+  };
+  await attempt("list", async () => (await rubrics.listRubrics()).map((r) => r.name));
+  await attempt("score", async () => (await rubrics.scoreTrajectory("rules", rollout)).reward);
+  console.log(JSON.stringify(out));
+  rubrics.close();
+})().catch((e) => { console.error(e); process.exit(1); });
+"""
+
+
+async def test_tls_the_rubric_client_checks_rubric_rollmesh_and_presents_its_certificate(
+    built: Path, certs: Path, tmp_path: Path
+) -> None:
+    config = tmp_path / "rubrics.toml"
+    config.write_text(
+        '[server]\nport = 0\n\n[[rubric]]\nname = "rules"\n\n[[rubric.function]]\nname = "correct"\n'
+        'function = "exact_match"\nparams = { extract = "last_number" }\n'
+    )
+    cmd = [BIN / "rollmesh", "rubric", "serve", "--config", config, "--port", "0", "--no-dashboard"]
+    proc, address = start([*cmd, *tls_flags(certs, "rubric")], tmp_path / "server.log")
+    try:
+        orchestrator = await asyncio.to_thread(node_json, RUBRIC_TLS, ADDRESS=address, **tls_env(certs, "orchestrator"))
+        reader = await asyncio.to_thread(node_json, RUBRIC_TLS, ADDRESS=address, **tls_env(certs, "reader"))
+    finally:
+        assert stop(proc) == 0, (tmp_path / "server.log").read_text()
+    assert orchestrator == {"list": ["rules"], "score": 1}
+    assert reader == {
+        "list": ["rules"],
+        "score": ["PERMISSION_DENIED", "MISSING_ROLE", {"identity": "reader", "required": "orchestrator"}],
+    }
+
+
+def test_tls_a_non_loopback_host_needs_tls_and_a_ca_or_insecure(built: Path, certs: Path, tmp_path: Path) -> None:
+    refused = subprocess.run(["node", WORDLE, "--host", "0.0.0.0"], capture_output=True, text=True, timeout=30)
+    assert refused.returncode == 2 and "refusing to serve environments on 0.0.0.0 without TLS" in refused.stderr
+    no_ca = ["--tls-cert", certs / "env.pem", "--tls-key", certs / "env-key.pem"]
+    refused = subprocess.run(
+        ["node", WORDLE, "--host", "0.0.0.0", *map(str, no_ca)], capture_output=True, text=True, timeout=30
+    )
+    assert refused.returncode == 2 and "without caller authentication (--tls-ca)" in refused.stderr
+    missing = subprocess.run(
+        ["node", WORDLE, "--tls-cert", str(tmp_path / "none.pem"), "--tls-key", str(tmp_path / "none-key.pem")],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert missing.returncode == 2 and "cannot read the certificate" in missing.stderr
+    for flags, warned in (([*tls_flags(certs, "env")], False), (["--insecure"], True)):
+        log = tmp_path / f"server-{warned}.log"
+        proc, _ = start(["node", WORDLE, "--host", "0.0.0.0", "--port", "0", *flags], log)
+        assert stop(proc) == 0, log.read_text()
+        assert ("warning: serving environments on 0.0.0.0 without TLS" in log.read_text()) == warned, log.read_text()
+
+
+@pytest.fixture(scope="module")
+def secure_nats(certs: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A nats-server with JetStream that speaks TLS only and maps client certificates to users
+    (DIR/nats-auth.conf, included by a path relative to the config file: nats-server resolves
+    every include against the including file's folder)."""
+    folder = tmp_path_factory.mktemp("secure-nats")
+    for attempt in range(3):  # the free port may be taken before nats-server binds it
+        port = free_port()
+        conf = folder / f"nats-{attempt}.conf"
+        include = os.path.relpath(certs / "nats-auth.conf", folder)
+        conf.write_text(
+            f'host: 127.0.0.1\nport: {port}\njetstream {{ store_dir: "{folder / "js"}" }}\ninclude "{include}"\n'
+        )
+        log = folder / f"nats-{attempt}.log"
+        proc = subprocess.Popen(
+            [nats_server_binary(), "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=log.open("wb")
+        )
+        deadline = time.monotonic() + 20
+        while proc.poll() is None and "Server is ready" not in log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if proc.poll() is None and "Server is ready" in log.read_text():
+            break
+        proc.kill()
+        proc.wait()
+    else:
+        raise RuntimeError(f"nats-server did not start: {log.read_text()[-4000:]}")
+    assert "TLS required for client connections" in log.read_text()
+    try:
+        yield f"nats://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+async def nats_as(url: str, certs: Path, name: str) -> nats.aio.client.Client:
+    return await nats.connect(url, tls=pki.member_config(certs, name).client_ssl_context(), allow_reconnect=False)
+
+
+async def test_tls_the_server_registers_in_a_secured_nats(
+    built: Path, certs: Path, secure_nats: str, tmp_path: Path
+) -> None:
+    """The env identity writes its record over TLS; an orchestrator reads it and plays at that address."""
+    log = tmp_path / "server.log"
+    proc, address = start(["node", WORDLE, "--port", "0", *tls_flags(certs, "env"), "--nats", secure_nats], log)
+    try:
+        nc = await nats_as(secure_nats, certs, "orchestrator")
+        try:
+            kv = await nc.jetstream().key_value("rollmesh-registry")
+            keys = [k for k in await kv.keys() if k.startswith("environment.wordle.")]
+            assert len(keys) == 1, keys
+            record = bus_pb2.ServiceRecord.FromString((await kv.get(keys[0])).value)
+            assert (record.name, record.address, record.labels["language"]) == ("wordle", address, "typescript")
+        finally:
+            await nc.close()
+        async with env_client(record.address, certs, "orchestrator") as client:
+            assert (await client.describe()).server.language == "typescript"
+    finally:
+        assert stop(proc) == 0, log.read_text()
+
+
+BUS_TLS = """
+const { connectBus, publishMonitorTrace, readScores } = require("./dist/src/index.js");
+(async () => {
+  const [what, app] = [process.env.WHAT, process.env.APP];
+  if (what === "anonymous") {
+    try { await connectBus(process.env.NATS_URL); console.log(JSON.stringify({ connected: true })); }
+    catch (e) { console.log(JSON.stringify({ connected: false, error: String(e.message || e) })); }
+    return;
+  }
+  const nc = await connectBus(process.env.NATS_URL);  // TLS and the certificate from ROLLMESH_TLS_*
+  let out;
+  if (what === "publish") {
+    out = await publishMonitorTrace(nc, app, { messages: [{ role: "user", content: "2 + 2?" }], answer: "4" });
+  } else {
+    const scores = await readScores(nc, app, { deliver: "all" });
+    const score = await scores.next(15000);
+    await scores.close();
+    out = { traceId: score.traceId, rubric: score.rubric, reward: score.reward };
+  }
+  console.log(JSON.stringify(out));
+  await nc.close();
+})().catch((e) => { console.error(e); process.exit(1); });
+"""
+
+
+async def test_tls_traces_and_scores_over_a_secured_nats(built: Path, certs: Path, secure_nats: str) -> None:
+    """A publisher's trace is stored in MONITOR; a reader reads a score from SCORES; no certificate, no connection."""
+    app = f"tls-{uuid.uuid4().hex[:8]}"
+    nc = await nats_as(secure_nats, certs, "operator")
+    try:
+        js = nc.jetstream()
+        for spec in (bus.MONITOR, bus.SCORES):
+            with contextlib.suppress(nats.js.errors.BadRequestError):
+                await js.add_stream(spec.config())
+        published = await asyncio.to_thread(
+            node_json, BUS_TLS, WHAT="publish", APP=app, NATS_URL=secure_nats, **tls_env(certs, "publisher")
+        )
+        assert (published["stream"], published["duplicate"]) == ("MONITOR", False)
+        stored = await js.get_last_msg("MONITOR", bus.monitor_subject(app))
+        trace = bus_pb2.MonitorTrace.FromString(stored.data)
+        assert (trace.trace_id, trace.app, trace.answer) == (published["traceId"], app, "4")
+        score = bus_pb2.MonitorScore(trace_id=trace.trace_id, app=app, rubric="rules", reward=1.0)
+        await js.publish(bus.scores_subject(app), score.SerializeToString(), stream="SCORES")
+    finally:
+        await nc.close()
+    read = await asyncio.to_thread(
+        node_json, BUS_TLS, WHAT="read", APP=app, NATS_URL=secure_nats, **tls_env(certs, "reader")
+    )
+    assert read == {"traceId": published["traceId"], "rubric": "rules", "reward": 1}
+    anonymous = await asyncio.to_thread(
+        node_json, BUS_TLS, WHAT="anonymous", NATS_URL=secure_nats, **tls_env(certs, None)
+    )
+    assert anonymous["connected"] is False, anonymous

@@ -6,6 +6,8 @@ cd "$(dirname "$0")"
 for tool in node npm; do
   command -v "$tool" >/dev/null || { echo "setup.sh: $tool is not installed (Node.js >= 20 needed)" >&2; exit 1; }
 done
+# The TLS tests make throwaway certificates with the openssl command line.
+command -v openssl >/dev/null || ../../scripts/apt-install.sh openssl
 node -e 'if (+process.versions.node.split(".")[0] < 20) { console.error("setup.sh: Node.js >= 20 needed, got " + process.version); process.exit(1) }'
 # `npm install`, not `npm ci`: ci rejects lockfiles that list optional platform packages here.
 if [ ! -f node_modules/.package-lock.json ] || [ package-lock.json -nt node_modules/.package-lock.json ] \

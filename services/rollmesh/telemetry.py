@@ -78,6 +78,12 @@ class TextFormatter(logging.Formatter):
         return line
 
 
+def _drop_ssl_eof_noise(record: logging.LogRecord) -> bool:
+    # asyncio warns on every TLS connection that nats-py closes ("returning true from
+    # eof_received() has no effect when using ssl"): nothing to act on, one line per connection.
+    return not (record.name == "asyncio" and "eof_received()" in record.getMessage())
+
+
 def setup_logging(service: str, level: str | None = None, fmt: str | None = None) -> None:
     """Configure the root logger once per process; calling again replaces rollmesh's handler."""
     level = (level or os.environ.get("ROLLMESH_LOG_LEVEL") or "INFO").upper()
@@ -89,6 +95,7 @@ def setup_logging(service: str, level: str | None = None, fmt: str | None = None
         root.removeHandler(h)
     handler = logging.StreamHandler(sys.stderr)
     setattr(handler, _HANDLER_MARK, True)
+    handler.addFilter(_drop_ssl_eof_noise)
     handler.setFormatter(JsonFormatter(service) if fmt == "json" else TextFormatter(service))
     root.addHandler(handler)
     root.setLevel(level)

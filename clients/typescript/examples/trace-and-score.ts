@@ -1,12 +1,12 @@
 // Publishes a production trace on the bus and waits for the rubric service to score it.
 //   node dist/examples/trace-and-score.js nats://127.0.0.1:4222 shop
 // Needs a rubric service scoring the app live: `rollmesh rubric serve --config rubrics.toml --nats URL`
-// with `[monitor] apps = { shop = "..." }`.
-import { connect } from "nats";
-import { publishMonitorTrace, readScores } from "../src/index.js";
+// with `[monitor] apps = { shop = "..." }`. With ROLLMESH_TLS_CA/_CERT/_KEY set it connects over
+// TLS with that certificate (its identity needs the publisher and reader roles on a secured bus).
+import { connectBus, publishMonitorTrace, readScores } from "../src/index.js";
 
 async function main(natsUrl: string, app: string, timeoutS: number): Promise<void> {
-  const nc = await connect({ servers: natsUrl });
+  const nc = await connectBus(natsUrl);
   try {
     // Subscribe first ("new": scores from now on), so the score cannot be missed.
     const scores = await readScores(nc, app, { deliver: "new", createStream: true });

@@ -38,6 +38,8 @@ export const failedPrecondition = maker(status.FAILED_PRECONDITION);
 export const resourceExhausted = maker(status.RESOURCE_EXHAUSTED);
 export const deadlineExceeded = maker(status.DEADLINE_EXCEEDED);
 export const unavailable = maker(status.UNAVAILABLE);
+export const unauthenticated = maker(status.UNAUTHENTICATED);
+export const permissionDenied = maker(status.PERMISSION_DENIED);
 export const unimplemented = maker(status.UNIMPLEMENTED);
 export const internal = maker(status.INTERNAL);
 
@@ -59,13 +61,19 @@ export function statusDetails(
  * code failing (INTERNAL, ENVIRONMENT_FAILED), described as "<where> raised <error>".
  */
 export function toServiceError(error: unknown, where: string): Partial<StatusObject> & Error {
+  const { code, details, metadata } = toStatus(error, where);
+  return Object.assign(new Error(details), { code, details, metadata });
+}
+
+/** The same status as a grpc-js status object (for an interceptor's sendStatus). */
+export function toStatus(error: unknown, where: string): Pick<StatusObject, "code" | "details" | "metadata"> {
   const rpc =
     error instanceof RpcError
       ? error
       : internal("ENVIRONMENT_FAILED", where ? `${where} raised ${describe(error)}` : describe(error));
   const metadata = new Metadata();
   metadata.set(STATUS_DETAILS_KEY, statusDetails(rpc.code, rpc.message, rpc.reason, rpc.metadata));
-  return Object.assign(new Error(rpc.message), { code: rpc.code, details: rpc.message, metadata });
+  return { code: rpc.code, details: rpc.message, metadata };
 }
 
 function describe(error: unknown): string {

@@ -39,6 +39,32 @@ export { publishMonitorTrace, type PublishOptions, type PublishResult, type Trac
 export { readScores, type ReadScoresOptions, ScoreReader } from "./scores.js";
 export { MONITOR_STREAM, monitorSubject, SCORES_STREAM, scoresSubject } from "./streams.js";
 export { kindToken, Registration, REGISTRY_BUCKET, registryKey, type RegistryOptions } from "./registry.js";
+export { type BusOptions, connectBus } from "./bus.js";
+
+// Transport security: TLS settings, mutual TLS and roles.
+export {
+  checkBind,
+  ENV_TLS_CA,
+  ENV_TLS_CERT,
+  ENV_TLS_KEY,
+  isLoopback,
+  natsTlsOptions,
+  serverName,
+  type ServerKind,
+  tlsFromEnv,
+  type TlsOptions,
+} from "./tls.js";
+export {
+  allows,
+  type AuditLog,
+  authorizationInterceptor,
+  authorize,
+  type Identity,
+  identityFromCertificate,
+  METHOD_ROLES,
+  type Role,
+  ROLES,
+} from "./authorize.js";
 
 // Writing an environment server.
 export { parseServeArgs, runServer, SERVE_USAGE } from "./cli.js";

@@ -1,7 +1,10 @@
 // The environment server: EnvironmentService + health + reflection on one grpc-js server,
-// optional registration in the NATS registry, and a graceful shutdown.
-import { Server, ServerCredentials } from "@grpc/grpc-js";
-import { connect, type NatsConnection } from "nats";
+// optional registration in the NATS registry, and a graceful shutdown. With TLS settings it serves
+// TLS; with a CA, mutual TLS and the role check on every call (authorize.ts).
+import { Server } from "@grpc/grpc-js";
+import type { NatsConnection } from "nats";
+import { type AuditLog, authorizationInterceptor } from "./authorize.js";
+import { connectBus } from "./bus.js";
 import { withLenientDecoding } from "./decoding.js";
 import { ServiceKind } from "./gen/rollmesh/v1/bus.js";
 import { EnvironmentServiceService } from "./gen/rollmesh/v1/environment.js";
@@ -9,6 +12,7 @@ import { Health, HEALTH_SERVICE } from "./health.js";
 import { addReflection } from "./reflection.js";
 import { Registration } from "./registry.js";
 import { type AnyEnvironment, EnvironmentServiceImpl, PROTOCOL_VERSION } from "./service.js";
+import { loadTls, serverCredentials, tlsAuthenticates, tlsFromEnv, type TlsOptions } from "./tls.js";
 
 export const SERVICE_NAME = "rollmesh.v1.EnvironmentService";
 
@@ -26,6 +30,14 @@ export interface ServeOptions {
   /** Host other machines reach this server at (default: host). */
   advertiseHost?: string;
   registryTtlS?: number;
+  /**
+   * TLS: the server's certificate and key; with a CA, callers need a certificate it signed and a
+   * role that may call the method. Default: ROLLMESH_TLS_CERT, ROLLMESH_TLS_KEY, ROLLMESH_TLS_CA
+   * (none set: plaintext, no role check). The NATS registry connection uses the same certificate.
+   */
+  tls?: TlsOptions;
+  /** Where refused calls are logged, one line each (default: stderr). */
+  audit?: AuditLog;
 }
 
 export class EnvironmentServer {
@@ -42,6 +54,8 @@ export class EnvironmentServer {
   ) {}
 
   static async start(envs: AnyEnvironment[], opts: ServeOptions = {}): Promise<EnvironmentServer> {
+    const tls = opts.tls ?? tlsFromEnv();
+    loadTls(tls, { server: true }); // a missing file or key fails here, before anything is bound
     const maxMessageBytes = opts.maxMessageBytes ?? 16 * 1024 * 1024;
     const service = new EnvironmentServiceImpl(envs, {
       maxConcurrentEpisodes: opts.maxConcurrentEpisodes ?? 1024,
@@ -57,6 +71,8 @@ export class EnvironmentServer {
       // the transport's stream cap sits above the episode limit, so that every episode the server
       // has room for (and the one over it, which gets EPISODE_LIMIT) fits on one connection
       "grpc.max_concurrent_streams": Math.max(16384, 2 * (opts.maxConcurrentEpisodes ?? 1024)),
+      // mutual TLS: every call is checked against the roles of the caller's certificate
+      interceptors: tlsAuthenticates(tls) ? [authorizationInterceptor(opts.audit)] : [],
     });
     server.addService(withLenientDecoding(EnvironmentServiceService), service.handlers());
     const health = new Health();
@@ -65,11 +81,18 @@ export class EnvironmentServer {
     const host = opts.host ?? "127.0.0.1";
     const port = await new Promise<number>((resolve, reject) => {
       const where = host.includes(":") ? `[${host}]:${opts.port ?? 0}` : `${host}:${opts.port ?? 0}`;
-      server.bindAsync(where, ServerCredentials.createInsecure(), (err, bound) => (err ? reject(err) : resolve(bound)));
+      server.bindAsync(where, serverCredentials(tls), (err, bound) => (err ? reject(err) : resolve(bound)));
     });
     for (const name of ["", SERVICE_NAME]) health.set(name, "SERVING");
     const self = new EnvironmentServer(service, server, health, host, port);
-    if (opts.natsUrl) await self.register(opts.natsUrl, opts.advertiseHost ?? host, opts.registryTtlS);
+    if (opts.natsUrl) {
+      try {
+        await self.register(opts.natsUrl, opts.advertiseHost ?? host, tls, opts.registryTtlS);
+      } catch (e) {
+        await self.stop(0);
+        throw e;
+      }
+    }
     return self;
   }
 
@@ -77,8 +100,8 @@ export class EnvironmentServer {
     return `${this.host}:${this.port}`;
   }
 
-  private async register(natsUrl: string, advertiseHost: string, ttlS?: number): Promise<void> {
-    this.nc = await connect({ servers: natsUrl, name: "rollmesh-env-typescript" });
+  private async register(natsUrl: string, advertiseHost: string, tls: TlsOptions, ttlS?: number): Promise<void> {
+    this.nc = await connectBus(natsUrl, { name: "rollmesh-env-typescript", tls });
     for (const env of this.service.envs.values()) {
       const record = {
         kind: ServiceKind.SERVICE_KIND_ENVIRONMENT,

@@ -4,10 +4,10 @@ import {
   type ChannelCredentials,
   type ChannelOptions,
   type ClientUnaryCall,
-  credentials,
   Metadata,
   type ServiceError,
 } from "@grpc/grpc-js";
+import { channelCredentials, serverName, type ServerKind, tlsFromEnv, type TlsOptions } from "../tls.js";
 import { toRollmeshError } from "./errors.js";
 
 export interface ClientOptions {
@@ -15,7 +15,18 @@ export interface ClientOptions {
   timeoutS?: number;
   /** Largest message either way, MiB (default 16, the servers' default). */
   maxMessageMb?: number;
-  /** Default: insecure (plaintext), as the servers are served. */
+  /**
+   * TLS: the CA that signs the servers (else the system's roots) and this client's certificate and
+   * key (paths or PEM). Default: ROLLMESH_TLS_CA, ROLLMESH_TLS_CERT, ROLLMESH_TLS_KEY; none set:
+   * plaintext.
+   */
+  tls?: TlsOptions;
+  /**
+   * The name the server's certificate must hold (default "<kind>.rollmesh": env.rollmesh,
+   * inference.rollmesh, rubric.rollmesh), whatever the address.
+   */
+  serverName?: string;
+  /** grpc-js credentials of your own; they replace `tls`. */
   credentials?: ChannelCredentials;
   channelOptions?: ChannelOptions;
 }
@@ -31,13 +42,17 @@ export interface CallOptions {
 
 export const DEFAULT_TIMEOUT_S = 30;
 
-/** The arguments of a generated client's constructor. */
-export function channelArgs(opts: ClientOptions): [ChannelCredentials, ChannelOptions] {
+/** The arguments of a generated client's constructor, for a server of `kind`. */
+export function channelArgs(opts: ClientOptions, kind: ServerKind): [ChannelCredentials, ChannelOptions] {
   const bytes = Math.floor((opts.maxMessageMb ?? 16) * 1024 * 1024);
-  return [
-    opts.credentials ?? credentials.createInsecure(),
-    { "grpc.max_send_message_length": bytes, "grpc.max_receive_message_length": bytes, ...opts.channelOptions },
-  ];
+  const creds = opts.credentials ?? channelCredentials(opts.tls ?? tlsFromEnv());
+  const options: ChannelOptions = {
+    "grpc.max_send_message_length": bytes,
+    "grpc.max_receive_message_length": bytes,
+    // over TLS, the certificate must be one issued to serve this kind, wherever the address points
+    "grpc.ssl_target_name_override": opts.serverName ?? serverName(kind),
+  };
+  return [creds, { ...options, ...opts.channelOptions }];
 }
 
 export function checkTimeout(timeoutS: number, what = "timeoutS"): number {

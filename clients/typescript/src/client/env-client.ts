@@ -88,7 +88,7 @@ export class EnvClient {
     readonly address: string,
     opts: EnvClientOptions = {},
   ) {
-    this.stub = new EnvironmentServiceClient(address, ...channelArgs(opts));
+    this.stub = new EnvironmentServiceClient(address, ...channelArgs(opts, "env"));
     this.timeoutS = checkTimeout(opts.timeoutS ?? DEFAULT_TIMEOUT_S);
     this.episodeTimeoutS = checkTimeout(opts.episodeTimeoutS ?? 3600, "episodeTimeoutS");
     this.stepTimeoutS = checkTimeout(opts.stepTimeoutS ?? 120, "stepTimeoutS");

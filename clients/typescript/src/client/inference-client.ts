@@ -77,7 +77,7 @@ export class InferenceClient {
     readonly address: string,
     opts: ClientOptions = {},
   ) {
-    this.stub = new InferenceServiceClient(address, ...channelArgs(opts));
+    this.stub = new InferenceServiceClient(address, ...channelArgs(opts, "inference"));
     this.timeoutS = checkTimeout(opts.timeoutS ?? DEFAULT_TIMEOUT_S);
   }
 

@@ -39,7 +39,7 @@ export class RubricClient {
     readonly address: string,
     opts: ClientOptions = {},
   ) {
-    this.stub = new RubricServiceClient(address, ...channelArgs(opts));
+    this.stub = new RubricServiceClient(address, ...channelArgs(opts, "rubric"));
     this.timeoutS = checkTimeout(opts.timeoutS ?? DEFAULT_TIMEOUT_S);
   }
 

@@ -101,7 +101,10 @@ export enum ErrorReason {
   CHECKPOINT_INVALID = 55,
   /** CHECKSUM_MISMATCH - DATA_LOSS: the weights received do not match their header (total_bytes or sha256). */
   CHECKSUM_MISMATCH = 56,
-  /** FILE_NOT_FOUND - NOT_FOUND: LoadWeights names a path the server cannot see. */
+  /**
+   * FILE_NOT_FOUND - NOT_FOUND: a file the server was configured with is missing. (LoadWeights answers
+   * PATH_NOT_ALLOWED for a missing path, so that it is no oracle for the file system.)
+   */
   FILE_NOT_FOUND = 57,
   /**
    * BACKEND_FAILED - UNAVAILABLE: the model backend failed while generating (the batch was dropped); retry,
