@@ -4,6 +4,7 @@ flag, else environment variable (ROLLMESH_TLS_CERT, ...). They set the process's
 
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -76,6 +77,7 @@ def configure_security(
     configure(config)
 
 
+@functools.cache  # one lookup (and one line saying so) per process
 def local_mesh_credentials(identity: str) -> TlsConfig | None:
     """While a local mesh runs (`rollmesh up` writes ./rollmesh-mesh/mesh.json, or
     $ROLLMESH_MESH_DIR/mesh.json), a command started next to it joins it as `identity` with its
