@@ -36,7 +36,9 @@ def _eval(mesh: Mesh, out: Path, *extra: str) -> subprocess.Popen[str]:
     cmd = [sys.executable, "-m", "rollmesh.cli", "eval", "--nats", mesh.nats_url, "--no-progress",
            "--env", "guess-number", "--model", "scripted-guess-number", "-n", str(TASKS), "-r", str(ROLLOUTS),
            "--concurrency", "32", "--split", "train", "--out", str(out), *extra]  # fmt: skip
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    credentials = mesh.identity("orchestrator")  # the mesh runs with mTLS: eval is its orchestrator
+    env = {**os.environ, **(credentials.env() if credentials else {})}
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
 
 def _lines(path: Path) -> list[dict]:
