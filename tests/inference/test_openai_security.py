@@ -18,6 +18,7 @@ from rollmesh.inference.openai_api import start_http
 from rollmesh.security import pki
 from rollmesh.security.http_auth import HttpSite
 from rollmesh.security.tls import TlsConfig
+from security.clients import anonymous, as_member, bearer
 
 CHAT = {"model": "scripted", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
 
@@ -40,18 +41,6 @@ async def facade(core: InferenceCore, certs: Path) -> AsyncIterator[HttpSite]:
     site = await start_http(core, "127.0.0.1", 0, tls=pki.member_config(certs, "inference"))
     yield site
     await site.stop()
-
-
-def anonymous(certs: Path) -> ssl.SSLContext:
-    return TlsConfig(ca=str(certs / "ca.pem")).client_ssl_context()
-
-
-def as_member(certs: Path, name: str) -> ssl.SSLContext:
-    return pki.member_config(certs, name).client_ssl_context()
-
-
-def bearer(certs: Path, name: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {(certs / f'{name}.token').read_text()}"}
 
 
 async def call(

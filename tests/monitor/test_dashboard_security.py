@@ -24,6 +24,7 @@ from rollmesh.security import pki
 from rollmesh.security.authorize import caller
 from rollmesh.security.http_auth import auth_middleware, start_site
 from rollmesh.security.tls import TlsConfig
+from security.clients import anonymous, as_member, bearer
 from yarl import URL
 
 APP = "support-bot"
@@ -53,19 +54,6 @@ async def dashboard(certs: Path) -> AsyncIterator[Dashboard]:
     dash = await Dashboard(board(), metrics=LiveMetrics(), port=0, tls=pki.member_config(certs, "rubric")).start()
     yield dash
     await dash.stop()
-
-
-def anonymous(certs: Path) -> ssl.SSLContext:
-    """Trusts the CA, presents no certificate."""
-    return TlsConfig(ca=str(certs / "ca.pem")).client_ssl_context()
-
-
-def as_member(certs: Path, name: str) -> ssl.SSLContext:
-    return pki.member_config(certs, name).client_ssl_context()
-
-
-def bearer(certs: Path, name: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {(certs / f'{name}.token').read_text()}"}
 
 
 async def fetch(

@@ -45,13 +45,6 @@ DEFAULT_DIR = "rollmesh-mesh"
 # Anchored at a line start: a traceback quoting the source of these lines must not match.
 ADDRESS_RE = re.compile(r"^rollmesh (?:env|inference|rubric) server on (\S+):\s", re.MULTILINE)
 LOG_TAIL_BYTES = 3000
-TLS_ENV = (
-    security_tls.ENV_CERT,
-    security_tls.ENV_KEY,
-    security_tls.ENV_CA,
-    security_tls.ENV_TOKENS,
-    security_tls.ENV_TOKEN,
-)
 KIND_NAMES = {"environment": "env", "inference": "inference", "rubric": "rubric"}  # certificate names
 
 
@@ -260,7 +253,7 @@ class ServiceProcess:
 
     def start(self) -> ServiceProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        env = {k: v for k, v in os.environ.items() if k not in TLS_ENV}
+        env = {k: v for k, v in os.environ.items() if k not in security_tls.ENV_NAMES}
         env.update({"GRPC_VERBOSITY": "ERROR", **(self.tls.env() if self.tls else {}), **(self.env or {})})
         with self.log_path.open("ab") as logf:
             logf.write(f"\n==== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(self.argv)}\n".encode())

@@ -47,7 +47,8 @@ class Authorizer:
         self.policy = policy
 
     def identify(self, certificates: Iterable[bytes], authorization: str | None) -> Identity | None:
-        for pem in certificates:  # verified by the TLS handshake against the CA
+        pem = next(iter(certificates), None)  # the peer's, verified by the TLS handshake against the CA
+        if pem is not None:
             return identity_from_certificate(pem)
         token = bearer(authorization)
         if token is None:

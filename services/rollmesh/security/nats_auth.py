@@ -7,10 +7,14 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cryptography import x509
 
 from .roles import nats_permissions
+
+if TYPE_CHECKING:
+    from .pki import Member
 
 CONFIG_NAME = "nats-auth.conf"
 
@@ -39,7 +43,7 @@ def render(*, cert: str, key: str, ca: str, users: Sequence[tuple[str, dict[str,
     return json.dumps(body, indent=2) + "\n"
 
 
-def write_nats_config(directory: Path, members: Sequence[object], *, publisher_apps: Sequence[str] = ()) -> Path:
+def write_nats_config(directory: Path, members: Sequence[Member], *, publisher_apps: Sequence[str] = ()) -> Path:
     """DIR/nats-auth.conf for the members of a directory made by pki.init; the nats-server
     certificate is DIR/nats.pem (issued here)."""
     from .pki import CertificateAuthority, Member, write_member
@@ -49,7 +53,6 @@ def write_nats_config(directory: Path, members: Sequence[object], *, publisher_a
         write_member(ca, directory, Member("nats", (), ("nats",)))
     users = []
     for m in members:
-        assert isinstance(m, Member)
         pem = (directory / f"{m.name}.pem").read_bytes()
         apps = publisher_apps if "publisher" in m.roles else ()
         users.append((nats_user(pem), permissions_for(m.roles, apps=apps)))

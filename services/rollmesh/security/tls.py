@@ -33,6 +33,8 @@ ENV_CERT, ENV_KEY, ENV_CA, ENV_TOKENS, ENV_TOKEN = (
     "ROLLMESH_TOKENS_FILE",
     "ROLLMESH_TOKEN",
 )
+# What a child process must not inherit when it gets settings of its own (or none).
+ENV_NAMES = (ENV_CERT, ENV_KEY, ENV_CA, ENV_TOKENS, ENV_TOKEN)
 SERVER_NAME_SUFFIX = ".rollmesh"  # a server certificate for kind K names K.rollmesh (see server_name)
 
 

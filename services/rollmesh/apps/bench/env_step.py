@@ -83,9 +83,7 @@ def measure(concurrency: int, seconds: float, *, mtls: bool = True, handshakes: 
     inproc_sps, inproc_lat = asyncio.run(inprocess(seconds))
     args = [a for k, v in ENV_ARGS.items() for a in ("--arg", f"{k}={v}")]
     # The plaintext server must not pick up TLS settings from this process's environment.
-    plain_env = dict.fromkeys(
-        (security_tls.ENV_CERT, security_tls.ENV_KEY, security_tls.ENV_CA, security_tls.ENV_TOKENS), ""
-    )
+    plain_env = dict.fromkeys(security_tls.ENV_NAMES, "")
     with security_tls.using(TlsConfig()):
         proc, address = start_env_server(TARGET, args, env=plain_env)
         try:
