@@ -7,7 +7,9 @@ registers in the NATS registry (`rollmesh ls` lists it) and exits 0 on SIGTERM. 
 of `rollmesh certs init`: the maze server with mutual TLS passes conformance as the orchestrator,
 refuses a reader's episode (PERMISSION_DENIED, MISSING_ROLE) and connections without a certificate
 of its CA, registers over TLS in a NATS that maps certificates to users, and the Go client plays
-on a Python server with mutual TLS."""
+on a Python server with mutual TLS. The example digits server is a replica of the Python `digits`
+environment: over mutual TLS it describes, lists and scores as the Python one does, and passes
+conformance."""
 
 from __future__ import annotations
 
@@ -34,6 +36,7 @@ from rollmesh.proto.v1 import bus_pb2
 from rollmesh.proto.v1 import environment_pb2 as env_pb
 from rollmesh.proto.v1 import environment_pb2_grpc as env_grpc
 from rollmesh.registry import Registry
+from rollmesh.rpc import create_channel
 from rollmesh.rpc_errors import error_info
 from rollmesh.security import pki
 
@@ -115,7 +118,7 @@ def toolchain() -> None:
     if result.returncode == TOOLCHAIN_UNAVAILABLE:
         pytest.skip(f"the Go toolchain cannot be installed here: {result.stderr.strip()[-500:]}")
     assert result.returncode == 0, result.stderr[-3000:]
-    for name in ("maze-server", "play", "generate", "score", "trace"):
+    for name in ("maze-server", "digits-server", "play", "generate", "score", "trace"):
         assert (BIN / name).is_file(), name
 
 
@@ -589,3 +592,81 @@ def as_env(certs: Path, name: str) -> dict[str, str]:
         "ROLLMESH_TLS_KEY": str(certs / f"{name}-key.pem"),
         "ROLLMESH_TLS_CA": str(certs / "ca.pem"),
     }
+
+
+# --- the digits replica ---------------------------------------------------------------------------
+
+# Replies whose rewards tell the rules apart: digits in non-whitespace characters (Python's
+# isdigit and isspace: a superscript is a digit, U+001C and U+3000 are spaces), and integers
+# after any leading minus signs.
+DIGITS_REPLIES = ("42", "4a", " -7 ", "--7", "", "3.5", "x\u00b2\u2460", "1\x1c2\u3000", "\u0661\u0662", "Thanks!")
+
+
+async def test_the_digits_server_is_a_replica_of_the_python_digits(logs: Path, certs: Path) -> None:
+    """bin/digits-server and `rollmesh env serve digits`, both with mutual TLS: the same
+    environment, the same tasks by id, the same steps and scores of each reply; then conformance."""
+    secure = identity(certs, "env")
+    go = Server(
+        logs / "digits-go.log", BIN / "digits-server", "--port", "0", *secure, "--idle-timeout", "3", "--grace", "5",
+        ready=r"rollmesh env server on (\S+:\d+): digits\n",
+    )  # fmt: skip
+    try:
+        py = Server(
+            logs / "digits-py.log", ROLLMESH, "env", "serve", "digits", "--port", "0", *secure,
+            ready=r"server on (\S+:\d+):",
+        )  # fmt: skip
+        try:
+            await play_digits_on_both({"go": go.match.group(1), "python": py.match.group(1)}, certs)
+        finally:
+            assert py.stop() == 0
+        result = run(
+            ROLLMESH, "conformance", "--json", "--max-wait", "10", "--drain-pid", str(go.process.pid),
+            *identity(certs, "orchestrator"), go.match.group(1), timeout=300,
+        )  # fmt: skip
+        report = json.loads(result.stdout)
+        not_passed = {c["name"]: f"{c['status']}: {c['detail']}" for c in report["checks"] if c["status"] != "PASS"}
+        assert not_passed == {}, json.dumps(report, indent=1)
+        assert result.returncode == 0 and report["passed"]
+        assert {"health", "idle-timeout", "drain", "episode:digits"} <= {c["name"] for c in report["checks"]}
+        assert go.process.wait(timeout=30) == 0  # the drain check's SIGTERM
+    finally:
+        go.process.kill()
+
+
+async def play_digits_on_both(addresses: dict[str, str], certs: Path) -> None:
+    """Describes, lists, plays and scores the same on the Go and the Python replica, as the orchestrator."""
+    tls = pki.member_config(certs, "orchestrator")
+    clients = {k: EnvClient(create_channel(a, kind="env", tls=tls), a) for k, a in addresses.items()}
+    try:
+        infos = {}
+        for k, client in clients.items():
+            (infos[k],) = (await client.describe()).environments
+            infos[k].ClearField("digest")  # of each one's own code
+        assert infos["go"] == infos["python"], infos
+        assert list(infos["go"].reward_names) == ["digits", "number"] and infos["go"].default_sampling.max_tokens == 8
+        listed = {(k, split): await c.tasks("digits", split) for k, c in clients.items() for split in ("train", "test")}
+        for split in ("train", "test"):
+            assert listed["go", split] == listed["python", split], split
+        train, test = listed["python", "train"], listed["python", "test"]
+        assert (len(train), len(test), train[0].task_id, test[-1].task_id) == (200, 50, "d0000", "d0249")
+        rewards = {}
+        for task in (train[7], test[13]):  # tasks the Python replica listed
+            for reply in DIGITS_REPLIES:
+                results = {}
+                for k, client in clients.items():
+                    # as an orchestrator starts an episode (task id and split), and with the task inline
+                    for how, start in (("id", {"task_id": task.task_id}), ("inline", {"task": task})):
+                        async with client.episode("digits", split=task.split, **start) as ep:
+                            assert ep.messages == task.prompt and ep.max_turns == 1
+                            step = await ep.step(reply)
+                            score = await client.score("digits", ep.task, ep.messages, step.state)
+                        results[k, how] = (step, score)
+                (step, score), *others = results.values()
+                assert all(other == (step, score) for other in others), (task.task_id, reply, results)
+                assert step.done and step.stop_reason == "done" and step.metrics == {"turns": 1.0}
+                assert score == (step.rewards, step.reward) and step.reward == step.rewards["digits"]
+                rewards[reply] = step.rewards
+        assert rewards["42"] == {"digits": 1.0, "number": 1.0} and rewards["4a"] == {"digits": 0.5, "number": 0.0}
+    finally:
+        for client in clients.values():
+            await client.close()
