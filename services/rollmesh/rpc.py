@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
@@ -28,6 +27,7 @@ from .rpc_errors import abort
 from .security import roles
 from .security.authorize import Authorizer, set_caller
 from .security.tls import TlsConfig, current, server_name
+from .telemetry import tracing_enabled
 
 log = logging.getLogger(__name__)
 
@@ -90,10 +90,6 @@ class RpcLimits:
 
     def channel_options(self) -> list[tuple[str, Any]]:
         return [*self.common_options(), ("grpc.http2.max_pings_without_data", 0)]
-
-
-def tracing_enabled() -> bool:
-    return os.environ.get("ROLLMESH_TRACING", "1").strip().lower() not in ("0", "false", "no", "off")
 
 
 # --- health -----------------------------------------------------------------------------------

@@ -4,6 +4,11 @@ Environment variables:
   ROLLMESH_LOG_FORMAT     "text" (default) or "json" (one object per line, for log collectors)
   ROLLMESH_LOG_LEVEL      default INFO
   ROLLMESH_OTEL_EXPORTER  "console" | "otlp" | unset (spans are created and propagated, not exported)
+  ROLLMESH_TRACING        "0" turns spans and trace propagation off (gRPC interceptors, bus headers)
+
+Trace context crosses the bus as W3C headers on the NATS message (`traceparent`, `tracestate`), so
+a rollout's trace runs from the orchestrator through JetStream to the trainer step that used it,
+and a production trace's from its publisher to the score published for it.
 """
 
 from __future__ import annotations
@@ -13,14 +18,28 @@ import logging
 import os
 import sys
 import time
-from typing import Any
+from collections.abc import Mapping, MutableMapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
+from functools import cache
+from typing import Any, TypeVar
 
 from opentelemetry import trace
+from opentelemetry.context import Context
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 # Attributes every LogRecord has; anything else on a record came from `extra=`.
 _STD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
 _HANDLER_MARK = "_rollmesh_handler"
 _tracing_provider: Any = None
+
+# W3C trace context header names on bus messages (lower case, as the W3C spec writes them).
+TRACEPARENT = "traceparent"
+TRACESTATE = "tracestate"
+# Always W3C, whatever OTEL_PROPAGATORS says: the bus contract is the same for every language.
+_W3C = TraceContextTextMapPropagator()
+# Span links kept per span (the SDK's default is 128): a trainer step links to each rollout it
+# consumed, often hundreds. OTEL_SPAN_LINK_COUNT_LIMIT, when set, decides instead.
+MAX_SPAN_LINKS = 4096
 
 
 def get_logger(name: str) -> logging.Logger:
@@ -109,7 +128,7 @@ def setup_tracing(service: str) -> trace.TracerProvider:
     """
     global _tracing_provider
     from opentelemetry.sdk.resources import Resource
-    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace import SpanLimits, TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
 
     current = trace.get_tracer_provider()
@@ -117,7 +136,8 @@ def setup_tracing(service: str) -> trace.TracerProvider:
         # Someone (maybe a test, maybe us) already installed an SDK provider: reuse it.
         _tracing_provider = current
         return current
-    provider = TracerProvider(resource=Resource.create({"service.name": service}))
+    limits = SpanLimits(max_links=None if "OTEL_SPAN_LINK_COUNT_LIMIT" in os.environ else MAX_SPAN_LINKS)
+    provider = TracerProvider(resource=Resource.create({"service.name": service}), span_limits=limits)
     exporter_name = os.environ.get("ROLLMESH_OTEL_EXPORTER", "").lower()
     exporter: SpanExporter | None = None
     if exporter_name == "console":
@@ -137,3 +157,88 @@ def setup_tracing(service: str) -> trace.TracerProvider:
     trace.set_tracer_provider(provider)
     _tracing_provider = provider
     return provider
+
+
+# --- trace context on bus messages ------------------------------------------------------------
+
+
+def tracing_enabled() -> bool:
+    """False when ROLLMESH_TRACING is 0/false/no/off (the switch rpc.py reads for its interceptors)."""
+    return os.environ.get("ROLLMESH_TRACING", "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def _trace_entries(headers: Mapping[str, str]) -> dict[str, str] | None:
+    """The traceparent/tracestate entries of `headers` under their lower-case names, None without a
+    traceparent. Names are matched in any case: not every NATS client keeps them lower case."""
+    if TRACEPARENT in headers:
+        out = {TRACEPARENT: headers[TRACEPARENT]}
+        if TRACESTATE in headers:
+            out[TRACESTATE] = headers[TRACESTATE]
+        return out
+    out = {low: v for k, v in headers.items() if (low := k.lower()) in (TRACEPARENT, TRACESTATE)}
+    return out if TRACEPARENT in out else None
+
+
+_Headers = TypeVar("_Headers", bound=MutableMapping[str, str])
+
+
+def inject_trace_headers(headers: _Headers) -> _Headers:
+    """Adds the current span's W3C trace context to a NATS message's `headers` (in place; also
+    returned). Headers that already carry a traceparent are left as they are (the caller chose the
+    parent). Nothing is added with tracing off or without a current span."""
+    if not tracing_enabled() or not trace.get_current_span().get_span_context().is_valid:
+        return headers
+    if _trace_entries(headers) is None:
+        _W3C.inject(headers)
+    return headers
+
+
+def trace_headers(headers: Mapping[str, str] | None) -> dict[str, str]:
+    """Only the trace context entries of a message's headers ({} without one), e.g. to publish
+    something about that message (a dead letter) in its trace."""
+    return (_trace_entries(headers) if headers else None) or {}
+
+
+def extract_trace_context(headers: Mapping[str, str] | None) -> Context | None:
+    """The context of the span that published a message, from its headers, to parent a span on:
+    `tracer.start_as_current_span(name, context=...)`. None when tracing is off or the message
+    carries no valid traceparent."""
+    if not headers or not tracing_enabled():
+        return None
+    entries = _trace_entries(headers)
+    if entries is None:
+        return None
+    ctx = _W3C.extract(entries)
+    return ctx if trace.get_current_span(ctx).get_span_context().is_valid else None
+
+
+def remote_span_context(headers: Mapping[str, str] | None) -> trace.SpanContext | None:
+    """The publisher's SpanContext from a message's headers, to link a span to (a batch that joins
+    many traces); None when tracing is off or there is none."""
+    ctx = extract_trace_context(headers)
+    return None if ctx is None else trace.get_current_span(ctx).get_span_context()
+
+
+@cache
+def tracer(name: str) -> trace.Tracer:
+    # The global proxy resolves to the provider installed later (setup_tracing, a test's), so
+    # caching is safe; it saves building a Tracer per span.
+    return trace.get_tracer(name)
+
+
+def start_span(
+    name: str,
+    *,
+    instrumentation: str = "rollmesh",
+    context: Context | None = None,
+    links: Sequence[trace.SpanContext] = (),
+    kind: trace.SpanKind = trace.SpanKind.INTERNAL,
+    attributes: Mapping[str, Any] | None = None,
+) -> AbstractContextManager[trace.Span]:
+    """`with start_span(...) as span:` a current span (a child of `context` when given, else of
+    the current span), linked to `links`. With tracing off: a no-op span, nothing is created."""
+    if not tracing_enabled():
+        return nullcontext(trace.INVALID_SPAN)
+    return tracer(instrumentation).start_as_current_span(
+        name, context=context, kind=kind, attributes=attributes, links=[trace.Link(c) for c in links]
+    )

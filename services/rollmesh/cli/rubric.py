@@ -152,8 +152,10 @@ def publish(
 
     from ..errors import RollmeshError
     from ..monitor.publish import publish_trace
+    from ..telemetry import setup_tracing
 
     configure_client("publisher")
+    setup_tracing("rollmesh-publisher")  # the score comes back in the trace this publish starts
     chat: list[dict[str, str]] = []
     if messages_file:
         try:

@@ -62,9 +62,11 @@ def eval_command(
     environment or model, unreachable servers or bus); 130 interrupted (rerun with --out to resume).
     """
     from ..apps.eval import EvalOptions, main
+    from ..telemetry import setup_tracing
     from .security_options import configure_client
 
     configure_client("orchestrator")
+    setup_tracing("rollmesh-orchestrator")
     opts = EvalOptions(
         env=env,
         model=model,

@@ -16,9 +16,12 @@ def _serve(config: str, overrides: list[str], max_steps: int | None) -> None:
     import os
 
     from ..errors import RollmeshError
-    from ..telemetry import setup_logging
+    from ..telemetry import setup_logging, setup_tracing
 
     setup_logging("rollmesh-trainer")
+    # Its steps' spans link to the traces of the rollouts they train on (exported when
+    # ROLLMESH_OTEL_EXPORTER is set).
+    setup_tracing("rollmesh-trainer")
     try:
         from ..trainer.config import load_trainer_config
 

@@ -12,6 +12,10 @@ Delivery contract ("nothing is lost"; the bus in docs/protocol.md):
 - a replica that dies before acknowledging: its traces come back after `ack_wait_s` to any replica;
 - after `max_deliveries` deliveries a trace is dead-lettered instead of scored again (the consumer's
   server-side max_deliver is one more, so that last delivery happens), never redelivered forever.
+
+Tracing: each delivery is handled in a `monitor.score` span, a child of the span that published
+the trace (its traceparent header); the score is published with this span's trace context, and a
+dead letter with the trace's own, so trace in and score out are one distributed trace.
 """
 
 from __future__ import annotations
@@ -28,10 +32,12 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from opentelemetry import trace
 
 from .. import bus
 from ..errors import ResourceExhaustedError
 from ..rubric.config import MonitorConfig
+from ..telemetry import extract_trace_context, inject_trace_headers, start_span
 from .metrics import LiveMetrics
 from .pull import PullConsumer
 from .traces import (
@@ -182,6 +188,20 @@ class LiveScorer:
 
     async def _handle(self, key: int, msg: Msg) -> None:
         app = msg.subject.removeprefix(MONITOR_PREFIX)
+        with start_span(
+            "monitor.score",
+            instrumentation="rollmesh.monitor",
+            context=extract_trace_context(msg.headers),
+            kind=trace.SpanKind.CONSUMER,
+            attributes={
+                "messaging.system": "nats",
+                "messaging.message.id": (msg.headers or {}).get(bus.MSG_ID, ""),
+                "rollmesh.app": app,
+            },
+        ):
+            await self._handle_in_span(key, msg, app)
+
+    async def _handle_in_span(self, key: int, msg: Msg, app: str) -> None:
         delivered = 1
         try:
             meta = msg.metadata
@@ -198,6 +218,9 @@ class LiveScorer:
                     app=app,
                 )
             scored = await self.scorer.score(msg.subject, msg.data, arrived_at=meta.timestamp.timestamp())
+            span = trace.get_current_span()
+            span.set_attribute("rollmesh.rubric", scored.score.rubric)
+            span.set_attribute("rollmesh.reward", scored.score.reward)
             if self.before_publish is not None:
                 self.before_publish(scored)
             await self._publish(scored)
@@ -208,8 +231,10 @@ class LiveScorer:
             if self.on_scored is not None:
                 self.on_scored(scored)
         except TraceRejected as rejected:
+            trace.get_current_span().set_status(trace.Status(trace.StatusCode.ERROR, rejected.code))
             await self._reject(msg, rejected, delivered)
         except Exception as e:
+            trace.get_current_span().set_status(trace.Status(trace.StatusCode.ERROR, type(e).__name__))
             if delivered >= self.cfg.max_deliveries:
                 why = f"failed on each of {delivered} deliveries, last: {type(e).__name__}: {e}"
                 await self._reject(msg, TraceRejected(INTERNAL, why, app=app), delivered)
@@ -239,7 +264,10 @@ class LiveScorer:
             raise TraceRejected(SCORE_TOO_LARGE, str(e), app=score.app, trace_id=score.trace_id) from e
         # Many of these are in flight at once (one per trace being handled): their acks overlap.
         ack = await self.js.publish(
-            subject, data, headers={bus.MSG_ID: score.trace_id}, timeout=self.cfg.publish_timeout_s
+            subject,
+            data,
+            headers=inject_trace_headers({bus.MSG_ID: score.trace_id}),  # in the scored message's trace
+            timeout=self.cfg.publish_timeout_s,
         )
         if ack.duplicate:
             self.stats.duplicates += 1

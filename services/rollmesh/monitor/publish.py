@@ -10,6 +10,11 @@ async with ScoreReader("nats://127.0.0.1:4222", "shop") as scores:
         print(score.trace_id, score.reward, dict(score.rewards))
 
 publish_trace("nats://127.0.0.1:4222", "shop", messages)   # one-shot, from synchronous code
+
+Tracing: each trace is published in a `monitor.publish` span (a child of the caller's current
+span, if any) whose W3C context goes in the message's headers; the rubric service scores it in a
+child span and publishes the score with the same trace context, so trace in and score out are one
+distributed trace. Spans exist when the process has an OpenTelemetry SDK tracer provider.
 """
 
 from __future__ import annotations
@@ -21,11 +26,13 @@ from typing import Any
 import nats.errors
 from nats.aio.client import Client as NATS
 from nats.js.api import DeliverPolicy
+from opentelemetry.trace import SpanKind
 
 from .. import bus
 from ..errors import InvalidArgumentError, UnavailableError
 from ..proto.v1 import bus_pb2 as bus_pb
 from ..proto.v1 import messages_pb2 as msg_pb
+from ..telemetry import start_span
 from .traces import make_trace
 
 Messages = Iterable[Mapping[str, Any]] | Iterable[msg_pb.Message]
@@ -77,7 +84,14 @@ class TracePublisher:
             raise InvalidArgumentError(
                 "a published trace needs trace_id and app (see make_trace)", reason="MISSING_FIELD"
             )
-        await self._publisher.publish(bus.monitor_subject(trace.app), trace, msg_id=trace.trace_id)
+        subject = bus.monitor_subject(trace.app)
+        with start_span(
+            "monitor.publish",
+            instrumentation="rollmesh.monitor",
+            kind=SpanKind.PRODUCER,
+            attributes={"messaging.system": "nats", "messaging.message.id": trace.trace_id, "rollmesh.app": trace.app},
+        ):
+            await self._publisher.publish(subject, trace, msg_id=trace.trace_id)
         return trace.trace_id
 
     async def flush(self) -> None:

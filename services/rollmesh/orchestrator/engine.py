@@ -486,6 +486,13 @@ class RolloutEngine:
     # ---- after a group: freshness, scoring, publishing --------------------------------------
 
     async def _finalize(self, outcomes: list[EpisodeOutcome]) -> list[traj_pb.Trajectory]:
+        try:
+            return await self._score_and_publish(outcomes)
+        finally:
+            for o in outcomes:
+                o.end_span()  # the rollout spans were left open for scoring and publishing
+
+    async def _score_and_publish(self, outcomes: list[EpisodeOutcome]) -> list[traj_pb.Trajectory]:
         cfg = self.config
         current = await self.clock.current()
         kept: list[EpisodeOutcome] = []
@@ -495,6 +502,7 @@ class RolloutEngine:
                 verdict = judge(t, current, cfg.max_off_policy_steps, cfg.stale_policy)
                 if verdict == "drop":
                     self.stats.stale_dropped += 1
+                    o.end_span(dropped="stale")
                     continue
                 if verdict == "downweight":
                     self.stats.downweighted += 1
@@ -528,7 +536,7 @@ class RolloutEngine:
             t.timing.scoring_s = scoring_s
         if publisher is not None:
             t0 = time.perf_counter()
-            await asyncio.gather(*(publish(publisher, t, self.stats) for t in trajectories))
+            await asyncio.gather(*(self._publish(publisher, o) for o in kept))
             self.stats.publish_s += time.perf_counter() - t0
         for t in trajectories:
             if t.stop_reason == traj_pb.STOP_REASON_ERROR:
@@ -536,6 +544,10 @@ class RolloutEngine:
             else:
                 self.stats.finished += 1
         return trajectories
+
+    async def _publish(self, publisher: bus.Publisher, o: EpisodeOutcome) -> None:
+        with o.in_span():  # the publish, and so the message's traceparent, in the rollout's trace
+            await publish(publisher, o.trajectory, self.stats)
 
 
 def _with_defaults(task: msg_pb.Task, env: str, split: str) -> msg_pb.Task:

@@ -11,6 +11,10 @@ makes the whole episode run again on another replica, up to `max_attempts` runs;
 inference replica makes the one model call go to another replica. What cannot finish becomes an
 errored trajectory (STOP_REASON_ERROR, `error` = which component, status code, reason), never a
 reward.
+
+Tracing: each rollout is one trace, rooted at its `rollout` span. The span stays open after the
+episode until the engine has scored and published the trajectory (EpisodeOutcome.end_span), so
+the Score call and the publish, whose NATS headers carry the trace on to the trainer, are in it.
 """
 
 from __future__ import annotations
@@ -22,10 +26,12 @@ import os
 import time
 from array import array
 from collections.abc import Awaitable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import TypeVar
 
 import grpc
+from opentelemetry import trace
 
 from .. import __version__
 from ..env.stream import EpisodeStream
@@ -40,8 +46,8 @@ from ..proto.v1 import environment_pb2 as env_pb
 from ..proto.v1 import inference_pb2 as inf_pb
 from ..proto.v1 import messages_pb2 as msg_pb
 from ..proto.v1 import trajectory_pb2 as traj_pb
-from ..rpc import tracing_enabled
 from ..rpc_errors import error_from_rpc, status_for
+from ..telemetry import tracer, tracing_enabled
 from .config import RolloutConfig
 from .routing import EnvReplica, InferenceReplica, ReplicaPool
 from .stats import RolloutStats
@@ -75,6 +81,26 @@ class EpisodeOutcome:
     has_reward: bool = False  # the environment reported rewards inline
     env: EnvReplica | None = None  # the replica that ran it (for its Score RPC)
     inference: InferenceReplica | None = None
+    span: trace.Span | None = None  # the open `rollout` span (None with tracing off)
+
+    def in_span(self) -> AbstractContextManager[object]:
+        """Makes the rollout's span current again (for scoring and publishing), leaving it open."""
+        return nullcontext() if self.span is None else trace.use_span(self.span, end_on_exit=False)
+
+    def end_span(self, *, dropped: str = "") -> None:
+        """Ends the rollout's span with the outcome (idempotent). `dropped`: why it is not published."""
+        span, self.span = self.span, None
+        if span is None:
+            return
+        t = self.trajectory
+        span.set_attribute("rollmesh.stop_reason", traj_pb.StopReason.Name(t.stop_reason))
+        if self.has_reward:
+            span.set_attribute("rollmesh.reward", t.reward)
+        if dropped:
+            span.set_attribute("rollmesh.dropped", dropped)
+        if t.stop_reason == traj_pb.STOP_REASON_ERROR:
+            span.set_status(trace.Status(trace.StatusCode.ERROR, error_reason(t.error)))
+        span.end()
 
 
 class RolloutFailure(Exception):
@@ -137,22 +163,29 @@ class EpisodeRunner:
         self._prompts: dict[bytes, asyncio.Future[array[int]]] = {}
         self._templates: dict[str, TurnTemplate] = {}  # by model
         self._template_lock = asyncio.Lock()
-        self._tracer = None
-        if tracing_enabled():
-            from opentelemetry import trace
-
-            self._tracer = trace.get_tracer("rollmesh.orchestrator")
+        self._tracer = tracer("rollmesh.orchestrator") if tracing_enabled() else None
 
     # ---- one rollout, with retries -----------------------------------------------------------
 
     async def run(self, rollout: Rollout) -> EpisodeOutcome:
+        """Runs the episode. With tracing, the outcome's `rollout` span is still open: the caller
+        ends it (end_span) once the trajectory is published or dropped."""
         if self._tracer is None:
             return await self._run(rollout, os.urandom(16).hex())
-        with self._tracer.start_as_current_span(
+        span = self._tracer.start_span(
             "rollout", attributes={"rollmesh.trajectory_id": rollout.trajectory_id, "rollmesh.env": rollout.task.env}
-        ) as span:
-            ctx = span.get_span_context()
-            return await self._run(rollout, format(ctx.trace_id, "032x") if ctx.is_valid else os.urandom(16).hex())
+        )
+        try:
+            with trace.use_span(span, end_on_exit=False):
+                ctx = span.get_span_context()
+                outcome = await self._run(
+                    rollout, format(ctx.trace_id, "032x") if ctx.is_valid else os.urandom(16).hex()
+                )
+        except BaseException:
+            span.end()
+            raise
+        outcome.span = span
+        return outcome
 
     async def _run(self, rollout: Rollout, trace_id: str) -> EpisodeOutcome:
         cfg = self.config

@@ -14,6 +14,7 @@ from ..errors import RollmeshError, UnavailableError
 from ..proto.v1 import environment_pb2 as env_pb
 from ..proto.v1 import trajectory_pb2 as traj_pb
 from ..rpc_errors import error_from_rpc
+from ..telemetry import start_span
 from .config import RolloutConfig
 from .episode_runner import EpisodeOutcome, error_pb, replica_fault
 from .routing import EnvReplica, ReplicaPool
@@ -26,6 +27,10 @@ async def score_with_env(outcomes: list[EpisodeOutcome], env_pool: ReplicaPool[E
         t = o.trajectory
         if t.stop_reason == traj_pb.STOP_REASON_ERROR or o.has_reward:
             return
+        with o.in_span():  # the Score call belongs to the rollout's trace
+            await score_one(o, t)
+
+    async def score_one(o: EpisodeOutcome, t: traj_pb.Trajectory) -> None:
         request = env_pb.ScoreRequest(env=t.task.env, task=t.task, messages=t.messages, state=t.state)
         tried: list[EnvReplica] = []
         for _ in range(cfg.max_attempts):
@@ -60,20 +65,25 @@ async def score_with_env(outcomes: list[EpisodeOutcome], env_pool: ReplicaPool[E
 
 async def score_with_rubric(outcomes: list[EpisodeOutcome], rubric: Any, cfg: RolloutConfig) -> None:
     """ScoreGroup on the rubric service: its rewards replace the environment's; its advantages
-    leave errored rollouts out. A scoring outage makes the group's rollouts errors (source rubric)."""
+    leave errored rollouts out. A scoring outage makes the group's rollouts errors (source rubric).
+    One call scores the whole group, so its `score_group` span is linked to each rollout's trace."""
     trajectories = [o.trajectory for o in outcomes]
     last: BaseException | None = None
     results: list[Any] = []
     advantages: list[float] = []
-    for attempt in range(cfg.max_attempts):
-        try:
-            results, advantages = await rubric.score_group(cfg.rubric, trajectories)
-            break
-        except (RollmeshError, grpc.aio.AioRpcError) as e:
-            last = e
-            if not replica_fault(e):
+    links = [o.span.get_span_context() for o in outcomes if o.span is not None]
+    with start_span(
+        "score_group", instrumentation="rollmesh.orchestrator", links=links, attributes={"rollmesh.rubric": cfg.rubric}
+    ):
+        for attempt in range(cfg.max_attempts):
+            try:
+                results, advantages = await rubric.score_group(cfg.rubric, trajectories)
                 break
-            await asyncio.sleep(0.2 * 2**attempt)
+            except (RollmeshError, grpc.aio.AioRpcError) as e:
+                last = e
+                if not replica_fault(e):
+                    break
+                await asyncio.sleep(0.2 * 2**attempt)
     if not results:
         for o in outcomes:
             if o.trajectory.stop_reason != traj_pb.STOP_REASON_ERROR:

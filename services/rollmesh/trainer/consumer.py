@@ -10,6 +10,9 @@ cursor that JetStream redelivers while running are dropped. Acknowledgements fol
 (AckPolicy.ALL up to the checkpoint's cursor): they tell JetStream and operators how far training
 is durable, and are never trusted for correctness. One trainer (its rank 0) reads one run.
 
+Tracing: each rollout's message carries its publisher's trace context (bus.Publisher); it is read
+here, once per message, so the trainer step that trains on it can link to the rollout's trace.
+
 Exported trajectories: JSONL files (`rollmesh eval`'s trajectories.jsonl or `rollmesh export`
 rows), read in order, with the line number as the cursor; the same exactly-once rules hold.
 """
@@ -29,11 +32,12 @@ from google.protobuf import json_format
 from google.protobuf.message import Error as PbError
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from opentelemetry.trace import SpanContext
 
 from .. import bus
 from ..errors import InvalidArgumentError
 from ..proto.v1 import trajectory_pb2 as traj_pb
-from ..telemetry import get_logger
+from ..telemetry import get_logger, remote_span_context
 
 log = get_logger(__name__)
 
@@ -47,6 +51,12 @@ class Delivery:
     subject: str
     data: bytes
     handle: Any = None  # the NATS message, for the acknowledgement
+    trace: SpanContext | None = None  # the publisher's span (from traceparent), for span links
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """The message's NATS headers ({} for a line of a file)."""
+        return dict(getattr(self.handle, "headers", None) or {})
 
 
 class RolloutConsumer:
@@ -111,7 +121,15 @@ class RolloutConsumer:
             if seq <= self.cursor:  # a redelivery of something already handed out
                 continue
             self.cursor = seq
-            d = Delivery(seq=seq, msg_id=(m.header or {}).get(bus.MSG_ID, ""), subject=m.subject, data=m.data, handle=m)
+            headers = m.header or {}
+            d = Delivery(
+                seq=seq,
+                msg_id=headers.get(bus.MSG_ID, ""),
+                subject=m.subject,
+                data=m.data,
+                handle=m,
+                trace=remote_span_context(headers),
+            )
             out.append(d)
             self._newest = d
         return out
