@@ -8,9 +8,9 @@ import json
 import tomllib
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError
 
 from rollmesh.errors import InvalidArgumentError
 
@@ -120,6 +120,23 @@ def to_toml(data: dict[str, Any]) -> str:
 
 def _is_inline_list(v: Any) -> bool:
     return isinstance(v, list) and not (v and all(isinstance(x, dict) for x in v))
+
+
+def nats_urls(value: Any) -> Any:
+    """NATS server URLs as one comma-separated string, from that string or a list of URLs (the
+    servers of a cluster): "nats://a:4222, nats://b:4222" and ["nats://a:4222", "nats://b:4222"] are
+    both "nats://a:4222,nats://b:4222". Anything else is left for validation to refuse."""
+    if isinstance(value, str):
+        parts = value.split(",")
+    elif isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
+        parts = list(value)
+    else:
+        return value
+    return ",".join(p.strip() for p in parts if p.strip())
+
+
+NatsUrl = Annotated[str, BeforeValidator(nats_urls)]
+"""A NATS URL field: a comma-separated string or a TOML list of URLs, kept comma-separated."""
 
 
 class TlsSection(Section):

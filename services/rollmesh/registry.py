@@ -20,6 +20,7 @@ import nats.errors
 import nats.js.errors
 from google.protobuf.timestamp_pb2 import Timestamp
 from nats.aio.client import Client as NATS
+from nats.js.api import KeyValueConfig
 from nats.js.kv import KeyValue
 
 from rollmesh import bus
@@ -158,14 +159,9 @@ class Registry:
         cls, nc: NATS, *, ttl_s: float = 15.0, bucket: str = REGISTRY_BUCKET, _own: bool = False
     ) -> Registry:
         """Use an existing NATS connection (left open by close())."""
-        js = nc.jetstream()
-        try:
-            kv = await js.key_value(bucket)
-        except nats.js.errors.BucketNotFoundError:
-            try:
-                kv = await js.create_key_value(bucket=bucket, ttl=ttl_s, history=1)
-            except nats.js.errors.BadRequestError:  # lost a creation race to a different config
-                kv = await js.key_value(bucket)
+        # Created on first use (a creation race lost to a different config keeps the winner's), with
+        # the bus's replicas.
+        kv = await bus.ensure_key_value(nc.jetstream(), KeyValueConfig(bucket=bucket, ttl=ttl_s, history=1))
         # The bucket's TTL wins over ours: the first creator picked it, and heartbeats must beat it.
         bucket_ttl = (await kv.status()).ttl
         return cls(nc, kv, bucket_ttl or ttl_s, _own, bucket)

@@ -27,10 +27,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from ..children import dies_with_parent
-from ..config import Section, to_toml
+from ..config import NatsUrl, Section, to_toml
 from ..errors import FailedPreconditionError, InvalidArgumentError, UnavailableError
 from ..security import pki
 from ..security import tls as security_tls
@@ -52,8 +52,10 @@ KIND_NAMES = {"environment": "env", "inference": "inference", "rubric": "rubric"
 
 
 class NatsConfig(Section):
-    url: str = ""
-    """An external NATS server (nats://host:port); empty = start an embedded nats-server."""
+    url: NatsUrl = ""
+    """An external NATS server (nats://host:port), or the servers of a cluster (comma-separated, or a list: clients
+    connect to any and move to another when it fails); empty = start an embedded nats-server.
+    """
     host: str = "127.0.0.1"
     """Interface the embedded nats-server binds."""
     port: int | None = Field(None, ge=0, le=65535)
@@ -66,6 +68,20 @@ class NatsConfig(Section):
     """How long the mesh's users wait for a NATS server that is down (external, or not restarted) before they stop with
     an error instead of waiting forever.
     """
+    replicas: int | None = Field(None, ge=1, le=5)
+    """Copies JetStream keeps of every stream and KV bucket of the mesh: 3 on a 3-node cluster (`url` lists its servers)
+    survives the loss of any one node. The mesh creates them (or scales existing ones) at start, and its processes get
+    ROLLMESH_NATS_REPLICAS. Unset = ROLLMESH_NATS_REPLICAS, else new streams get 1 and existing ones keep theirs.
+    """
+
+    @model_validator(mode="after")
+    def _replicas_need_a_cluster(self) -> NatsConfig:
+        if self.replicas is not None and self.replicas > 1 and not self.url:
+            raise ValueError(
+                f"replicas = {self.replicas} needs a NATS cluster, not the embedded single server: start one "
+                "(`rollmesh nats --cluster 3`, or a node per machine) and set nats.url to its servers' URLs"
+            )
+        return self
 
 
 class EnvServerConfig(Section):
@@ -408,6 +424,8 @@ class Mesh:
         self.restarts: dict[str, int] = {}  # by service name ("nats" for the embedded server)
         self.certs: Path | None = None  # the credentials directory, with security on
         self._previous_tls: TlsConfig | None = None
+        self._previous_bus: Any = None  # bus.BusSettings, while nats.replicas is this process's
+        self._bus_configured = False
 
     def identity(self, name: str) -> TlsConfig | None:
         """The TLS settings of one identity of the mesh (env, inference, rubric, orchestrator,
@@ -442,6 +460,7 @@ class Mesh:
         self.dir.mkdir(parents=True, exist_ok=True)
         self._secure()
         await self._start_nats()
+        await self._prepare_bus()
         logs = self.dir / "logs"
         for spec in cfg.envs:
             label = "-".join(spec.targets)
@@ -469,9 +488,37 @@ class Mesh:
                 ServiceProcess("rubric", "rubric", argv_r, logs / "rubric.log", tls=self.identity("rubric"))
             )
         for service in self.services:
+            service.env = {**(service.env or {}), **self.bus_env()}
             service.start()
         await asyncio.gather(*(s.wait_ready(cfg.startup_timeout_s) for s in self.services))
         self._write_state()
+
+    def bus_env(self) -> dict[str, str]:
+        """Environment variables that give a child process the mesh's bus settings (nats.replicas)."""
+        from .. import bus
+
+        return bus.settings().env() if self._bus_configured else {}
+
+    async def _prepare_bus(self) -> None:
+        """With nats.replicas: this process's bus setting until stop(), and every stream and KV bucket
+        of the mesh created or scaled now, so that a cluster too small fails the start with the
+        server's reason (BAD_REPLICAS) instead of the first publish."""
+        from .. import bus
+        from ..registry import Registry
+
+        replicas = self.config.nats.replicas
+        if replicas is None:
+            return
+        self._previous_bus = bus.configure(bus.settings().overridden(replicas=replicas))
+        self._bus_configured = True
+        nc = await bus.connect(self.nats_url, name="rollmesh-mesh", connect_timeout_s=2.0)
+        try:
+            js = nc.jetstream()
+            await bus.ensure_streams(js)
+            await bus.ensure_policy_bucket(js)
+            await Registry.from_client(nc)
+        finally:
+            await nc.close()
 
     async def _start_nats(self) -> None:
         cfg = self.config.nats
@@ -568,6 +615,11 @@ class Mesh:
         if self._previous_tls is not None:
             security_tls.configure(self._previous_tls)
             self._previous_tls = None
+        if self._bus_configured:
+            from .. import bus
+
+            bus.configure(self._previous_bus)
+            self._previous_bus, self._bus_configured = None, False
 
     def kill(self) -> None:
         """Immediate SIGKILL of everything (a second ctrl-C while stopping)."""

@@ -298,24 +298,88 @@ def ls(nats: NatsOpt = "nats://127.0.0.1:4222") -> None:
 
 @app.command("nats")
 def nats_cmd(
-    port: Annotated[int, typer.Option(help="Client port.")] = 4222,
-    store: Annotated[str | None, typer.Option(help="JetStream storage directory (default: a temporary one).")] = None,
+    port: Annotated[
+        int, typer.Option(help="Client port (with --cluster N: the first node's, and 0 = free ports for all).")
+    ] = 4222,
+    store: Annotated[
+        str | None,
+        typer.Option(help="JetStream storage directory (default: a temporary one); with --cluster N, one per node."),
+    ] = None,
     host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
     tls_dir: Annotated[
         str | None,
-        typer.Option(help="A `rollmesh certs init` directory: TLS, client certificates required, per-role users."),
+        typer.Option(
+            help="A `rollmesh certs init` directory: TLS, client certificates required, per-role users; "
+            "cluster routes use TLS with its nats certificate."
+        ),
+    ] = None,
+    cluster: Annotated[
+        int,
+        typer.Option(
+            help="Run a local JetStream cluster of this many nodes (ports counted up from --port, --cluster-port, "
+            "and 8222 for monitoring) and print their comma-separated URLs."
+        ),
+    ] = 0,
+    cluster_name: Annotated[
+        str | None,
+        typer.Option(help="Be one node of this JetStream cluster (the same name on every node); see --routes."),
+    ] = None,
+    server_name: Annotated[
+        str | None,
+        typer.Option(help="This node's name in the cluster, unique and kept across restarts. [this machine's name]"),
+    ] = None,
+    cluster_port: Annotated[int, typer.Option(help="Port the node listens on for routes from the others.")] = 6222,
+    routes: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--routes",
+            help="nats-route://HOST:PORT of the other nodes (comma-separated or repeated); with --tls-dir, "
+            "its nats certificate must name each HOST (`rollmesh certs init --host`).",
+        ),
     ] = None,
     insecure: InsecureOpt = False,
 ) -> None:
-    """Run the embedded NATS server (JetStream on) in the foreground."""
-    from ..natsd import run_foreground
+    """Run the embedded NATS server (JetStream on) in the foreground: one server, one node of a
+    cluster spread over machines (--cluster-name, --routes), or a local cluster (--cluster N)."""
+    import socket
+
+    from ..errors import RollmeshError
+    from ..natsd import ClusterOptions, run_cluster_foreground, run_foreground
     from ..security.tls import is_loopback
 
+    route_list = [r.strip() for item in routes or [] for r in item.split(",") if r.strip()]
+    if cluster and (route_list or server_name):
+        _fail("--cluster N starts every node here; --routes and --server-name are for one node of a cluster")
+    if cluster == 1 or cluster < 0:
+        _fail("--cluster takes the number of nodes, at least 2 (3 or 5 to survive losing 1 or 2)")
+    if (route_list or server_name) and not cluster_name:
+        _fail("name the cluster with --cluster-name (the same on every node)")
     if not tls_dir and not is_loopback(host):
         if not insecure:
             _fail(f"refusing to serve NATS on {host} without --tls-dir (anyone could publish rollouts); or --insecure")
-        typer.secho(f"warning: NATS on {host} without TLS or users (--insecure)", fg=typer.colors.YELLOW, err=True)
-    raise typer.Exit(run_foreground(host=host, port=port, store_dir=store, auth_dir=tls_dir))
+        what = "NATS and its cluster routes" if cluster or cluster_name else "NATS"
+        typer.secho(f"warning: {what} on {host} without TLS or users (--insecure)", fg=typer.colors.YELLOW, err=True)
+    try:
+        if cluster:
+            code = run_cluster_foreground(
+                cluster,
+                host=host,
+                port=port,
+                cluster_port=0 if port == 0 else cluster_port,
+                monitor_port=0 if port == 0 else 8222,
+                name=cluster_name or "rollmesh",
+                store_dir=store,
+                auth_dir=tls_dir,
+            )
+        else:
+            options = ClusterOptions(cluster_name, cluster_port, tuple(route_list)) if cluster_name else None
+            name = server_name or (socket.gethostname() if cluster_name else "")
+            code = run_foreground(
+                host=host, port=port, store_dir=store, auth_dir=tls_dir, server_name=name, cluster=options
+            )
+    except (RollmeshError, RuntimeError, TimeoutError, ValueError) as e:
+        _fail(str(e), code=1)
+    raise typer.Exit(code)
 
 
 @bench_app.command("env-step")
@@ -387,9 +451,10 @@ def train(
     from ..apps.train import QUICKSTART, load_train_config
     from ..apps.train import train as run_train
     from ..errors import RollmeshError
-    from ..telemetry import setup_logging
+    from ..telemetry import setup_logging, setup_tracing
 
     setup_logging("rollmesh-train")
+    setup_tracing("rollmesh-orchestrator")  # a rollout's trace runs on through the bus to the trainer
     try:
         cfg = load_train_config(config or QUICKSTART, set_ or [])
     except RollmeshError as e:

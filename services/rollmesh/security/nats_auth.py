@@ -1,9 +1,14 @@
 """nats-server authorization for the mesh: TLS with client certificates required, and each
 certificate mapped (verify_and_map) to a user whose publish/subscribe permissions are its roles'
-(roles.nats_permissions). One identity for gRPC and the bus, no passwords to hand out."""
+(roles.nats_permissions). One identity for gRPC and the bus, no passwords to hand out.
+
+The same file secures the routes between the servers of a cluster: they speak TLS with the nats
+certificate, each verifying the other's against the mesh CA (nats-server always requires route
+client certificates), so only servers holding a certificate from that CA can join."""
 
 from __future__ import annotations
 
+import ipaddress
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -11,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from cryptography import x509
 
+from ..errors import FailedPreconditionError
 from .roles import nats_permissions
 
 if TYPE_CHECKING:
@@ -34,23 +40,90 @@ def permissions_for(roles: Sequence[str], *, apps: Sequence[str] = ()) -> dict[s
     return {"publish": {"allow": publish}, "subscribe": {"allow": subscribe}}
 
 
+def route_tls(*, cert: str, key: str, ca: str) -> dict[str, object]:
+    """The `cluster { tls }` block: routes use the server's own certificate both ways (it carries
+    the serverAuth and clientAuth usages), verified against the mesh CA."""
+    return {"cert_file": cert, "key_file": key, "ca_file": ca, "verify": True, "timeout": 5}
+
+
 def render(*, cert: str, key: str, ca: str, users: Sequence[tuple[str, dict[str, object]]]) -> str:
-    """A nats-server config fragment (JSON is valid NATS config syntax)."""
+    """A nats-server config fragment (JSON is valid NATS config syntax). Its `cluster` block holds
+    only the routes' TLS: a server started without cluster options (or flags) ignores it, one started
+    with them (`--cluster_name`, `--cluster`, `--routes`) secures its routes with it."""
     body = {
         "tls": {"cert_file": cert, "key_file": key, "ca_file": ca, "verify_and_map": True, "timeout": 5},
         "authorization": {"users": [{"user": u, "permissions": p} for u, p in users]},
+        "cluster": {"tls": route_tls(cert=cert, key=key, ca=ca)},
     }
     return json.dumps(body, indent=2) + "\n"
 
 
-def write_nats_config(directory: Path, members: Sequence[Member], *, publisher_apps: Sequence[str] = ()) -> Path:
+def ensure_route_tls(directory: Path) -> Path:
+    """DIR/nats-auth.conf with its routes' TLS block, added in place to a file written before
+    clusters were supported (its client TLS names the certificate to use)."""
+    path = directory / CONFIG_NAME
+    try:
+        body = json.loads(path.read_text())
+        client = body["tls"]
+        cluster = body.setdefault("cluster", {})
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise FailedPreconditionError(
+            f"cannot read {path} as the JSON `rollmesh certs init` writes ({e!r}); to secure cluster routes, give it "
+            "a `cluster { tls { cert_file, key_file, ca_file, verify: true } }` block yourself",
+            reason="NATS_CONFIG",
+        ) from e
+    if "tls" not in cluster:
+        cluster["tls"] = route_tls(cert=client["cert_file"], key=client["key_file"], ca=client["ca_file"])
+        try:
+            path.write_text(json.dumps(body, indent=2) + "\n")
+        except OSError as e:
+            raise FailedPreconditionError(
+                f"{path} has no TLS for cluster routes and cannot be updated ({e.strerror}); add "
+                f'"cluster": {{"tls": {json.dumps(cluster["tls"])}}} to it, or rerun `rollmesh certs init --force`',
+                reason="NATS_CONFIG",
+            ) from e
+    return path
+
+
+def check_route_hosts(directory: Path, hosts: Sequence[str]) -> None:
+    """Routes check the server certificate against the host they dial (as clients do): refuse,
+    with what to do, hosts that DIR/nats.pem does not name."""
+    cert = x509.load_pem_x509_certificate((directory / "nats.pem").read_bytes())
+    try:
+        sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        sans = x509.SubjectAlternativeName([])
+    names = {n.lower() for n in sans.get_values_for_type(x509.DNSName)}
+    addresses = set(sans.get_values_for_type(x509.IPAddress))
+    missing = []
+    for host in dict.fromkeys(hosts):
+        try:
+            named = ipaddress.ip_address(host.strip("[]")) in addresses
+        except ValueError:
+            named = host.lower() in names
+        if not named:
+            missing.append(host)
+    if missing:
+        raise FailedPreconditionError(
+            f"the nats certificate {directory / 'nats.pem'} does not name {', '.join(missing)}, so TLS routes and "
+            f"clients dialing there would refuse it; make the directory with them: `rollmesh certs init DIR "
+            + " ".join(f"--host {h}" for h in missing)
+            + "` (with --force to replace an existing one)",
+            reason="NATS_CONFIG",
+        )
+
+
+def write_nats_config(
+    directory: Path, members: Sequence[Member], *, publisher_apps: Sequence[str] = (), hosts: Sequence[str] = ()
+) -> Path:
     """DIR/nats-auth.conf for the members of a directory made by pki.init; the nats-server
-    certificate is DIR/nats.pem (issued here)."""
+    certificate is DIR/nats.pem (issued here, naming `hosts` too: clients and cluster routes check
+    a NATS server by the address they dial)."""
     from .pki import CertificateAuthority, Member, write_member
 
     ca = CertificateAuthority.load(directory)
     if not (directory / "nats.pem").exists():
-        write_member(ca, directory, Member("nats", (), ("nats",)))
+        write_member(ca, directory, Member("nats", (), ("nats",)), hosts=hosts)
     users = []
     for m in members:
         pem = (directory / f"{m.name}.pem").read_bytes()

@@ -196,7 +196,7 @@ def init(
     (d / "tokens.toml").write_text("\n".join(tokens))
     from .nats_auth import write_nats_config
 
-    write_nats_config(d, members, publisher_apps=publisher_apps)
+    write_nats_config(d, members, publisher_apps=publisher_apps, hosts=hosts)
     return d
 
 
