@@ -172,3 +172,32 @@ async def test_readers_read_scores_and_publishers_do_not(secured: str, certs: Pa
     with using(member(certs, "publisher")), pytest.raises((TimeoutError, nats.errors.TimeoutError)):
         async with ScoreReader(secured, "shop") as reader:
             await reader.next(1)
+
+
+@pytest.mark.parametrize(
+    ("who", "stream", "subject"),
+    [("trainer", "ROLLOUTS", "rollmesh.rollouts.acks.digits"), ("rubric", "MONITOR", "rollmesh.monitor.acks")],
+)
+async def test_consumers_acknowledge_what_they_consume(
+    secured: str, certs: Path, who: str, stream: str, subject: str
+) -> None:
+    """The trainer (rollouts) and the rubric service (production traces) take messages off durable
+    consumers and acknowledge them; refused acknowledgements would bring every message back after
+    ack_wait, and a restarted consumer would start over from its first unacknowledged one."""
+    admin = await bus.connect(secured, tls=member(certs, "operator"))
+    try:
+        await admin.jetstream().publish(subject, b"payload")
+    finally:
+        await admin.close()
+    nc, errors = await _connect(secured, member(certs, who))
+    try:
+        js = nc.jetstream()
+        durable = f"acks-{who}"
+        sub = await js.pull_subscribe(subject, durable=durable, stream=stream)
+        [msg] = await sub.fetch(1, timeout=5)
+        await msg.ack_sync(timeout=5)
+        info = await js.consumer_info(stream, durable)
+        assert info.num_ack_pending == 0 and info.ack_floor.stream_seq == msg.metadata.sequence.stream
+        assert not [e for e in errors if "permissions violation" in e], errors
+    finally:
+        await nc.close()

@@ -73,8 +73,8 @@ def allows(roles: frozenset[str], required: frozenset[str] | None) -> bool:
 
 # ---- NATS ------------------------------------------------------------------------------------------
 # Subjects per role. JetStream's API ($JS.API.>) is shared by the mesh's own services (they create
-# streams, consumers and KV watchers); data subjects and KV writes are per role, which is what keeps
-# forged rollouts, rogue registrations and policy writes out. Publishers and readers get only what
+# streams, consumers and KV watchers); data subjects, KV writes and acknowledgements ($JS.ACK.<stream>)
+# are per role, which is what keeps forged rollouts, rogue registrations and policy writes out. Publishers and readers get only what
 # publishing with acknowledgements and reading scores need.
 
 _INBOX = "_INBOX.>"
@@ -91,7 +91,7 @@ def nats_permissions(role: str, *, apps: tuple[str, ...] = ()) -> dict[str, list
         return {"publish": [">"], "subscribe": [">"]}
     if role == SERVER:  # registers itself; the rubric service also consumes traces and writes scores
         return {
-            "publish": [_JS_API, _REGISTRY_KV, "rollmesh.scores.>", "rollmesh.deadletter.>"],
+            "publish": [_JS_API, _REGISTRY_KV, "rollmesh.scores.>", "rollmesh.deadletter.>", "$JS.ACK.MONITOR.>"],
             "subscribe": [_INBOX, "rollmesh.monitor.>", "$KV.rollmesh-policy.>", "$KV.rollmesh-registry.>"],
         }
     if role == ORCHESTRATOR:
@@ -101,7 +101,7 @@ def nats_permissions(role: str, *, apps: tuple[str, ...] = ()) -> dict[str, list
         }
     if role == TRAINER:
         return {
-            "publish": [_JS_API, _POLICY_KV, "rollmesh.deadletter.>", "rollmesh.trainer.>"],
+            "publish": [_JS_API, _POLICY_KV, "rollmesh.deadletter.>", "rollmesh.trainer.>", "$JS.ACK.ROLLOUTS.>"],
             "subscribe": [_INBOX, "rollmesh.rollouts.>", "$KV.rollmesh-registry.>", "$KV.rollmesh-policy.>"],
         }
     if role == PUBLISHER:
