@@ -8,7 +8,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.rollmesh-setup
 
-.PHONY: setup train demo test test-load lint docs protos bench clean
+.PHONY: setup train demo test test-load test-multihost lint docs protos bench clean
 
 setup: $(STAMP)
 
@@ -46,6 +46,11 @@ demo: setup
 # The whole test suite (unit, integration on real gRPC + nats-server, conformance, protos).
 test: setup
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+# Every multi-host test (network namespaces; root): make test runs the harness, eval and training
+# across hosts; this adds the inference-partition and lost-trainer-rank faults (about 4 min more).
+test-multihost: setup
+	ROLLMESH_MULTIHOST_FULL=1 $(PY) -m pytest -q -s tests/multihost
 
 # The load-held fault tests for a full minute each (make test holds them 20 s).
 test-load: setup

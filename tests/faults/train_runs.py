@@ -200,6 +200,12 @@ class Audit:
 def audit(run: Path, run_id: str = RUN_ID) -> Audit:
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     stream = asyncio.run(_stream(run / "mesh" / "nats", max(r["last_seq"] for r in records)))
+    return audit_records(records, stream)
+
+
+def audit_records(records: list[dict], stream: dict[str, bool]) -> Audit:
+    """`records`: the trainer's metrics.jsonl; `stream`: trajectory id -> errored, for the ROLLOUTS
+    messages up to the last sequence the trainer consumed."""
     seen: dict[str, int] = {}  # how many steps consumed each id (trained or skipped)
     trained: set[str] = set()
     reasons: dict[str, int] = {}

@@ -70,6 +70,11 @@ class TrainRunConfig(Section):
     trainer: dict[str, Any] = Field(default_factory=dict)
     """The trainer's settings (run_id, model, NATS URL, checkpoint and metrics paths and max_steps are
     filled in from the run)."""
+    external_trainer: bool = False
+    """The trainer runs elsewhere (other machines, e.g. `torchrun --nnodes N` per node) from this run's
+    <dir>/trainer.toml: this process writes that file, runs the rollouts and follows the trainer's
+    metrics.jsonl, so the run directory must be on storage every trainer node and this host share, at the
+    same path."""
 
 
 def load_train_config(path: str | Path | None, overrides: Sequence[str] = ()) -> TrainRunConfig:
@@ -250,11 +255,19 @@ class TrainRun:
         self.console.print(
             f"mesh up: NATS {self.mesh.nats_url}, " + ", ".join(f"{s.name} {s.address}" for s in self.mesh.services)
         )
+        if cfg.external_trainer:
+            self.console.print(
+                f"waiting for the trainer, started elsewhere on every node with its config {trainer_toml.resolve()}:\n"
+                f"  torchrun --nnodes N --node_rank R --master_addr HOST --master_port PORT "
+                f"-m rollmesh.cli trainer run --config {trainer_toml.resolve()}"
+            )
+            return
         self.trainer = ServiceProcess(
             "trainer",
             "trainer",
             rollmesh_command("trainer", "run", "--config", str(trainer_toml)),
             self.dir / "logs" / "trainer.log",
+            env=self.mesh.bus_env(),
             tls=self.mesh.identity("trainer"),
         ).start()
 
@@ -273,7 +286,7 @@ class TrainRun:
         from .. import bus
         from ..orchestrator.engine import RolloutEngine
 
-        assert self.mesh is not None and self.trainer is not None
+        assert self.mesh is not None
         nc = await bus.connect(self.mesh.nats_url, name=f"rollmesh-train-{self.cfg.run_id}")
         try:
             js = nc.jetstream()
@@ -304,8 +317,8 @@ class TrainRun:
             if stop.is_set():
                 self.console.print("[yellow]stopped by signal[/]; the trainer checkpoints and exits")
                 return 130
-            rc = self.trainer.proc.poll() if self.trainer.proc else None
-            if rc not in (0, None):
+            rc = self.trainer.proc.poll() if self.trainer is not None and self.trainer.proc else None
+            if self.trainer is not None and rc not in (0, None):
                 raise UnavailableError(
                     f"the trainer exited with code {rc}; its log ({self.trainer.log_path}) ends with:\n"
                     f"{self.trainer.log_tail()}",
@@ -316,13 +329,22 @@ class TrainRun:
             with contextlib.suppress(Exception):  # NATS may be gone: nothing left to flush
                 await asyncio.wait_for(nc.close(), 5.0)
 
+    def _trainer_running(self) -> bool:
+        if self.trainer is not None:
+            return self.trainer.running()
+        # Started elsewhere: it may stop and be started again (resuming from its checkpoint); the run
+        # is over when its metrics reach the last step.
+        self.progress.poll()
+        return self.progress.step < self.cfg.steps
+
     async def _watch_trainer(self, nc: Any) -> None:
-        """Returns when the trainer exits. Restarts what died in the mesh (Mesh.supervise); raises
-        when that fails, or when NATS stays unreachable longer than nats.max_outage_s."""
-        assert self.trainer is not None and self.mesh is not None
+        """Returns when the trainer exits (or, started elsewhere, reaches the last step). Restarts
+        what died in the mesh (Mesh.supervise); raises when that fails, or when NATS stays unreachable
+        longer than nats.max_outage_s."""
+        assert self.mesh is not None
         max_outage_s = self.cfg.mesh.nats.max_outage_s
         down_since: float | None = None
-        while self.trainer.running():
+        while self._trainer_running():
             await self.mesh.supervise()
             if nc.is_connected:
                 down_since = None

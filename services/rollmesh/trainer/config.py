@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from ..config import Section, TlsSection, load_config, read_toml
+from ..config import NatsUrl, Section, TlsSection, load_config, read_toml
 from ..errors import InvalidArgumentError
 
 RUN_ID_PATTERN = r"^[A-Za-z0-9_\-=]+$"  # a NATS subject token
@@ -131,8 +131,9 @@ class TrainerConfig(Section):
     """Tokenizer directory ("" = the model directory)."""
     ref_model: str = ""
     """Reference model for the KL term ("" = the initial policy, `model`)."""
-    nats_url: str = ""
-    """NATS URL of the bus; "" = ROLLMESH_NATS_URL, else nats://127.0.0.1:4222."""
+    nats_url: NatsUrl = ""
+    """NATS URL of the bus, or the URLs of a cluster's servers (comma-separated, or a list); "" = ROLLMESH_NATS_URL,
+    else nats://127.0.0.1:4222."""
     source: Literal["bus", "files"] = "bus"
     """Where rollouts come from: "bus" = the run's JetStream subjects; "files" = JSONL files of Trajectory protos in
     JSON (exported trajectories, one per line), read once.
@@ -160,6 +161,11 @@ class TrainerConfig(Section):
     """Seed of torch and of the batching order."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass (less memory, more compute)."""
+    distributed_timeout_s: float = Field(1800.0, gt=0)
+    """Several ranks: how long a collective waits for a rank that neither answers nor closes its connection
+    (a host cut off the network) before this rank stops with an error. A rank that dies is noticed at once.
+    Ranks > 0 wait in a collective while rank 0 waits for rollouts, so keep it above the longest wait for a batch.
+    """
 
     loss: LossConfig = Field(default_factory=LossConfig)
     batch: BatchConfig = Field(default_factory=BatchConfig)

@@ -11,6 +11,9 @@ the stream cursor and the ids trained per step since the previous checkpoint); o
 trainer resumes from the newest complete checkpoint and replays from its cursor, and the metrics
 file is cut back to that step, so the metrics file is the committed history.
 
+Tracing: each step runs in a `trainer.step` span linked to the trace of every rollout it consumed
+(one step joins many rollout traces, so they are links, not parents).
+
 Trust: a rollout enters a batch only after its shape, token ids, logprobs and advantage passed
 (batching.py, validation.py), and its group's advantages agree with its rewards. Refused rollouts
 are dead-lettered with why, counted per reason in the step's metrics, and acknowledged with the
@@ -30,11 +33,12 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from opentelemetry.trace import SpanContext
 
 from .. import bus
-from ..errors import InvalidArgumentError, quoted
+from ..errors import InvalidArgumentError, UnavailableError, quoted
 from ..proto.v1 import trajectory_pb2 as traj_pb
-from ..telemetry import get_logger
+from ..telemetry import get_logger, start_span
 from .batching import InvalidTrajectory, Sample, StepPlan, plan_step, trajectory_samples
 from .checkpoint import HF_DIR, Checkpoint, CheckpointStore
 from .config import TrainerConfig
@@ -74,6 +78,7 @@ class Collected:
     members: dict[str, Member] = field(default_factory=dict)  # trajectory id -> group evidence
     unusable: dict[str, str] = field(default_factory=dict)  # trajectory id -> group id: errored or refused members
     seen: set[str] = field(default_factory=set)  # trajectory ids of the step
+    links: list[SpanContext] = field(default_factory=list)  # the consumed rollouts' publish spans
     first_seq: int = 0
     last_seq: int = 0
 
@@ -326,6 +331,8 @@ class Trainer:
                 for d in deliveries:
                     out.first_seq = out.first_seq or d.seq
                     out.last_seq = d.seq
+                    if d.trace is not None:
+                        out.links.append(d.trace)
                     await self._classify(d, out)
             # Groups are judged on the whole step's members; refused ones leave room for more rollouts.
             if not await self._check_groups(out) or self._stop:
@@ -437,7 +444,11 @@ class Trainer:
         if self._publisher is not None and d.handle is not None:
             try:
                 await self._publisher.dead_letter(
-                    d.subject, f"{reason}: {why}", d.data, service="trainer", headers={bus.MSG_ID: d.msg_id}
+                    d.subject,
+                    f"{reason}: {why}",
+                    d.data,
+                    service="trainer",
+                    headers=d.headers or {bus.MSG_ID: d.msg_id},
                 )
             except Exception as e:
                 log.warning("could not dead-letter rollout %s: %r", key, e)
@@ -454,6 +465,17 @@ class Trainer:
         )
 
     async def _train(self, c: Collected) -> None:
+        with start_span(
+            "trainer.step",
+            instrumentation="rollmesh.trainer",
+            links=c.links,
+            attributes={"rollmesh.step": self.step + 1, "rollmesh.rollouts": len(c.trajectories)},
+        ) as span:
+            await self._train_step(c)
+            span.set_attribute("rollmesh.skipped", len(c.skipped))
+            span.set_attribute("rollmesh.policy_version", self.version)
+
+    async def _train_step(self, c: Collected) -> None:
         t0 = time.perf_counter()
         stats: StepStats | None = None
         plan = self._plan(c.samples)
@@ -487,6 +509,7 @@ class Trainer:
             "step": self.step,
             "time": round(time.time(), 3),
             "policy_version": self.version,
+            "world_size": self.world_size,
             "rollouts": len(c.trajectories),
             "sequences": plan.sequences,
             "micro_batches": plan.micro_batches,
@@ -623,12 +646,6 @@ def run_trainer(cfg: TrainerConfig, *, install_signals: bool = True) -> RunSumma
     import signal
 
     trainer = Trainer(cfg)
-    if trainer.rank != 0:
-        if install_signals:
-            signal.signal(signal.SIGTERM, signal.SIG_IGN)
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
-        trainer.follow()
-        return None
 
     async def main() -> RunSummary:
         if install_signals:
@@ -637,4 +654,36 @@ def run_trainer(cfg: TrainerConfig, *, install_signals: bool = True) -> RunSumma
                 loop.add_signal_handler(sig, trainer.stop)
         return await trainer.run()
 
-    return asyncio.run(main())
+    try:
+        if trainer.rank != 0:
+            if install_signals:
+                signal.signal(signal.SIGTERM, signal.SIG_IGN)
+                signal.signal(signal.SIGINT, signal.SIG_IGN)
+            trainer.follow()
+            return None
+        return asyncio.run(main())
+    except RuntimeError as e:  # gloo and NCCL raise RuntimeError (DistError) when a peer is gone
+        if trainer.world_size > 1 and _lost_peer(e):
+            raise rank_lost(trainer, e) from e
+        raise
+
+
+def _lost_peer(error: BaseException) -> bool:
+    text = str(error)
+    return isinstance(error, dist.DistError) or any(
+        mark in text for mark in ("Connection closed by peer", "Connection reset by peer", "Timed out", "NCCL")
+    )
+
+
+def rank_lost(trainer: Trainer, error: BaseException) -> UnavailableError:
+    """The error a rank stops with when another rank died or stopped answering: no partial step or
+    checkpoint is kept (checkpoints commit atomically), so starting every rank again resumes."""
+    latest = trainer.store.latest()
+    where = f"the last complete checkpoint is {latest.path}" if latest else "there is no complete checkpoint yet"
+    first_line = str(error).strip().splitlines()[0][:300] if str(error).strip() else type(error).__name__
+    return UnavailableError(
+        f"rank {trainer.rank} of {trainer.world_size} lost contact with another trainer rank ({first_line}); "
+        f"it stops at step {trainer.step}, {where}. Start every rank again with the same command to resume from it.",
+        reason="TRAINER_RANK_LOST",
+        metadata={"rank": str(trainer.rank), "world_size": str(trainer.world_size), "step": str(trainer.step)},
+    )

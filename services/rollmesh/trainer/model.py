@@ -9,6 +9,7 @@ deepspeed is imported lazily, after DS_ACCELERATOR is settled: on a machine with
 from __future__ import annotations
 
 import contextlib
+import datetime
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -33,9 +34,10 @@ def on_gpu() -> bool:
     return torch.cuda.is_available()
 
 
-def setup_distributed() -> tuple[int, int]:
+def setup_distributed(timeout_s: float = 1800.0) -> tuple[int, int]:
     """Initialises torch.distributed when it is not yet: from the launcher's environment (torchrun,
-    deepspeed), or as a world of one on a free local port. Returns (rank, world_size)."""
+    deepspeed), or as a world of one on a free local port. Returns (rank, world_size). `timeout_s`
+    bounds each collective (and the wait for every rank to join)."""
     if not on_gpu():
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
     if not dist.is_initialized():
@@ -43,7 +45,7 @@ def setup_distributed() -> tuple[int, int]:
         if on_gpu():
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         if "RANK" in os.environ:  # torchrun / the deepspeed launcher
-            dist.init_process_group(backend)
+            dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
         else:  # a world of one; RANK, MASTER_PORT etc. stay unset: child processes inherit the environment
             from ..natsd import free_port
 
@@ -144,7 +146,7 @@ class DeepSpeedPolicy:
 
     def __init__(self, cfg: TrainerConfig) -> None:
         self.cfg = cfg
-        self.rank, self.world_size = setup_distributed()
+        self.rank, self.world_size = setup_distributed(cfg.distributed_timeout_s)
         import deepspeed
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
