@@ -245,7 +245,8 @@ seed = 0
 external_trainer = true
 
 [mesh.nats]
-url = "{mesh.nats_urls}"
+url = {json.dumps(mesh.nats_urls.split(","))}
+replicas = {mesh.replicas}
 max_outage_s = 120
 
 [mesh.security]

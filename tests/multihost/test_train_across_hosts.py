@@ -8,6 +8,7 @@ trainer's metrics finds nothing lost and nothing trained twice. The reward rises
 from __future__ import annotations
 
 import asyncio
+import itertools
 from pathlib import Path
 
 import pytest
@@ -57,9 +58,10 @@ def test_training_across_hosts_survives_a_nats_node_cut(tmp_path: Path, tiny_mod
         assert {r["world_size"] for r in records} == {2}
         first = sum(r["reward_mean"] for r in records[:5]) / 5
         last = sum(r["reward_mean"] for r in records[-5:]) / 5
+        stall = max(b["time"] - a["time"] for a, b in itertools.pairwise(records))
         print(
             f"multi-host train: {audit.published} published, {audit.trained} trained, skipped {audit.skipped}; "
-            f"NATS node {leader} cut at step {step_at_cut}; reward {first:.3f} -> {last:.3f}: "
-            + " ".join(f"{r['reward_mean']:.2f}" for r in records)
+            f"NATS node {leader} cut at step {step_at_cut}, longest gap between steps {stall:.0f} s; "
+            f"reward {first:.3f} -> {last:.3f}: " + " ".join(f"{r['reward_mean']:.2f}" for r in records)
         )
         assert last > first + 0.15, [round(r["reward_mean"], 3) for r in records]
