@@ -432,6 +432,7 @@ def test_rollmesh_nats_refuses_half_a_cluster() -> None:
         (["--routes", "nats-route://a:6222"], "--cluster-name"),
         (["--cluster", "1"], "at least 2"),
         (["--cluster", "3", "--server-name", "x"], "--cluster N starts every node here"),
+        (["--cluster", "3", "--host", "0.0.0.0", "--insecure"], "bind loopback"),
     ]:
         out = subprocess.run(
             [sys.executable, "-m", "rollmesh.cli", "nats", *args], capture_output=True, text=True, timeout=30

@@ -19,7 +19,7 @@ from typing import Any
 
 from rollmesh.security import pki
 
-from .netns import Host
+from .netns import Host, Network
 
 ROOT = Path(__file__).resolve().parents[2]
 GO_DIGITS = ROOT / "clients" / "go" / "bin" / "digits-server"
@@ -63,6 +63,13 @@ class Mesh:
     logs: Path
     nats_hosts: list[Host] = field(default_factory=list)
     replicas: int = 3
+
+    @classmethod
+    def on(cls, net: Network, workdir: Path, nats_hosts: Sequence[str] = ("nats1", "nats2", "nats3")) -> Mesh:
+        """Credentials for every host of `net` and the NATS cluster on `nats_hosts`, up and electing."""
+        mesh = cls(certs=make_pki(workdir / "pki", list(net.hosts.values())), logs=workdir / "logs")
+        mesh.start_nats([net[h] for h in nats_hosts])
+        return mesh
 
     @property
     def nats_urls(self) -> str:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from .mesh import GO_DIGITS, Mesh, make_pki, start_training
+from .mesh import GO_DIGITS, Mesh, start_training
 from .netns import Network
 
 pytestmark = [pytest.mark.usefixtures("namespaces_available"), pytest.mark.timeout(900)]
@@ -36,8 +36,7 @@ def test_training_across_hosts_survives_a_nats_node_cut(tmp_path: Path, tiny_mod
     if not GO_DIGITS.exists():
         pytest.skip("clients/go/bin/digits-server is not built (make setup builds it)")
     with Network(HOSTS) as net:
-        mesh = Mesh(certs=make_pki(tmp_path / "pki", list(net.hosts.values())), logs=tmp_path / "logs")
-        mesh.start_nats([net["nats1"], net["nats2"], net["nats3"]])
+        mesh = Mesh.on(net, tmp_path)
         mesh.start_env(net["env1"])
         mesh.start_go_env(net["env2"])
         mesh.start_inference(net["inference"], tiny_model_dir)

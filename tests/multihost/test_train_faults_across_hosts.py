@@ -20,7 +20,7 @@ from rollmesh.inference.client import InferenceClient
 from rollmesh.security import pki
 from rollmesh.security.tls import using
 
-from .mesh import Mesh, make_pki, start_training
+from .mesh import Mesh, start_training
 from .netns import Network
 
 pytestmark = [
@@ -47,8 +47,7 @@ def test_an_inference_host_partitioned_past_the_timeout(tmp_path: Path, tiny_mod
     steps = 12
     hosts = ["nats1", "nats2", "nats3", "env1", "inference1", "inference2", "trainer0", "trainer1", "orchestrator"]
     with Network(hosts) as net:
-        mesh = Mesh(certs=make_pki(tmp_path / "pki", list(net.hosts.values())), logs=tmp_path / "logs")
-        mesh.start_nats([net["nats1"], net["nats2"], net["nats3"]])
+        mesh = Mesh.on(net, tmp_path)
         mesh.start_env(net["env1"])
         mesh.start_inference(net["inference1"], tiny_model_dir)
         _, partitioned = mesh.start_inference(net["inference2"], tiny_model_dir)
@@ -87,8 +86,7 @@ def test_the_rank_1_trainer_host_lost_and_back(tmp_path: Path, tiny_model_dir: P
     steps = 12
     hosts = ["nats1", "nats2", "nats3", "env1", "inference", "trainer0", "trainer1", "orchestrator"]
     with Network(hosts) as net:
-        mesh = Mesh(certs=make_pki(tmp_path / "pki", list(net.hosts.values())), logs=tmp_path / "logs")
-        mesh.start_nats([net["nats1"], net["nats2"], net["nats3"]])
+        mesh = Mesh.on(net, tmp_path)
         mesh.start_env(net["env1"])
         mesh.start_inference(net["inference"], tiny_model_dir)
         training = start_training(

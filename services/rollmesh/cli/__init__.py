@@ -354,6 +354,12 @@ def nats_cmd(
         _fail("--cluster takes the number of nodes, at least 2 (3 or 5 to survive losing 1 or 2)")
     if (route_list or server_name) and not cluster_name:
         _fail("name the cluster with --cluster-name (the same on every node)")
+    if cluster and not is_loopback(host):
+        # Its nodes' health checks need nats-server's HTTP monitoring, which has no authentication.
+        _fail(
+            "--cluster N runs every node on this machine, for tests and demos, with HTTP monitoring open: bind "
+            "loopback; across machines run one node on each with --cluster-name and --routes"
+        )
     if not tls_dir and not is_loopback(host):
         if not insecure:
             _fail(f"refusing to serve NATS on {host} without --tls-dir (anyone could publish rollouts); or --insecure")
