@@ -303,11 +303,13 @@ def test_an_older_nats_config_gets_the_routes_tls(tmp_path: Path) -> None:
     assert body["cluster"]["tls"] == {**client_files, "verify": True, "timeout": 5}
     del body["cluster"]
     conf.write_text(json.dumps(body))
-    nats_auth.ensure_route_tls(certs)
+    nats_auth.ensure_current(certs, routes=True)
     assert json.loads(conf.read_text())["cluster"]["tls"]["cert_file"] == str((certs / "nats.pem").resolve())
     conf.write_text("tls { cert_file: x }\n")  # not the JSON certs init writes
     with pytest.raises(FailedPreconditionError, match=r"cluster \{ tls"):
-        nats_auth.ensure_route_tls(certs)
+        nats_auth.ensure_current(certs, routes=True)
+    nats_auth.ensure_current(certs, routes=False)  # a single server: a hand-written file is its author's
+    assert conf.read_text() == "tls { cert_file: x }\n"
 
 
 async def test_a_node_without_the_mesh_ca_cannot_join(certs: Path, tmp_path: Path) -> None:

@@ -170,12 +170,13 @@ class EmbeddedNats:
     def start(self, timeout_s: float = 10.0) -> EmbeddedNats:
         if self.proc is not None:
             raise RuntimeError("EmbeddedNats already started")
+        if self.auth_dir is not None:  # a directory from an earlier rollmesh gets today's permissions
+            nats_auth.ensure_current(self.auth_dir, routes=self.cluster is not None)
         if self.cluster is not None:
             if not self.server_name:
                 raise ValueError("a cluster node needs a server_name of its own (JetStream's peer identity)")
             if self.auth_dir is not None:
                 # Routes verify the certificate against the host they dial, as clients do.
-                nats_auth.ensure_route_tls(self.auth_dir)
                 dialed = [urlsplit(r).hostname or "" for r in self.cluster.routes]
                 nats_auth.check_route_hosts(self.auth_dir, [h for h in (self.host, *dialed) if _specific(h)])
         # Small race on free ports (one could be taken before nats binds it); the early-exit check

@@ -6,6 +6,7 @@ or publish traces for apps it was not given, and nothing of theirs reaches a str
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -201,3 +202,38 @@ async def test_consumers_acknowledge_what_they_consume(
         assert not [e for e in errors if "permissions violation" in e], errors
     finally:
         await nc.close()
+
+
+async def test_an_older_directory_gets_todays_permissions(tmp_path: Path) -> None:
+    """A credentials directory written by an earlier rollmesh (here: the trainer without the right to
+    acknowledge) gets the current role table when a server starts on it; a publisher keeps its apps."""
+    from rollmesh.security import nats_auth, pki
+
+    certs = pki.init(tmp_path / "pki", publisher_apps=["shop"])
+    conf = certs / nats_auth.CONFIG_NAME
+    body = json.loads(conf.read_text())
+    for user in body["authorization"]["users"]:
+        user["permissions"]["publish"]["allow"] = [
+            s for s in user["permissions"]["publish"]["allow"] if not s.startswith("$JS.ACK.")
+        ]
+    conf.write_text(json.dumps(body))
+    async with EmbeddedNats(auth_dir=certs) as server:
+        users = {u["user"]: u["permissions"] for u in json.loads(conf.read_text())["authorization"]["users"]}
+        trainer = next(p for u, p in users.items() if "OU=trainer" in u)
+        publisher = next(p for u, p in users.items() if "OU=publisher" in u)
+        assert "$JS.ACK.ROLLOUTS.>" in trainer["publish"]["allow"]
+        assert "rollmesh.monitor.shop" in publisher["publish"]["allow"]
+        assert "rollmesh.monitor.>" not in publisher["publish"]["allow"]
+        admin = await bus.connect(server.url, tls=member(certs, "operator"))
+        try:
+            await bus.ensure_streams(admin.jetstream())
+            await admin.jetstream().publish("rollmesh.rollouts.old.digits", b"payload")
+        finally:
+            await admin.close()
+        nc = await bus.connect(server.url, tls=member(certs, "trainer"))
+        try:
+            sub = await nc.jetstream().pull_subscribe("rollmesh.rollouts.old.digits", durable="old", stream="ROLLOUTS")
+            [msg] = await sub.fetch(1, timeout=5)
+            await msg.ack_sync(timeout=5)
+        finally:
+            await nc.close()

@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cryptography import x509
+from cryptography.x509.oid import NameOID
 
 from ..errors import FailedPreconditionError
-from .roles import nats_permissions
+from .roles import ROLES, nats_permissions
 
 if TYPE_CHECKING:
     from .pki import Member
@@ -58,31 +59,63 @@ def render(*, cert: str, key: str, ca: str, users: Sequence[tuple[str, dict[str,
     return json.dumps(body, indent=2) + "\n"
 
 
-def ensure_route_tls(directory: Path) -> Path:
-    """DIR/nats-auth.conf with its routes' TLS block, added in place to a file written before
-    clusters were supported (its client TLS names the certificate to use)."""
+def ensure_current(directory: Path, *, routes: bool) -> Path:
+    """Brings DIR/nats-auth.conf, as an earlier `rollmesh certs init` wrote it, up to date: each
+    user's permissions from today's role table (its roles are its certificate subject's OUs; a
+    publisher keeps its apps) and, for a cluster node (`routes`), the routes' TLS block. A file not
+    in the JSON that certs init writes is left alone, unless routes need their block added."""
     path = directory / CONFIG_NAME
     try:
-        body = json.loads(path.read_text())
+        text = path.read_text()
+        body = json.loads(text)
         client = body["tls"]
         cluster = body.setdefault("cluster", {})
+        users = body["authorization"]["users"]
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        if not routes:
+            return path  # hand-written: its author keeps it current
         raise FailedPreconditionError(
             f"cannot read {path} as the JSON `rollmesh certs init` writes ({e!r}); to secure cluster routes, give it "
             "a `cluster { tls { cert_file, key_file, ca_file, verify: true } }` block yourself",
             reason="NATS_CONFIG",
         ) from e
-    if "tls" not in cluster:
+    for user in users:
+        if (roles := _roles_of(user.get("user", ""))) is not None:
+            user["permissions"] = permissions_for(roles, apps=_apps_of(user.get("permissions")))
+    if routes and "tls" not in cluster:
         cluster["tls"] = route_tls(cert=client["cert_file"], key=client["key_file"], ca=client["ca_file"])
+    updated = json.dumps(body, indent=2) + "\n"
+    if updated != text:
         try:
-            path.write_text(json.dumps(body, indent=2) + "\n")
+            path.write_text(updated)
         except OSError as e:
-            raise FailedPreconditionError(
-                f"{path} has no TLS for cluster routes and cannot be updated ({e.strerror}); add "
-                f'"cluster": {{"tls": {json.dumps(cluster["tls"])}}} to it, or rerun `rollmesh certs init --force`',
-                reason="NATS_CONFIG",
-            ) from e
+            if routes and "tls" not in json.loads(text).get("cluster", {}):
+                raise FailedPreconditionError(
+                    f"{path} has no TLS for cluster routes and cannot be updated ({e.strerror}); add "
+                    f'"cluster": {{"tls": {json.dumps(cluster["tls"])}}} to it, or rerun `rollmesh certs init --force`',
+                    reason="NATS_CONFIG",
+                ) from e
     return path
+
+
+def _roles_of(user: str) -> list[str] | None:
+    """The roles (OUs) in a user name (a certificate subject); None when it is not one of ours."""
+    try:
+        name = x509.Name.from_rfc4514_string(user)
+    except ValueError:
+        return None
+    roles = [str(a.value) for a in name.get_attributes_for_oid(NameOID.ORGANIZATIONAL_UNIT_NAME)]
+    return roles if roles and all(r in ROLES for r in roles) else None
+
+
+def _apps_of(permissions: object) -> tuple[str, ...]:
+    """The apps a publisher was limited to: its rollmesh.monitor.<app> subjects (none = every app)."""
+    try:
+        allowed = permissions["publish"]["allow"]  # type: ignore[index]
+    except (KeyError, TypeError):
+        return ()
+    prefix = "rollmesh.monitor."
+    return tuple(s.removeprefix(prefix) for s in allowed if s.startswith(prefix) and s != prefix + ">")
 
 
 def check_route_hosts(directory: Path, hosts: Sequence[str]) -> None:

@@ -74,8 +74,8 @@ def allows(roles: frozenset[str], required: frozenset[str] | None) -> bool:
 # ---- NATS ------------------------------------------------------------------------------------------
 # Subjects per role. JetStream's API ($JS.API.>) is shared by the mesh's own services (they create
 # streams, consumers and KV watchers); data subjects, KV writes and acknowledgements ($JS.ACK.<stream>)
-# are per role, which is what keeps forged rollouts, rogue registrations and policy writes out. Publishers and readers get only what
-# publishing with acknowledgements and reading scores need.
+# are per role, which is what keeps forged rollouts, rogue registrations and policy writes out.
+# Publishers and readers get only what publishing with acknowledgements and reading scores need.
 
 _INBOX = "_INBOX.>"
 _JS_API = "$JS.API.>"
