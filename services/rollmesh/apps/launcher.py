@@ -142,7 +142,10 @@ class MeshSecurityConfig(Section):
     loopback (only for debugging the wire: the mesh refuses a non-loopback host without security).
     """
     certs: str = ""
-    """A `rollmesh certs init` directory to use; "" = <dir>/pki, created on first use and kept between runs."""
+    """A `rollmesh certs init` directory to use; "" = <dir>/pki, created on first use and kept between runs, except when
+    the mesh runs elsewhere (nats.url and nothing to start here) and ROLLMESH_TLS_CERT gives this process an identity:
+    then that one is used.
+    """
 
 
 class MeshConfig(Section):
@@ -423,14 +426,18 @@ class Mesh:
         self._nats: Any = None  # natsd.EmbeddedNats
         self.restarts: dict[str, int] = {}  # by service name ("nats" for the embedded server)
         self.certs: Path | None = None  # the credentials directory, with security on
+        self._env_identity: TlsConfig | None = None  # the process's own (ROLLMESH_TLS_*), when it starts nothing
         self._previous_tls: TlsConfig | None = None
         self._previous_bus: Any = None  # bus.BusSettings, while nats.replicas is this process's
         self._bus_configured = False
 
     def identity(self, name: str) -> TlsConfig | None:
         """The TLS settings of one identity of the mesh (env, inference, rubric, orchestrator,
-        trainer, ...); None with security off."""
-        return pki.member_config(self.certs, name) if self.certs is not None else None
+        trainer, ...); None with security off, or when the process's own identity is used and its
+        directory holds no such certificate."""
+        if self.certs is not None:
+            return pki.member_config(self.certs, name)
+        return pki.sibling(self._env_identity, name) if self._env_identity is not None else None
 
     def _secure(self) -> None:
         """Credentials made on first use; this process becomes the mesh's orchestrator (its gRPC
@@ -440,9 +447,20 @@ class Mesh:
             for what, host in (("the mesh", cfg.host), ("NATS", cfg.nats.host)):
                 security_tls.check_bind(host, TlsConfig(), insecure=False, what=what)
             return
+        own = security_tls.current()
+        if not cfg.security.certs and self.starts_nothing() and own.cert:
+            # A client of a mesh running elsewhere (another machine, Kubernetes) with an identity of
+            # its own: credentials made here would come from a CA nobody there trusts.
+            self._env_identity = own
+            return
         self.certs = pki.init(Path(cfg.security.certs) if cfg.security.certs else self.dir / "pki")
-        self._previous_tls = security_tls.current()
+        self._previous_tls = own
         security_tls.configure(pki.member_config(self.certs, "orchestrator"))
+
+    def starts_nothing(self) -> bool:
+        """True when the mesh runs elsewhere: an external NATS and no server to start here."""
+        cfg = self.config
+        return bool(cfg.nats.url) and not cfg.envs and cfg.inference is None and cfg.rubric is None
 
     def addresses(self, kind: str) -> list[str]:
         return [s.address for s in self.services if s.kind == kind and s.address]

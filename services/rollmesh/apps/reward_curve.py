@@ -36,10 +36,16 @@ def moving_average(values: Sequence[float], k: int) -> list[float]:
     return out
 
 
-def plot_reward_curve(records: Sequence[dict[str, Any]], out: Path, *, title: str = "reward") -> Path:
+def plot_reward_curve(records: Sequence[dict[str, Any]], out: Path, *, title: str = "reward") -> Path | None:
+    """Draws the curve into `out` (PNG); None, with a log line, where matplotlib is not installed
+    (an orchestrator on the base install: the metrics hold the same numbers)."""
     import logging
 
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:
+        logging.getLogger(__name__).info("no reward curve drawn: matplotlib is not installed ([trainer] extra)")
+        return None
 
     matplotlib.use("Agg")  # no display
     logging.getLogger("matplotlib").setLevel(logging.WARNING)

@@ -251,7 +251,10 @@ class TrainRun:
         trainer_toml = self.dir / "trainer.toml"
         from ..config import to_toml
 
-        trainer_toml.write_text(to_toml(trainer_config(cfg, nats_url=self.mesh.nats_url, model_path=model_path)))
+        # Whole or not at all: trainer nodes elsewhere may be waiting for it on shared storage.
+        staged = trainer_toml.with_suffix(".toml.tmp")
+        staged.write_text(to_toml(trainer_config(cfg, nats_url=self.mesh.nats_url, model_path=model_path)))
+        staged.replace(trainer_toml)
         self.console.print(
             f"mesh up: NATS {self.mesh.nats_url}, " + ", ".join(f"{s.name} {s.address}" for s in self.mesh.services)
         )
@@ -434,7 +437,9 @@ class TrainRun:
         if first is not None and last is not None:
             self.console.print(
                 f"reward (mean of the first / last {summary['window']} steps): "
-                f"[bold]{first:.3f} -> {last:.3f}[/]  curve: {png}  metrics: {self.progress.path}"
+                f"[bold]{first:.3f} -> {last:.3f}[/]  "
+                + (f"curve: {png}  " if png else "")
+                + f"metrics: {self.progress.path}"
             )
 
 
