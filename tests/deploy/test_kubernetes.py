@@ -5,8 +5,11 @@ field), against the API schemas of one Kubernetes version. Then what the schemas
 container has resources, servers are probed with `rollmesh health` on the port they serve, images
 are pinned and built here, the trainer Job's ranks are wired (Indexed, pod 0's DNS name, sizes
 that agree), Secrets are mounted read-only and readable by the container's user, disruption
-budgets and autoscalers point at workloads, the configuration files load. The Secrets that
-secrets.sh makes from a `rollmesh certs init` directory hold every key the pods and the NATS chart
+budgets and autoscalers point at workloads, the configuration files load. The orchestrator Job
+runs `rollmesh train` on a run file that rollmesh loads (an external trainer, the mesh's NATS, its
+own mounted identity, no CA made) in a run directory it shares with the trainer Job, whose pods
+wait for and read the trainer.toml rollmesh writes there, which loads and lives on their volumes.
+The Secrets that secrets.sh makes from a `rollmesh certs init` directory hold every key the pods and the NATS chart
 read, and the NATS values use keys the chart has. The Containerfiles pin their base images and
 install through constraints.txt, whose versions are the development environment's."""
 
@@ -15,12 +18,14 @@ from __future__ import annotations
 import base64
 import functools
 import importlib.metadata
+import os
 import posixpath
 import re
 import shlex
 import shutil
 import subprocess
 import sys
+import time
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,9 +36,15 @@ import pytest
 import typer.main
 import yaml
 from cryptography import x509
+from cryptography.x509.oid import NameOID
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
+from rollmesh.apps.launcher import Mesh
+from rollmesh.apps.train import TrainRunConfig, load_train_config, run_dir, trainer_config
 from rollmesh.cli import app
+from rollmesh.config import to_toml
+from rollmesh.security import pki
+from rollmesh.security import tls as security_tls
 from rollmesh.trainer.config import load_trainer_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -328,31 +339,6 @@ def _mount_of(container: dict[str, Any], path: str) -> dict[str, Any] | None:
     return max(mounts, key=lambda m: len(m["mountPath"]), default=None)
 
 
-def test_trainer_config_loads_and_lives_on_the_mounted_volumes(
-    objects: tuple[dict[str, Any], ...], tmp_path: Path
-) -> None:
-    job = next(o for o in objects if o["kind"] == "Job")
-    pod = job["spec"]["template"]["spec"]
-    trainer = pod["containers"][0]
-    config = _flag(trainer["args"], "--config")
-    assert config
-    volume = {v["name"]: v for v in pod["volumes"]}[_mount_of(trainer, config)["name"]]  # type: ignore[index]
-    data = by_kind(objects, "ConfigMap")[volume["configMap"]["name"]]["data"][posixpath.basename(config)]
-    (tmp_path / "trainer.toml").write_text(data)
-    cfg = load_trainer_config(tmp_path / "trainer.toml")
-    assert _mount_of(trainer, cfg.model), f"trainer model {cfg.model} is on no volume"
-    checkpoints = _mount_of(trainer, cfg.checkpoint.dir)
-    assert checkpoints and not checkpoints.get("readOnly"), f"checkpoint.dir {cfg.checkpoint.dir}: not writable"
-    claim = {v["name"]: v for v in pod["volumes"]}[checkpoints["name"]].get("persistentVolumeClaim")
-    assert claim, "checkpoints must outlive the pods: a PersistentVolumeClaim"
-    modes = by_kind(objects, "PersistentVolumeClaim")[claim["claimName"]]["spec"]["accessModes"]
-    if job["spec"]["parallelism"] > 1:
-        assert "ReadWriteMany" in modes, "every trainer pod writes the checkpoint: ReadWriteMany"
-    # the inference servers serve the model the trainer starts from
-    inference = by_kind(objects, "Deployment")["rollmesh-inference"]["spec"]["template"]["spec"]["containers"][0]
-    assert _flag(inference["args"], "--model") == cfg.model
-
-
 def test_rubric_config_loads_with_the_deployments_flags(objects: tuple[dict[str, Any], ...], tmp_path: Path) -> None:
     deployment = by_kind(objects, "Deployment")["rollmesh-rubric"]
     pod = deployment["spec"]["template"]["spec"]
@@ -368,6 +354,233 @@ def test_rubric_config_loads_with_the_deployments_flags(objects: tuple[dict[str,
     argv += [w for s in sets for w in ("--set", s.replace("$(POD_IP)", "10.0.0.1"))]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+# ---- the run: the orchestrator Job and the trainer Job it feeds ------------------------------------
+
+ORCHESTRATOR = "rollmesh-orchestrator"
+
+
+def _trainer_job(objects: tuple[dict[str, Any], ...]) -> dict[str, Any]:
+    """The Job whose pods run torchrun."""
+    jobs = [
+        o for o, pod in pod_specs(objects) if o["kind"] == "Job" and pod["containers"][0]["command"] == ["torchrun"]
+    ]
+    assert len(jobs) == 1, [where(j) for j in jobs]
+    return jobs[0]
+
+
+def _orchestrator(objects: tuple[dict[str, Any], ...]) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    job = by_kind(objects, "Job").get(ORCHESTRATOR)
+    assert job is not None, f"no Job {ORCHESTRATOR}: nothing runs the rollouts the trainer trains on"
+    pod = job["spec"]["template"]["spec"]
+    assert len(pod["containers"]) == 1, f"{where(job)}: one container, the orchestrator"
+    return job, pod, pod["containers"][0]
+
+
+def _mounted_file(objects: tuple[dict[str, Any], ...], pod: dict[str, Any], c: dict[str, Any], path: str) -> str:
+    """The content of the ConfigMap file a container reads at `path`."""
+    mount = _mount_of(c, path)
+    assert mount, f"container {c['name']}: {path} is on no volume"
+    volume = {v["name"]: v for v in pod["volumes"]}[mount["name"]]
+    assert "configMap" in volume, f"container {c['name']}: {path} is not in a ConfigMap"
+    key = posixpath.relpath(path, mount["mountPath"]) if "subPath" not in mount else mount["subPath"]
+    return by_kind(objects, "ConfigMap")[volume["configMap"]["name"]]["data"][key]
+
+
+def _run_config(objects: tuple[dict[str, Any], ...], tmp_path: Path) -> TrainRunConfig:
+    """The run.toml of the orchestrator Job's `rollmesh train`, loaded as `rollmesh train` loads it."""
+    _, pod, c = _orchestrator(objects)
+    argv = c["command"] + c.get("args", [])
+    assert argv[:2] == ["rollmesh", "train"] and len(argv) == 3, f"{argv}: not `rollmesh train RUN.toml`"
+    (tmp_path / "run.toml").write_text(_mounted_file(objects, pod, c, argv[2]))
+    return load_train_config(tmp_path / "run.toml")
+
+
+def _same_directory(
+    a: tuple[dict[str, Any], dict[str, Any]], b: tuple[dict[str, Any], dict[str, Any]], path: str
+) -> dict[str, Any]:
+    """The persistentVolumeClaim on which two containers, each given with its pod, both see `path`,
+    mounted alike: one directory for both."""
+    claims, mounts = [], []
+    for pod, c in (a, b):
+        mount = _mount_of(c, path)
+        assert mount, f"container {c['name']}: {path} is on no volume"
+        claim = {v["name"]: v for v in pod["volumes"]}[mount["name"]].get("persistentVolumeClaim")
+        assert claim, f"container {c['name']}: {path} is not on a PersistentVolumeClaim"
+        claims.append(claim)
+        mounts.append(mount)
+    assert claims[0]["claimName"] == claims[1]["claimName"], f"{path}: on different claims {claims}"
+    for key in ("mountPath", "subPath"):
+        assert mounts[0].get(key) == mounts[1].get(key), f"{path}: {key} {[m.get(key) for m in mounts]}"
+    return claims[0]
+
+
+def test_the_orchestrator_job_runs_rollmesh_train_with_an_external_trainer(
+    objects: tuple[dict[str, Any], ...], tmp_path: Path
+) -> None:
+    job, pod, c = _orchestrator(objects)
+    cfg = _run_config(objects, tmp_path)
+    assert cfg.external_trainer is True, "run.toml: external_trainer = true (the trainer is the Job rollmesh-trainer)"
+    # the Deployments serve: the run starts no server in its pod, nothing serves there to probe
+    assert not cfg.mesh.envs and cfg.mesh.inference is None and cfg.mesh.rubric is None
+    assert not c.get("ports") and not any(p in c for p in ("readinessProbe", "livenessProbe", "startupProbe"))
+    # the bus of the mesh (an empty url would start an embedded nats-server in the pod)
+    configmaps = by_kind(objects, "ConfigMap")
+    mesh_env = {
+        k: v for ref in c.get("envFrom", []) for k, v in configmaps[ref["configMapRef"]["name"]]["data"].items()
+    }
+    urls = set(cfg.mesh.nats.url.split(","))
+    assert urls and urls == set(mesh_env["ROLLMESH_NATS_URL"].split(",")), "run.toml's NATS is not ROLLMESH_NATS_URL"
+    # a failed orchestrator is replaced (a finite run: a Job)
+    assert job["spec"].get("backoffLimit", 6) >= 1 and pod["restartPolicy"] in ("Never", "OnFailure")
+
+
+@needs_kubectl
+@pytest.mark.parametrize("name", OVERLAYS)
+def test_the_run_keeps_a_copy_of_each_stream_on_every_nats_server(name: str, tmp_path: Path) -> None:
+    # gpu: the chart as nats/values.yaml sets it; cpu-dev: one server (deploy/README.md installs the
+    # chart there with config.cluster.enabled=false), where replicas > 1 fails the run's start
+    servers = {"gpu": _get(_values(), "config.cluster.replicas"), "cpu-dev": 1}
+    assert name in servers, f"overlay {name}: how many NATS servers does it run on?"
+    replicas = _run_config(overlay(name), tmp_path).mesh.nats.replicas
+    assert (replicas or 1) == servers[name], (
+        f"{name}: run.toml mesh.nats.replicas = {replicas}, {servers[name]} servers"
+    )
+
+
+def test_the_orchestrator_identity_is_its_mounted_secret_and_no_ca_is_made(
+    objects: tuple[dict[str, Any], ...], secrets: dict[str, dict[str, Any]], tmp_path: Path
+) -> None:
+    _, pod, c = _orchestrator(objects)
+    cfg = _run_config(objects, tmp_path)
+    certs = cfg.mesh.security.certs
+    # security off would be plaintext; certs "" makes a new CA under <dir>/mesh/pki, unknown to NATS
+    assert cfg.mesh.security.enabled and certs, "run.toml: [mesh.security] certs = the orchestrator Secret's mount"
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    mount = _mount_of(c, posixpath.join(certs, "ca.pem"))
+    assert mount and mount["mountPath"] == certs and mount.get("readOnly") is True, f"{certs}: not a read-only mount"
+    secret = volumes[mount["name"]].get("secret", {}).get("secretName")
+    assert secret == "rollmesh-orchestrator-tls", (
+        f"{certs} is {mount['name']} ({secret}), not the orchestrator's Secret"
+    )
+    assert "ca-key.pem" not in secrets[secret]["data"], "the CA's key stays out of the cluster"
+    identity = pki.member_config(certs, "orchestrator")
+    for var, path in env_of(c).items():  # ROLLMESH_TLS_*, if set, name the same files
+        if var in security_tls.ENV_NAMES:
+            assert path == identity.env()[var], f"{var}={path}, but the run uses {identity.env()[var]}"
+    # What Mesh.start does first, on the files of that Secret, read-only: it uses them as they are.
+    pki_dir = tmp_path / "mounted"
+    pki_dir.mkdir()
+    for key in secrets[secret]["data"]:
+        (pki_dir / key).write_bytes(_secret_file(secrets, secret, key))
+    before = sorted(p.name for p in pki_dir.iterdir())
+    pki_dir.chmod(0o500)
+    security = cfg.mesh.security.model_copy(update={"certs": str(pki_dir)})
+    mesh = Mesh(cfg.mesh.model_copy(update={"security": security}))
+    previous = security_tls.current()
+    try:
+        mesh._secure()
+        used = security_tls.current()
+    finally:
+        security_tls.configure(previous)
+        pki_dir.chmod(0o700)
+    assert sorted(p.name for p in pki_dir.iterdir()) == before, "the orchestrator made credentials of its own"
+    files = ("orchestrator.pem", "orchestrator-key.pem", "ca.pem")
+    assert (used.cert, used.key, used.ca) == tuple(str(pki_dir / f) for f in files), used
+    subject = x509.load_pem_x509_certificate(Path(used.cert).read_bytes()).subject
+    assert subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == "orchestrator"
+
+
+def test_the_trainer_reads_the_trainer_toml_the_orchestrator_writes_in_the_shared_run_dir(
+    objects: tuple[dict[str, Any], ...], tmp_path: Path
+) -> None:
+    o_job, o_pod, orchestrator = _orchestrator(objects)
+    cfg = _run_config(objects, tmp_path)
+    run = str(run_dir(cfg))
+    assert posixpath.isabs(run), f"run.toml: dir = {cfg.dir!r}: give the path both Jobs mount"
+    job = _trainer_job(objects)
+    pod = job["spec"]["template"]["spec"]
+    trainer = pod["containers"][0]
+    # the orchestrator writes <run dir>/trainer.toml; the trainer's metrics.jsonl, which it follows, is there too
+    claim = _same_directory((o_pod, orchestrator), (pod, trainer), run)
+    for c in (orchestrator, trainer):
+        assert not _mount_of(c, run).get("readOnly"), f"container {c['name']}: {run} is read-only"  # type: ignore[union-attr]
+    assert _flag(trainer["args"], "--config") == posixpath.join(run, "trainer.toml"), "not the orchestrator's file"
+    # a volume every pod may mount at once, or the trainer's pods on the orchestrator's node
+    modes = by_kind(objects, "PersistentVolumeClaim")[claim["claimName"]]["spec"]["accessModes"]
+    if "ReadWriteMany" not in modes:
+        affinity = pod.get("affinity", {}).get("podAffinity", {})
+        labels = o_job["spec"]["template"]["metadata"]["labels"]
+        assert any(
+            t["topologyKey"] == "kubernetes.io/hostname" and label_selected(t["labelSelector"]["matchLabels"], labels)
+            for t in affinity.get("requiredDuringSchedulingIgnoredDuringExecution", [])
+        ), f"{claim['claimName']} is {modes}: the trainer pods must run on the orchestrator's node"
+    # the pods start once the orchestrator that runs now has written the file (see the next test)
+    waited = [posixpath.join(run, "trainer.toml"), posixpath.join(cfg.mesh.dir, "mesh.json")]
+    waits = [i for i in pod.get("initContainers", []) if (i.get("command", []) + i.get("args", []))[-2:] == waited]
+    assert len(waits) == 1, f"no init container waits for {waited}"
+    _same_directory((o_pod, orchestrator), (pod, waits[0]), cfg.mesh.dir)
+
+
+def test_the_wait_for_the_orchestrator_passes_only_a_trainer_toml_of_the_running_one(tmp_path: Path) -> None:
+    """The trainer's init container, run here: <mesh dir>/mesh.json exists while an orchestrator
+    runs (Mesh writes it once connected, before trainer.toml, and removes it when it stops)."""
+    if shutil.which("kubectl") is None or shutil.which("sh") is None:
+        pytest.skip("kubectl (kustomize) or sh is not installed")
+    pod = _trainer_job(render("base"))["spec"]["template"]["spec"]
+    wait = next(i for i in pod["initContainers"] if i["name"] == "wait-for-orchestrator")
+    argv = (wait["command"] + wait.get("args", []))[:-2]
+
+    def start(case: str, *files: str) -> subprocess.Popen[bytes]:
+        d = tmp_path / case
+        d.mkdir()
+        for i, name in enumerate(files):  # in this order, a second apart
+            (d / name).write_text("x = 1\n")
+            os.utime(d / name, (1_000_000 + i, 1_000_000 + i))
+        return subprocess.Popen([*argv, str(d / "trainer.toml"), str(d / "mesh.json")], stdout=subprocess.DEVNULL)
+
+    waiting = {
+        "none": start("none"),
+        "left by an earlier run": start("stale", "trainer.toml"),
+        "not yet written by the new orchestrator": start("new", "trainer.toml", "mesh.json"),
+    }
+    ready = start("ready", "mesh.json", "trainer.toml")
+    assert ready.wait(timeout=30) == 0
+    try:
+        time.sleep(1.0)
+        for case, proc in waiting.items():
+            assert proc.poll() is None, f"the trainer started with a trainer.toml {case}"
+    finally:
+        for proc in waiting.values():
+            proc.kill()
+            proc.wait()
+
+
+def test_the_trainer_config_the_orchestrator_writes_loads_and_lives_on_the_mounted_volumes(
+    objects: tuple[dict[str, Any], ...], tmp_path: Path
+) -> None:
+    cfg = _run_config(objects, tmp_path)
+    job = _trainer_job(objects)
+    pod = job["spec"]["template"]["spec"]
+    trainer = pod["containers"][0]
+    # what `rollmesh train` writes to <run dir>/trainer.toml (trainer.model given: no [mesh.inference])
+    written = trainer_config(cfg, nats_url=cfg.mesh.nats.url, model_path=cfg.trainer["model"])
+    (tmp_path / "trainer.toml").write_text(to_toml(written))
+    trainer_cfg = load_trainer_config(tmp_path / "trainer.toml")
+    assert _mount_of(trainer, trainer_cfg.model), f"trainer model {trainer_cfg.model} is on no volume"
+    for path in (trainer_cfg.checkpoint.dir, trainer_cfg.metrics_path):
+        mount = _mount_of(trainer, path)
+        assert mount and not mount.get("readOnly"), f"{path}: not writable in the trainer"
+    checkpoints = _mount_of(trainer, trainer_cfg.checkpoint.dir)
+    claim = {v["name"]: v for v in pod["volumes"]}[checkpoints["name"]].get("persistentVolumeClaim")  # type: ignore[index]
+    assert claim, "checkpoints must outlive the pods: a PersistentVolumeClaim"
+    modes = by_kind(objects, "PersistentVolumeClaim")[claim["claimName"]]["spec"]["accessModes"]
+    if job["spec"]["parallelism"] > 1:
+        assert "ReadWriteMany" in modes, "every trainer pod writes the checkpoint: ReadWriteMany"
+    # the inference servers serve the model the trainer starts from
+    inference = by_kind(objects, "Deployment")["rollmesh-inference"]["spec"]["template"]["spec"]["containers"][0]
+    assert _flag(inference["args"], "--model") == trainer_cfg.model
 
 
 # ---- Secrets: what secrets.sh makes is what the pods and the chart read ------------------------------
@@ -422,7 +635,7 @@ def test_secrets_hold_every_file_the_pods_read(
                 assert mount and mount["name"] in volumes, f"{where(o, c)}: {var}={path} is in no Secret volume"
                 _secret_file(secrets, volumes[mount["name"]], posixpath.relpath(path, mount["mountPath"]))
                 used += 1
-    assert used >= 12  # cert, key and CA of env, inference, rubric and trainer
+    assert used >= 15  # cert, key and CA of env, inference, rubric, trainer and orchestrator
 
 
 def _san_names(pem: bytes) -> set[str]:
