@@ -6,7 +6,11 @@ Exactly once, by stream sequence: each checkpoint records the stream sequence of
 whose effect it contains (the cursor). On start the trainer re-creates its durable consumer to
 deliver from cursor + 1, so a trainer killed after checkpoint k replays exactly the rollouts that
 came after it, in stream order, whatever happened to acknowledgements; rollouts at or below the
-cursor that JetStream redelivers while running are dropped. Acknowledgements follow checkpoints
+cursor that JetStream redelivers while running are dropped. Deliveries must arrive without a gap
+(each delivery has the next consumer sequence): one lost on the way (a connection cut while a pull
+was answered, a server lost) would come back only after ack_wait, behind the cursor, and be dropped;
+so at a gap the consumer is re-created just after the cursor and everything after it comes again,
+in order. Acknowledgements follow checkpoints
 (AckPolicy.ALL up to the checkpoint's cursor): they tell JetStream and operators how far training
 is durable, and are never trusted for correctness. One trainer (its rank 0) reads one run.
 
@@ -78,6 +82,8 @@ class RolloutConsumer:
         self.ack_wait_s = ack_wait_s
         self.max_ack_pending = max_ack_pending
         self.cursor = 0  # stream sequence of the last rollout handed out
+        self._delivered = 0  # consumer sequence of the last delivery received
+        self.resets = 0  # times a gap in the deliveries made the consumer start again
         self._sub: Any = None
         self._newest: Delivery | None = None  # newest delivery not yet acknowledged
 
@@ -103,6 +109,8 @@ class RolloutConsumer:
             self.subject, durable=self.durable, stream=bus.ROLLOUTS.name, config=config
         )
         self.cursor = after_seq
+        self._delivered = 0
+        self._newest = None  # a message of the consumer just deleted cannot be acknowledged
         log.info("consuming %s from stream sequence %d", self.subject, after_seq + 1)
 
     async def fetch(self, n: int, timeout_s: float = 5.0) -> list[Delivery]:
@@ -117,6 +125,16 @@ class RolloutConsumer:
             return []
         out = []
         for m in msgs:
+            if m.metadata.sequence.consumer != self._delivered + 1:
+                lost = m.metadata.sequence.consumer - self._delivered - 1
+                log.warning(
+                    "%d deliveries of %s were lost on the way; reading again from stream sequence %d",
+                    lost, self.subject, self.cursor + 1,
+                )  # fmt: skip
+                self.resets += 1
+                await self.start(self.cursor)
+                break
+            self._delivered = m.metadata.sequence.consumer
             seq = m.metadata.sequence.stream
             if seq <= self.cursor:  # a redelivery of something already handed out
                 continue
