@@ -228,11 +228,14 @@ def start_training(
     steps: int,
     extra: str = "",
     trainer_extra: str = "",
+    max_policy_lag: int = 0,
 ) -> Training:
     """Writes the run's file, starts `rollmesh train` (external trainer) and, once it has written the
     trainer's config into the shared run directory, the trainer's nodes."""
     run = workdir / "run"
-    (workdir / "run.toml").write_text(train_config(run, mesh, model, steps=steps, extra=extra) + trainer_extra)
+    (workdir / "run.toml").write_text(
+        train_config(run, mesh, model, steps=steps, extra=extra, max_policy_lag=max_policy_lag) + trainer_extra
+    )
     training = Training(mesh, run, mesh.start_train(orchestrator, workdir / "run.toml"), list(trainer_hosts))
     deadline = time.monotonic() + 120
     while not training.config.exists():
@@ -242,7 +245,9 @@ def start_training(
     return training
 
 
-def train_config(run_dir: Path, mesh: Mesh, model: Path, *, steps: int, extra: str = "") -> str:
+def train_config(
+    run_dir: Path, mesh: Mesh, model: Path, *, steps: int, extra: str = "", max_policy_lag: int = 0
+) -> str:
     return f"""
 run_id = "{RUN_ID}"
 dir = "{run_dir}"
@@ -274,6 +279,7 @@ lr = 1e-3
 
 [trainer.batch]
 rollouts_per_step = 16
+max_policy_lag = {max_policy_lag}
 
 [trainer.checkpoint]
 every_n_steps = 4
