@@ -246,16 +246,20 @@ class ScoreResponse(_message.Message):
     def __init__(self, rewards: _Optional[_Mapping[str, float]] = ..., reward: _Optional[float] = ..., metrics: _Optional[_Mapping[str, float]] = ...) -> None: ...
 
 class RunEpisodeRequest(_message.Message):
-    __slots__ = ("start", "inference_address", "model", "sampling")
+    __slots__ = ("start", "inference_address", "model", "sampling", "openai_base_url", "session_key")
     START_FIELD_NUMBER: _ClassVar[int]
     INFERENCE_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     SAMPLING_FIELD_NUMBER: _ClassVar[int]
+    OPENAI_BASE_URL_FIELD_NUMBER: _ClassVar[int]
+    SESSION_KEY_FIELD_NUMBER: _ClassVar[int]
     start: StartEpisode
     inference_address: str
     model: str
     sampling: _messages_pb2.SamplingParams
-    def __init__(self, start: _Optional[_Union[StartEpisode, _Mapping]] = ..., inference_address: _Optional[str] = ..., model: _Optional[str] = ..., sampling: _Optional[_Union[_messages_pb2.SamplingParams, _Mapping]] = ...) -> None: ...
+    openai_base_url: str
+    session_key: str
+    def __init__(self, start: _Optional[_Union[StartEpisode, _Mapping]] = ..., inference_address: _Optional[str] = ..., model: _Optional[str] = ..., sampling: _Optional[_Union[_messages_pb2.SamplingParams, _Mapping]] = ..., openai_base_url: _Optional[str] = ..., session_key: _Optional[str] = ...) -> None: ...
 
 class RunEpisodeResponse(_message.Message):
     __slots__ = ("trajectory",)

@@ -290,17 +290,40 @@ export interface ScoreResponse_MetricsEntry {
   value: number;
 }
 
+/**
+ * RunEpisode: the environment plays the whole episode with its own agent loop (a function, or an
+ * external program). Its model calls go to `openai_base_url`, an OpenAI-compatible endpoint of the
+ * caller, with `session_key` as the bearer token; the caller records every call's token ids and
+ * logprobs under that session and builds the trajectory's turns from them, so the episode trains
+ * token-exact. The environment returns the conversation, rewards and stop reason.
+ */
 export interface RunEpisodeRequest {
   start:
     | StartEpisode
     | undefined;
-  /** Address of an InferenceService to call. */
+  /**
+   * An InferenceService to call directly, for environments that make their own gRPC model calls
+   * and fill the trajectory's turns themselves. Empty when openai_base_url is set.
+   */
   inferenceAddress: string;
+  /** The model name to send in each call ("" = the endpoint's served model). */
   model: string;
-  sampling: SamplingParams | undefined;
+  /** The run's sampling: the caller applies it to every intercepted call, whatever the agent asks. */
+  sampling:
+    | SamplingParams
+    | undefined;
+  /** OpenAI-compatible base URL ending in "/v1" (POST {openai_base_url}/chat/completions). */
+  openaiBaseUrl: string;
+  /** Bearer token of this episode's calls: valid for this episode only, never logged. */
+  sessionKey: string;
 }
 
 export interface RunEpisodeResponse {
+  /**
+   * messages, rewards, reward, metrics, stop_reason and state from the environment; turns are
+   * filled by the caller from the intercepted calls (or by the environment when it called
+   * inference_address itself).
+   */
   trajectory: Trajectory | undefined;
 }
 
@@ -2850,7 +2873,7 @@ export const ScoreResponse_MetricsEntry: MessageFns<ScoreResponse_MetricsEntry> 
 };
 
 function createBaseRunEpisodeRequest(): RunEpisodeRequest {
-  return { start: undefined, inferenceAddress: "", model: "", sampling: undefined };
+  return { start: undefined, inferenceAddress: "", model: "", sampling: undefined, openaiBaseUrl: "", sessionKey: "" };
 }
 
 export const RunEpisodeRequest: MessageFns<RunEpisodeRequest> = {
@@ -2866,6 +2889,12 @@ export const RunEpisodeRequest: MessageFns<RunEpisodeRequest> = {
     }
     if (message.sampling !== undefined) {
       SamplingParams.encode(message.sampling, writer.uint32(34).fork()).join();
+    }
+    if (message.openaiBaseUrl !== "") {
+      writer.uint32(42).string(message.openaiBaseUrl);
+    }
+    if (message.sessionKey !== "") {
+      writer.uint32(50).string(message.sessionKey);
     }
     return writer;
   },
@@ -2915,6 +2944,22 @@ export const RunEpisodeRequest: MessageFns<RunEpisodeRequest> = {
             message.sampling = SamplingParams.decode(reader, reader.uint32());
             continue;
           }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.openaiBaseUrl = reader.string();
+            continue;
+          }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.sessionKey = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2937,6 +2982,16 @@ export const RunEpisodeRequest: MessageFns<RunEpisodeRequest> = {
         : "",
       model: isSet(object.model) ? globalThis.String(object.model) : "",
       sampling: isSet(object.sampling) ? SamplingParams.fromJSON(object.sampling) : undefined,
+      openaiBaseUrl: isSet(object.openaiBaseUrl)
+        ? globalThis.String(object.openaiBaseUrl)
+        : isSet(object.openai_base_url)
+        ? globalThis.String(object.openai_base_url)
+        : "",
+      sessionKey: isSet(object.sessionKey)
+        ? globalThis.String(object.sessionKey)
+        : isSet(object.session_key)
+        ? globalThis.String(object.session_key)
+        : "",
     };
   },
 
@@ -2954,6 +3009,12 @@ export const RunEpisodeRequest: MessageFns<RunEpisodeRequest> = {
     if (message.sampling !== undefined) {
       obj.sampling = SamplingParams.toJSON(message.sampling);
     }
+    if (message.openaiBaseUrl !== "") {
+      obj.openaiBaseUrl = message.openaiBaseUrl;
+    }
+    if (message.sessionKey !== "") {
+      obj.sessionKey = message.sessionKey;
+    }
     return obj;
   },
 
@@ -2970,6 +3031,8 @@ export const RunEpisodeRequest: MessageFns<RunEpisodeRequest> = {
     message.sampling = (object.sampling !== undefined && object.sampling !== null)
       ? SamplingParams.fromPartial(object.sampling)
       : undefined;
+    message.openaiBaseUrl = object.openaiBaseUrl ?? "";
+    message.sessionKey = object.sessionKey ?? "";
     return message;
   },
 };
