@@ -354,7 +354,8 @@ type SamplingParams struct {
 	// Number of samples per prompt.
 	N int32 `protobuf:"varint,7,opt,name=n,proto3" json:"n,omitempty"`
 	// Return the logprob of each sampled token: its log-probability under softmax(logits /
-	// temperature), before top-k/top-p/min-p truncation, as the trainer recomputes it.
+	// temperature) of the model's raw logits, before repetition penalty, bans and top-k/top-p/min-p
+	// truncation, as the trainer recomputes it.
 	Logprobs          bool     `protobuf:"varint,8,opt,name=logprobs,proto3" json:"logprobs,omitempty"`
 	MinP              *float64 `protobuf:"fixed64,9,opt,name=min_p,json=minP,proto3,oneof" json:"min_p,omitempty"`
 	RepetitionPenalty *float64 `protobuf:"fixed64,10,opt,name=repetition_penalty,json=repetitionPenalty,proto3,oneof" json:"repetition_penalty,omitempty"`

@@ -44,6 +44,10 @@ class ErrorReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     BACKEND_FAILED: _ClassVar[ErrorReason]
     WEIGHTS_TOO_LARGE: _ClassVar[ErrorReason]
     ENGINE_STOPPED: _ClassVar[ErrorReason]
+    CAPABILITY_MISSING: _ClassVar[ErrorReason]
+    UPSTREAM_AUTH_FAILED: _ClassVar[ErrorReason]
+    UPSTREAM_REJECTED: _ClassVar[ErrorReason]
+    UPSTREAM_RATE_LIMITED: _ClassVar[ErrorReason]
     UNKNOWN_RUBRIC: _ClassVar[ErrorReason]
     NO_RUBRIC: _ClassVar[ErrorReason]
     BAD_RUBRIC: _ClassVar[ErrorReason]
@@ -95,6 +99,10 @@ FILE_NOT_FOUND: ErrorReason
 BACKEND_FAILED: ErrorReason
 WEIGHTS_TOO_LARGE: ErrorReason
 ENGINE_STOPPED: ErrorReason
+CAPABILITY_MISSING: ErrorReason
+UPSTREAM_AUTH_FAILED: ErrorReason
+UPSTREAM_REJECTED: ErrorReason
+UPSTREAM_RATE_LIMITED: ErrorReason
 UNKNOWN_RUBRIC: ErrorReason
 NO_RUBRIC: ErrorReason
 BAD_RUBRIC: ErrorReason

@@ -27,15 +27,15 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from rollmesh.proto.v1 import messages_pb2 as rollmesh_dot_v1_dot_messages__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1brollmesh/v1/inference.proto\x12\x0brollmesh.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1arollmesh/v1/messages.proto\"\xaf\x01\n\tChatInput\x12&\n\x08messages\x18\x01 \x03(\x0b\x32\x14.rollmesh.v1.Message\x12$\n\x05tools\x18\x02 \x03(\x0b\x32\x15.rollmesh.v1.ToolSpec\x12\x1d\n\x15\x61\x64\x64_generation_prompt\x18\x03 \x01(\x08\x12\x35\n\x14\x63hat_template_kwargs\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\" \n\nTokenInput\x12\x12\n\nprompt_ids\x18\x01 \x03(\x05\"\xd3\x01\n\x0fGenerateRequest\x12&\n\x04\x63hat\x18\x01 \x01(\x0b\x32\x16.rollmesh.v1.ChatInputH\x00\x12)\n\x06tokens\x18\x02 \x01(\x0b\x32\x17.rollmesh.v1.TokenInputH\x00\x12-\n\x08sampling\x18\x03 \x01(\x0b\x32\x1b.rollmesh.v1.SamplingParams\x12\r\n\x05model\x18\x04 \x01(\t\x12\x12\n\nrequest_id\x18\x05 \x01(\t\x12\x12\n\nsession_id\x18\x06 \x01(\tB\x07\n\x05input\"\xa9\x01\n\x06Sample\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x16\n\x0e\x63ompletion_ids\x18\x03 \x03(\x05\x12\x10\n\x08logprobs\x18\x04 \x03(\x02\x12\x15\n\rfinish_reason\x18\x05 \x01(\t\x12\x16\n\x0epolicy_version\x18\x06 \x01(\x03\x12)\n\ntool_calls\x18\x07 \x03(\x0b\x32\x15.rollmesh.v1.ToolCall\"9\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\x03\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\x03\"~\n\x10GenerateResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x12\n\nprompt_ids\x18\x02 \x03(\x05\x12$\n\x07samples\x18\x03 \x03(\x0b\x32\x13.rollmesh.v1.Sample\x12!\n\x05usage\x18\x04 \x01(\x0b\x32\x12.rollmesh.v1.Usage\"F\n\x15GenerateStreamRequest\x12-\n\x07request\x18\x01 \x01(\x0b\x32\x1c.rollmesh.v1.GenerateRequest\"\xa3\x01\n\x16GenerateStreamResponse\x12\x12\n\nprompt_ids\x18\x01 \x03(\x05\x12\r\n\x05index\x18\x02 \x01(\x05\x12\x12\n\ntext_delta\x18\x03 \x01(\t\x12\x11\n\ttoken_ids\x18\x04 \x03(\x05\x12\x10\n\x08logprobs\x18\x05 \x03(\x02\x12\x15\n\rfinish_reason\x18\x06 \x01(\t\x12\x16\n\x0epolicy_version\x18\x07 \x01(\x03\"\x15\n\x13GetModelInfoRequest\"\xcb\x01\n\x14GetModelInfoResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x02 \x01(\t\x12\x16\n\x0e\x63ontext_length\x18\x03 \x01(\x05\x12\x11\n\ttokenizer\x18\x04 \x01(\t\x12\x15\n\rchat_template\x18\x05 \x01(\t\x12\x16\n\x0epolicy_version\x18\x06 \x01(\x03\x12\x12\n\nvocab_size\x18\x07 \x01(\x05\x12\x15\n\reos_token_ids\x18\x08 \x03(\x05\x12\x0e\n\x06paused\x18\t \x01(\x08\"R\n\x0fTokenizeRequest\x12&\n\x04\x63hat\x18\x01 \x01(\x0b\x32\x16.rollmesh.v1.ChatInputH\x00\x12\x0e\n\x04text\x18\x02 \x01(\tH\x00\x42\x07\n\x05input\"3\n\x10TokenizeResponse\x12\x11\n\ttoken_ids\x18\x01 \x03(\x05\x12\x0c\n\x04text\x18\x02 \x01(\t\"R\n\nTensorInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\'\n\x05\x64type\x18\x02 \x01(\x0e\x32\x18.rollmesh.v1.TensorDtype\x12\r\n\x05shape\x18\x03 \x03(\x03\"v\n\rWeightsHeader\x12\x16\n\x0epolicy_version\x18\x01 \x01(\x03\x12(\n\x07tensors\x18\x02 \x03(\x0b\x32\x17.rollmesh.v1.TensorInfo\x12\x13\n\x0btotal_bytes\x18\x03 \x01(\x03\x12\x0e\n\x06sha256\x18\x04 \x01(\t\"]\n\x14UpdateWeightsRequest\x12,\n\x06header\x18\x01 \x01(\x0b\x32\x1a.rollmesh.v1.WeightsHeaderH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04kind\"Y\n\x15UpdateWeightsResponse\x12\x16\n\x0epolicy_version\x18\x01 \x01(\x03\x12\x17\n\x0ftensors_updated\x18\x02 \x01(\x05\x12\x0f\n\x07\x61pply_s\x18\x03 \x01(\x01\":\n\x12LoadWeightsRequest\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x16\n\x0epolicy_version\x18\x02 \x01(\x03\"W\n\x13LoadWeightsResponse\x12\x16\n\x0epolicy_version\x18\x01 \x01(\x03\x12\x17\n\x0ftensors_updated\x18\x02 \x01(\x05\x12\x0f\n\x07\x61pply_s\x18\x03 \x01(\x01\"\x0e\n\x0cPauseRequest\"\x0f\n\rPauseResponse\"\x0f\n\rResumeRequest\"\x10\n\x0eResumeResponse*\xb0\x01\n\x0bTensorDtype\x12\x1c\n\x18TENSOR_DTYPE_UNSPECIFIED\x10\x00\x12\x14\n\x10TENSOR_DTYPE_F32\x10\x01\x12\x14\n\x10TENSOR_DTYPE_F16\x10\x02\x12\x15\n\x11TENSOR_DTYPE_BF16\x10\x03\x12\x14\n\x10TENSOR_DTYPE_F64\x10\x04\x12\x14\n\x10TENSOR_DTYPE_I64\x10\x05\x12\x14\n\x10TENSOR_DTYPE_I32\x10\x06\x32\x85\x05\n\x10InferenceService\x12G\n\x08Generate\x12\x1c.rollmesh.v1.GenerateRequest\x1a\x1d.rollmesh.v1.GenerateResponse\x12[\n\x0eGenerateStream\x12\".rollmesh.v1.GenerateStreamRequest\x1a#.rollmesh.v1.GenerateStreamResponse0\x01\x12S\n\x0cGetModelInfo\x12 .rollmesh.v1.GetModelInfoRequest\x1a!.rollmesh.v1.GetModelInfoResponse\x12G\n\x08Tokenize\x12\x1c.rollmesh.v1.TokenizeRequest\x1a\x1d.rollmesh.v1.TokenizeResponse\x12X\n\rUpdateWeights\x12!.rollmesh.v1.UpdateWeightsRequest\x1a\".rollmesh.v1.UpdateWeightsResponse(\x01\x12P\n\x0bLoadWeights\x12\x1f.rollmesh.v1.LoadWeightsRequest\x1a .rollmesh.v1.LoadWeightsResponse\x12>\n\x05Pause\x12\x19.rollmesh.v1.PauseRequest\x1a\x1a.rollmesh.v1.PauseResponse\x12\x41\n\x06Resume\x12\x1a.rollmesh.v1.ResumeRequest\x1a\x1b.rollmesh.v1.ResumeResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1brollmesh/v1/inference.proto\x12\x0brollmesh.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1arollmesh/v1/messages.proto\"\xaf\x01\n\tChatInput\x12&\n\x08messages\x18\x01 \x03(\x0b\x32\x14.rollmesh.v1.Message\x12$\n\x05tools\x18\x02 \x03(\x0b\x32\x15.rollmesh.v1.ToolSpec\x12\x1d\n\x15\x61\x64\x64_generation_prompt\x18\x03 \x01(\x08\x12\x35\n\x14\x63hat_template_kwargs\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\" \n\nTokenInput\x12\x12\n\nprompt_ids\x18\x01 \x03(\x05\"\xd3\x01\n\x0fGenerateRequest\x12&\n\x04\x63hat\x18\x01 \x01(\x0b\x32\x16.rollmesh.v1.ChatInputH\x00\x12)\n\x06tokens\x18\x02 \x01(\x0b\x32\x17.rollmesh.v1.TokenInputH\x00\x12-\n\x08sampling\x18\x03 \x01(\x0b\x32\x1b.rollmesh.v1.SamplingParams\x12\r\n\x05model\x18\x04 \x01(\t\x12\x12\n\nrequest_id\x18\x05 \x01(\t\x12\x12\n\nsession_id\x18\x06 \x01(\tB\x07\n\x05input\"\xa9\x01\n\x06Sample\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x16\n\x0e\x63ompletion_ids\x18\x03 \x03(\x05\x12\x10\n\x08logprobs\x18\x04 \x03(\x02\x12\x15\n\rfinish_reason\x18\x05 \x01(\t\x12\x16\n\x0epolicy_version\x18\x06 \x01(\x03\x12)\n\ntool_calls\x18\x07 \x03(\x0b\x32\x15.rollmesh.v1.ToolCall\"9\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\x03\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\x03\"~\n\x10GenerateResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x12\n\nprompt_ids\x18\x02 \x03(\x05\x12$\n\x07samples\x18\x03 \x03(\x0b\x32\x13.rollmesh.v1.Sample\x12!\n\x05usage\x18\x04 \x01(\x0b\x32\x12.rollmesh.v1.Usage\"F\n\x15GenerateStreamRequest\x12-\n\x07request\x18\x01 \x01(\x0b\x32\x1c.rollmesh.v1.GenerateRequest\"\xa3\x01\n\x16GenerateStreamResponse\x12\x12\n\nprompt_ids\x18\x01 \x03(\x05\x12\r\n\x05index\x18\x02 \x01(\x05\x12\x12\n\ntext_delta\x18\x03 \x01(\t\x12\x11\n\ttoken_ids\x18\x04 \x03(\x05\x12\x10\n\x08logprobs\x18\x05 \x03(\x02\x12\x15\n\rfinish_reason\x18\x06 \x01(\t\x12\x16\n\x0epolicy_version\x18\x07 \x01(\x03\"\x15\n\x13GetModelInfoRequest\"P\n\x11ModelCapabilities\x12\x11\n\ttoken_ids\x18\x01 \x01(\x08\x12\x10\n\x08logprobs\x18\x02 \x01(\x08\x12\x16\n\x0eweight_updates\x18\x03 \x01(\x08\"\x93\x02\n\x14GetModelInfoResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x02 \x01(\t\x12\x16\n\x0e\x63ontext_length\x18\x03 \x01(\x05\x12\x11\n\ttokenizer\x18\x04 \x01(\t\x12\x15\n\rchat_template\x18\x05 \x01(\t\x12\x16\n\x0epolicy_version\x18\x06 \x01(\x03\x12\x12\n\nvocab_size\x18\x07 \x01(\x05\x12\x15\n\reos_token_ids\x18\x08 \x03(\x05\x12\x0e\n\x06paused\x18\t \x01(\x08\x12\x34\n\x0c\x63\x61pabilities\x18\n \x01(\x0b\x32\x1e.rollmesh.v1.ModelCapabilities\x12\x10\n\x08\x65ndpoint\x18\x0b \x01(\t\"R\n\x0fTokenizeRequest\x12&\n\x04\x63hat\x18\x01 \x01(\x0b\x32\x16.rollmesh.v1.ChatInputH\x00\x12\x0e\n\x04text\x18\x02 \x01(\tH\x00\x42\x07\n\x05input\"3\n\x10TokenizeResponse\x12\x11\n\ttoken_ids\x18\x01 \x03(\x05\x12\x0c\n\x04text\x18\x02 \x01(\t\"R\n\nTensorInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\'\n\x05\x64type\x18\x02 \x01(\x0e\x32\x18.rollmesh.v1.TensorDtype\x12\r\n\x05shape\x18\x03 \x03(\x03\"v\n\rWeightsHeader\x12\x16\n\x0epolicy_version\x18\x01 \x01(\x03\x12(\n\x07tensors\x18\x02 \x03(\x0b\x32\x17.rollmesh.v1.TensorInfo\x12\x13\n\x0btotal_bytes\x18\x03 \x01(\x03\x12\x0e\n\x06sha256\x18\x04 \x01(\t\"]\n\x14UpdateWeightsRequest\x12,\n\x06header\x18\x01 \x01(\x0b\x32\x1a.rollmesh.v1.WeightsHeaderH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04kind\"Y\n\x15UpdateWeightsResponse\x12\x16\n\x0epolicy_version\x18\x01 \x01(\x03\x12\x17\n\x0ftensors_updated\x18\x02 \x01(\x05\x12\x0f\n\x07\x61pply_s\x18\x03 \x01(\x01\":\n\x12LoadWeightsRequest\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x16\n\x0epolicy_version\x18\x02 \x01(\x03\"W\n\x13LoadWeightsResponse\x12\x16\n\x0epolicy_version\x18\x01 \x01(\x03\x12\x17\n\x0ftensors_updated\x18\x02 \x01(\x05\x12\x0f\n\x07\x61pply_s\x18\x03 \x01(\x01\"\x0e\n\x0cPauseRequest\"\x0f\n\rPauseResponse\"\x0f\n\rResumeRequest\"\x10\n\x0eResumeResponse*\xb0\x01\n\x0bTensorDtype\x12\x1c\n\x18TENSOR_DTYPE_UNSPECIFIED\x10\x00\x12\x14\n\x10TENSOR_DTYPE_F32\x10\x01\x12\x14\n\x10TENSOR_DTYPE_F16\x10\x02\x12\x15\n\x11TENSOR_DTYPE_BF16\x10\x03\x12\x14\n\x10TENSOR_DTYPE_F64\x10\x04\x12\x14\n\x10TENSOR_DTYPE_I64\x10\x05\x12\x14\n\x10TENSOR_DTYPE_I32\x10\x06\x32\x85\x05\n\x10InferenceService\x12G\n\x08Generate\x12\x1c.rollmesh.v1.GenerateRequest\x1a\x1d.rollmesh.v1.GenerateResponse\x12[\n\x0eGenerateStream\x12\".rollmesh.v1.GenerateStreamRequest\x1a#.rollmesh.v1.GenerateStreamResponse0\x01\x12S\n\x0cGetModelInfo\x12 .rollmesh.v1.GetModelInfoRequest\x1a!.rollmesh.v1.GetModelInfoResponse\x12G\n\x08Tokenize\x12\x1c.rollmesh.v1.TokenizeRequest\x1a\x1d.rollmesh.v1.TokenizeResponse\x12X\n\rUpdateWeights\x12!.rollmesh.v1.UpdateWeightsRequest\x1a\".rollmesh.v1.UpdateWeightsResponse(\x01\x12P\n\x0bLoadWeights\x12\x1f.rollmesh.v1.LoadWeightsRequest\x1a .rollmesh.v1.LoadWeightsResponse\x12>\n\x05Pause\x12\x19.rollmesh.v1.PauseRequest\x1a\x1a.rollmesh.v1.PauseResponse\x12\x41\n\x06Resume\x12\x1a.rollmesh.v1.ResumeRequest\x1a\x1b.rollmesh.v1.ResumeResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'rollmesh.v1.inference_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_TENSORDTYPE']._serialized_start=2099
-  _globals['_TENSORDTYPE']._serialized_end=2275
+  _globals['_TENSORDTYPE']._serialized_start=2253
+  _globals['_TENSORDTYPE']._serialized_end=2429
   _globals['_CHATINPUT']._serialized_start=103
   _globals['_CHATINPUT']._serialized_end=278
   _globals['_TOKENINPUT']._serialized_start=280
@@ -54,32 +54,34 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GENERATESTREAMRESPONSE']._serialized_end=1123
   _globals['_GETMODELINFOREQUEST']._serialized_start=1125
   _globals['_GETMODELINFOREQUEST']._serialized_end=1146
-  _globals['_GETMODELINFORESPONSE']._serialized_start=1149
-  _globals['_GETMODELINFORESPONSE']._serialized_end=1352
-  _globals['_TOKENIZEREQUEST']._serialized_start=1354
-  _globals['_TOKENIZEREQUEST']._serialized_end=1436
-  _globals['_TOKENIZERESPONSE']._serialized_start=1438
-  _globals['_TOKENIZERESPONSE']._serialized_end=1489
-  _globals['_TENSORINFO']._serialized_start=1491
-  _globals['_TENSORINFO']._serialized_end=1573
-  _globals['_WEIGHTSHEADER']._serialized_start=1575
-  _globals['_WEIGHTSHEADER']._serialized_end=1693
-  _globals['_UPDATEWEIGHTSREQUEST']._serialized_start=1695
-  _globals['_UPDATEWEIGHTSREQUEST']._serialized_end=1788
-  _globals['_UPDATEWEIGHTSRESPONSE']._serialized_start=1790
-  _globals['_UPDATEWEIGHTSRESPONSE']._serialized_end=1879
-  _globals['_LOADWEIGHTSREQUEST']._serialized_start=1881
-  _globals['_LOADWEIGHTSREQUEST']._serialized_end=1939
-  _globals['_LOADWEIGHTSRESPONSE']._serialized_start=1941
-  _globals['_LOADWEIGHTSRESPONSE']._serialized_end=2028
-  _globals['_PAUSEREQUEST']._serialized_start=2030
-  _globals['_PAUSEREQUEST']._serialized_end=2044
-  _globals['_PAUSERESPONSE']._serialized_start=2046
-  _globals['_PAUSERESPONSE']._serialized_end=2061
-  _globals['_RESUMEREQUEST']._serialized_start=2063
-  _globals['_RESUMEREQUEST']._serialized_end=2078
-  _globals['_RESUMERESPONSE']._serialized_start=2080
-  _globals['_RESUMERESPONSE']._serialized_end=2096
-  _globals['_INFERENCESERVICE']._serialized_start=2278
-  _globals['_INFERENCESERVICE']._serialized_end=2923
+  _globals['_MODELCAPABILITIES']._serialized_start=1148
+  _globals['_MODELCAPABILITIES']._serialized_end=1228
+  _globals['_GETMODELINFORESPONSE']._serialized_start=1231
+  _globals['_GETMODELINFORESPONSE']._serialized_end=1506
+  _globals['_TOKENIZEREQUEST']._serialized_start=1508
+  _globals['_TOKENIZEREQUEST']._serialized_end=1590
+  _globals['_TOKENIZERESPONSE']._serialized_start=1592
+  _globals['_TOKENIZERESPONSE']._serialized_end=1643
+  _globals['_TENSORINFO']._serialized_start=1645
+  _globals['_TENSORINFO']._serialized_end=1727
+  _globals['_WEIGHTSHEADER']._serialized_start=1729
+  _globals['_WEIGHTSHEADER']._serialized_end=1847
+  _globals['_UPDATEWEIGHTSREQUEST']._serialized_start=1849
+  _globals['_UPDATEWEIGHTSREQUEST']._serialized_end=1942
+  _globals['_UPDATEWEIGHTSRESPONSE']._serialized_start=1944
+  _globals['_UPDATEWEIGHTSRESPONSE']._serialized_end=2033
+  _globals['_LOADWEIGHTSREQUEST']._serialized_start=2035
+  _globals['_LOADWEIGHTSREQUEST']._serialized_end=2093
+  _globals['_LOADWEIGHTSRESPONSE']._serialized_start=2095
+  _globals['_LOADWEIGHTSRESPONSE']._serialized_end=2182
+  _globals['_PAUSEREQUEST']._serialized_start=2184
+  _globals['_PAUSEREQUEST']._serialized_end=2198
+  _globals['_PAUSERESPONSE']._serialized_start=2200
+  _globals['_PAUSERESPONSE']._serialized_end=2215
+  _globals['_RESUMEREQUEST']._serialized_start=2217
+  _globals['_RESUMEREQUEST']._serialized_end=2232
+  _globals['_RESUMERESPONSE']._serialized_start=2234
+  _globals['_RESUMERESPONSE']._serialized_end=2250
+  _globals['_INFERENCESERVICE']._serialized_start=2432
+  _globals['_INFERENCESERVICE']._serialized_end=3077
 # @@protoc_insertion_point(module_scope)

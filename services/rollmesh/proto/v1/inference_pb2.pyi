@@ -127,8 +127,18 @@ class GetModelInfoRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
+class ModelCapabilities(_message.Message):
+    __slots__ = ("token_ids", "logprobs", "weight_updates")
+    TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
+    LOGPROBS_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_UPDATES_FIELD_NUMBER: _ClassVar[int]
+    token_ids: bool
+    logprobs: bool
+    weight_updates: bool
+    def __init__(self, token_ids: _Optional[bool] = ..., logprobs: _Optional[bool] = ..., weight_updates: _Optional[bool] = ...) -> None: ...
+
 class GetModelInfoResponse(_message.Message):
-    __slots__ = ("model", "backend", "context_length", "tokenizer", "chat_template", "policy_version", "vocab_size", "eos_token_ids", "paused")
+    __slots__ = ("model", "backend", "context_length", "tokenizer", "chat_template", "policy_version", "vocab_size", "eos_token_ids", "paused", "capabilities", "endpoint")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     BACKEND_FIELD_NUMBER: _ClassVar[int]
     CONTEXT_LENGTH_FIELD_NUMBER: _ClassVar[int]
@@ -138,6 +148,8 @@ class GetModelInfoResponse(_message.Message):
     VOCAB_SIZE_FIELD_NUMBER: _ClassVar[int]
     EOS_TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
     PAUSED_FIELD_NUMBER: _ClassVar[int]
+    CAPABILITIES_FIELD_NUMBER: _ClassVar[int]
+    ENDPOINT_FIELD_NUMBER: _ClassVar[int]
     model: str
     backend: str
     context_length: int
@@ -147,7 +159,9 @@ class GetModelInfoResponse(_message.Message):
     vocab_size: int
     eos_token_ids: _containers.RepeatedScalarFieldContainer[int]
     paused: bool
-    def __init__(self, model: _Optional[str] = ..., backend: _Optional[str] = ..., context_length: _Optional[int] = ..., tokenizer: _Optional[str] = ..., chat_template: _Optional[str] = ..., policy_version: _Optional[int] = ..., vocab_size: _Optional[int] = ..., eos_token_ids: _Optional[_Iterable[int]] = ..., paused: _Optional[bool] = ...) -> None: ...
+    capabilities: ModelCapabilities
+    endpoint: str
+    def __init__(self, model: _Optional[str] = ..., backend: _Optional[str] = ..., context_length: _Optional[int] = ..., tokenizer: _Optional[str] = ..., chat_template: _Optional[str] = ..., policy_version: _Optional[int] = ..., vocab_size: _Optional[int] = ..., eos_token_ids: _Optional[_Iterable[int]] = ..., paused: _Optional[bool] = ..., capabilities: _Optional[_Union[ModelCapabilities, _Mapping]] = ..., endpoint: _Optional[str] = ...) -> None: ...
 
 class TokenizeRequest(_message.Message):
     __slots__ = ("chat", "text")

@@ -28,7 +28,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from rollmesh.proto.v1 import messages_pb2 as rollmesh_dot_v1_dot_messages__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1crollmesh/v1/trajectory.proto\x12\x0brollmesh.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1arollmesh/v1/messages.proto\"\x97\x01\n\x04Turn\x12\x12\n\nprompt_ids\x18\x01 \x03(\x05\x12\x16\n\x0e\x63ompletion_ids\x18\x02 \x03(\x05\x12\x1b\n\x13\x63ompletion_logprobs\x18\x03 \x03(\x02\x12\x17\n\x0f\x63ompletion_mask\x18\x04 \x03(\x05\x12\x15\n\rfinish_reason\x18\x05 \x01(\t\x12\x16\n\x0epolicy_version\x18\x06 \x01(\x03\"Y\n\x05\x45rror\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x0e\n\x06source\x18\x03 \x01(\t\x12\x11\n\tretryable\x18\x04 \x01(\x08\x12\x0e\n\x06reason\x18\x05 \x01(\t\"\x89\x01\n\x06Timing\x12.\n\nstarted_at\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07total_s\x18\x02 \x01(\x01\x12\x14\n\x0cgeneration_s\x18\x03 \x01(\x01\x12\x15\n\renvironment_s\x18\x04 \x01(\x01\x12\x11\n\tscoring_s\x18\x05 \x01(\x01\"\x87\x02\n\nProvenance\x12\x10\n\x08\x65nv_name\x18\x01 \x01(\t\x12\x13\n\x0b\x65nv_version\x18\x02 \x01(\t\x12\x12\n\nenv_digest\x18\x03 \x01(\t\x12\r\n\x05model\x18\x04 \x01(\t\x12\x16\n\x0epolicy_version\x18\x05 \x01(\x03\x12-\n\x08sampling\x18\x06 \x01(\x0b\x32\x1b.rollmesh.v1.SamplingParams\x12\x0c\n\x04seed\x18\x07 \x01(\x03\x12\x18\n\x10rollmesh_version\x18\x08 \x01(\t\x12\x10\n\x08trace_id\x18\t \x01(\t\x12\x13\n\x0b\x65nv_address\x18\n \x01(\t\x12\x19\n\x11inference_address\x18\x0b \x01(\t\"\xfe\x04\n\nTrajectory\x12\x15\n\rtrajectory_id\x18\x01 \x01(\t\x12\x10\n\x08group_id\x18\x02 \x01(\t\x12\x0e\n\x06run_id\x18\x03 \x01(\t\x12\x1f\n\x04task\x18\x04 \x01(\x0b\x32\x11.rollmesh.v1.Task\x12&\n\x08messages\x18\x05 \x03(\x0b\x32\x14.rollmesh.v1.Message\x12 \n\x05turns\x18\x06 \x03(\x0b\x32\x11.rollmesh.v1.Turn\x12\x35\n\x07rewards\x18\x07 \x03(\x0b\x32$.rollmesh.v1.Trajectory.RewardsEntry\x12\x0e\n\x06reward\x18\x08 \x01(\x01\x12\x11\n\tadvantage\x18\t \x01(\x01\x12\x35\n\x07metrics\x18\n \x03(\x0b\x32$.rollmesh.v1.Trajectory.MetricsEntry\x12,\n\x0bstop_reason\x18\x0b \x01(\x0e\x32\x17.rollmesh.v1.StopReason\x12!\n\x05\x65rror\x18\x0c \x01(\x0b\x32\x12.rollmesh.v1.Error\x12#\n\x06timing\x18\r \x01(\x0b\x32\x13.rollmesh.v1.Timing\x12+\n\nprovenance\x18\x0e \x01(\x0b\x32\x17.rollmesh.v1.Provenance\x12&\n\x05state\x18\x0f \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x10\n\x08\x61ttempts\x18\x10 \x01(\x05\x1a.\n\x0cRewardsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01*\xa4\x01\n\nStopReason\x12\x1b\n\x17STOP_REASON_UNSPECIFIED\x10\x00\x12\x14\n\x10STOP_REASON_DONE\x10\x01\x12\x19\n\x15STOP_REASON_MAX_TURNS\x10\x02\x12\x16\n\x12STOP_REASON_LENGTH\x10\x03\x12\x15\n\x11STOP_REASON_ERROR\x10\x04\x12\x19\n\x15STOP_REASON_CANCELLED\x10\x05\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1crollmesh/v1/trajectory.proto\x12\x0brollmesh.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1arollmesh/v1/messages.proto\"\x97\x01\n\x04Turn\x12\x12\n\nprompt_ids\x18\x01 \x03(\x05\x12\x16\n\x0e\x63ompletion_ids\x18\x02 \x03(\x05\x12\x1b\n\x13\x63ompletion_logprobs\x18\x03 \x03(\x02\x12\x17\n\x0f\x63ompletion_mask\x18\x04 \x03(\x05\x12\x15\n\rfinish_reason\x18\x05 \x01(\t\x12\x16\n\x0epolicy_version\x18\x06 \x01(\x03\"Y\n\x05\x45rror\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x0e\n\x06source\x18\x03 \x01(\t\x12\x11\n\tretryable\x18\x04 \x01(\x08\x12\x0e\n\x06reason\x18\x05 \x01(\t\"\x89\x01\n\x06Timing\x12.\n\nstarted_at\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07total_s\x18\x02 \x01(\x01\x12\x14\n\x0cgeneration_s\x18\x03 \x01(\x01\x12\x15\n\renvironment_s\x18\x04 \x01(\x01\x12\x11\n\tscoring_s\x18\x05 \x01(\x01\"\xac\x02\n\nProvenance\x12\x10\n\x08\x65nv_name\x18\x01 \x01(\t\x12\x13\n\x0b\x65nv_version\x18\x02 \x01(\t\x12\x12\n\nenv_digest\x18\x03 \x01(\t\x12\r\n\x05model\x18\x04 \x01(\t\x12\x16\n\x0epolicy_version\x18\x05 \x01(\x03\x12-\n\x08sampling\x18\x06 \x01(\x0b\x32\x1b.rollmesh.v1.SamplingParams\x12\x0c\n\x04seed\x18\x07 \x01(\x03\x12\x18\n\x10rollmesh_version\x18\x08 \x01(\t\x12\x10\n\x08trace_id\x18\t \x01(\t\x12\x13\n\x0b\x65nv_address\x18\n \x01(\t\x12\x19\n\x11inference_address\x18\x0b \x01(\t\x12\x11\n\ttext_only\x18\x0c \x01(\x08\x12\x10\n\x08\x65ndpoint\x18\r \x01(\t\"\xfe\x04\n\nTrajectory\x12\x15\n\rtrajectory_id\x18\x01 \x01(\t\x12\x10\n\x08group_id\x18\x02 \x01(\t\x12\x0e\n\x06run_id\x18\x03 \x01(\t\x12\x1f\n\x04task\x18\x04 \x01(\x0b\x32\x11.rollmesh.v1.Task\x12&\n\x08messages\x18\x05 \x03(\x0b\x32\x14.rollmesh.v1.Message\x12 \n\x05turns\x18\x06 \x03(\x0b\x32\x11.rollmesh.v1.Turn\x12\x35\n\x07rewards\x18\x07 \x03(\x0b\x32$.rollmesh.v1.Trajectory.RewardsEntry\x12\x0e\n\x06reward\x18\x08 \x01(\x01\x12\x11\n\tadvantage\x18\t \x01(\x01\x12\x35\n\x07metrics\x18\n \x03(\x0b\x32$.rollmesh.v1.Trajectory.MetricsEntry\x12,\n\x0bstop_reason\x18\x0b \x01(\x0e\x32\x17.rollmesh.v1.StopReason\x12!\n\x05\x65rror\x18\x0c \x01(\x0b\x32\x12.rollmesh.v1.Error\x12#\n\x06timing\x18\r \x01(\x0b\x32\x13.rollmesh.v1.Timing\x12+\n\nprovenance\x18\x0e \x01(\x0b\x32\x17.rollmesh.v1.Provenance\x12&\n\x05state\x18\x0f \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x10\n\x08\x61ttempts\x18\x10 \x01(\x05\x1a.\n\x0cRewardsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01*\xa4\x01\n\nStopReason\x12\x1b\n\x17STOP_REASON_UNSPECIFIED\x10\x00\x12\x14\n\x10STOP_REASON_DONE\x10\x01\x12\x19\n\x15STOP_REASON_MAX_TURNS\x10\x02\x12\x16\n\x12STOP_REASON_LENGTH\x10\x03\x12\x15\n\x11STOP_REASON_ERROR\x10\x04\x12\x19\n\x15STOP_REASON_CANCELLED\x10\x05\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,8 +39,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TRAJECTORY_REWARDSENTRY']._serialized_options = b'8\001'
   _globals['_TRAJECTORY_METRICSENTRY']._loaded_options = None
   _globals['_TRAJECTORY_METRICSENTRY']._serialized_options = b'8\001'
-  _globals['_STOPREASON']._serialized_start=1429
-  _globals['_STOPREASON']._serialized_end=1593
+  _globals['_STOPREASON']._serialized_start=1466
+  _globals['_STOPREASON']._serialized_end=1630
   _globals['_TURN']._serialized_start=137
   _globals['_TURN']._serialized_end=288
   _globals['_ERROR']._serialized_start=290
@@ -48,11 +48,11 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TIMING']._serialized_start=382
   _globals['_TIMING']._serialized_end=519
   _globals['_PROVENANCE']._serialized_start=522
-  _globals['_PROVENANCE']._serialized_end=785
-  _globals['_TRAJECTORY']._serialized_start=788
-  _globals['_TRAJECTORY']._serialized_end=1426
-  _globals['_TRAJECTORY_REWARDSENTRY']._serialized_start=1332
-  _globals['_TRAJECTORY_REWARDSENTRY']._serialized_end=1378
-  _globals['_TRAJECTORY_METRICSENTRY']._serialized_start=1380
-  _globals['_TRAJECTORY_METRICSENTRY']._serialized_end=1426
+  _globals['_PROVENANCE']._serialized_end=822
+  _globals['_TRAJECTORY']._serialized_start=825
+  _globals['_TRAJECTORY']._serialized_end=1463
+  _globals['_TRAJECTORY_REWARDSENTRY']._serialized_start=1369
+  _globals['_TRAJECTORY_REWARDSENTRY']._serialized_end=1415
+  _globals['_TRAJECTORY_METRICSENTRY']._serialized_start=1417
+  _globals['_TRAJECTORY_METRICSENTRY']._serialized_end=1463
 # @@protoc_insertion_point(module_scope)

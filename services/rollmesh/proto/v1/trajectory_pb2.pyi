@@ -73,7 +73,7 @@ class Timing(_message.Message):
     def __init__(self, started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., total_s: _Optional[float] = ..., generation_s: _Optional[float] = ..., environment_s: _Optional[float] = ..., scoring_s: _Optional[float] = ...) -> None: ...
 
 class Provenance(_message.Message):
-    __slots__ = ("env_name", "env_version", "env_digest", "model", "policy_version", "sampling", "seed", "rollmesh_version", "trace_id", "env_address", "inference_address")
+    __slots__ = ("env_name", "env_version", "env_digest", "model", "policy_version", "sampling", "seed", "rollmesh_version", "trace_id", "env_address", "inference_address", "text_only", "endpoint")
     ENV_NAME_FIELD_NUMBER: _ClassVar[int]
     ENV_VERSION_FIELD_NUMBER: _ClassVar[int]
     ENV_DIGEST_FIELD_NUMBER: _ClassVar[int]
@@ -85,6 +85,8 @@ class Provenance(_message.Message):
     TRACE_ID_FIELD_NUMBER: _ClassVar[int]
     ENV_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     INFERENCE_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    TEXT_ONLY_FIELD_NUMBER: _ClassVar[int]
+    ENDPOINT_FIELD_NUMBER: _ClassVar[int]
     env_name: str
     env_version: str
     env_digest: str
@@ -96,7 +98,9 @@ class Provenance(_message.Message):
     trace_id: str
     env_address: str
     inference_address: str
-    def __init__(self, env_name: _Optional[str] = ..., env_version: _Optional[str] = ..., env_digest: _Optional[str] = ..., model: _Optional[str] = ..., policy_version: _Optional[int] = ..., sampling: _Optional[_Union[_messages_pb2.SamplingParams, _Mapping]] = ..., seed: _Optional[int] = ..., rollmesh_version: _Optional[str] = ..., trace_id: _Optional[str] = ..., env_address: _Optional[str] = ..., inference_address: _Optional[str] = ...) -> None: ...
+    text_only: bool
+    endpoint: str
+    def __init__(self, env_name: _Optional[str] = ..., env_version: _Optional[str] = ..., env_digest: _Optional[str] = ..., model: _Optional[str] = ..., policy_version: _Optional[int] = ..., sampling: _Optional[_Union[_messages_pb2.SamplingParams, _Mapping]] = ..., seed: _Optional[int] = ..., rollmesh_version: _Optional[str] = ..., trace_id: _Optional[str] = ..., env_address: _Optional[str] = ..., inference_address: _Optional[str] = ..., text_only: _Optional[bool] = ..., endpoint: _Optional[str] = ...) -> None: ...
 
 class Trajectory(_message.Message):
     __slots__ = ("trajectory_id", "group_id", "run_id", "task", "messages", "turns", "rewards", "reward", "advantage", "metrics", "stop_reason", "error", "timing", "provenance", "state", "attempts")

@@ -85,7 +85,10 @@ export enum ErrorReason {
   INVALID_PAGE_TOKEN = 33,
   /** INVALID_PAGE_SIZE - INVALID_ARGUMENT: ListTasks page_size < 0. */
   INVALID_PAGE_SIZE = 34,
-  /** INFERENCE_UNREACHABLE - UNAVAILABLE: an inference server this call depends on (RunEpisode's, a judge's) is unreachable. */
+  /**
+   * INFERENCE_UNREACHABLE - UNAVAILABLE: an inference server this call depends on (RunEpisode's, a judge's, the endpoint
+   * behind an "openai" inference backend) is unreachable.
+   */
   INFERENCE_UNREACHABLE = 35,
   /** UNKNOWN_MODEL - NOT_FOUND: the request names a model this server does not serve. */
   UNKNOWN_MODEL = 50,
@@ -115,6 +118,27 @@ export enum ErrorReason {
   WEIGHTS_TOO_LARGE = 60,
   /** ENGINE_STOPPED - UNAVAILABLE: the model engine stopped while the request waited or ran; retry on another replica. */
   ENGINE_STOPPED = 61,
+  /**
+   * CAPABILITY_MISSING - FAILED_PRECONDITION: the server's backend cannot do this (an OpenAI-compatible endpoint has no
+   * token ids and takes no weight updates); GetModelInfo's capabilities say what it can.
+   * metadata: capability.
+   */
+  CAPABILITY_MISSING = 62,
+  /**
+   * UPSTREAM_AUTH_FAILED - FAILED_PRECONDITION: the OpenAI-compatible endpoint behind the server refused its API key
+   * (HTTP 401 or 403); the server's operator must fix the key. metadata: status.
+   */
+  UPSTREAM_AUTH_FAILED = 63,
+  /**
+   * UPSTREAM_REJECTED - INVALID_ARGUMENT: the OpenAI-compatible endpoint behind the server refused the request (an
+   * HTTP 4xx other than 401, 403, 408, 409 and 429). metadata: status.
+   */
+  UPSTREAM_REJECTED = 64,
+  /**
+   * UPSTREAM_RATE_LIMITED - RESOURCE_EXHAUSTED: the OpenAI-compatible endpoint behind the server kept answering HTTP 429
+   * after the server's retries; retry later. metadata: status.
+   */
+  UPSTREAM_RATE_LIMITED = 65,
   /** UNKNOWN_RUBRIC - NOT_FOUND: no configured rubric of that name. metadata: rubrics. */
   UNKNOWN_RUBRIC = 70,
   /** NO_RUBRIC - INVALID_ARGUMENT: neither a rubric name nor an inline spec. */
@@ -268,6 +292,18 @@ export function errorReasonFromJSON(object: any): ErrorReason {
     case 61:
     case "ENGINE_STOPPED":
       return ErrorReason.ENGINE_STOPPED;
+    case 62:
+    case "CAPABILITY_MISSING":
+      return ErrorReason.CAPABILITY_MISSING;
+    case 63:
+    case "UPSTREAM_AUTH_FAILED":
+      return ErrorReason.UPSTREAM_AUTH_FAILED;
+    case 64:
+    case "UPSTREAM_REJECTED":
+      return ErrorReason.UPSTREAM_REJECTED;
+    case 65:
+    case "UPSTREAM_RATE_LIMITED":
+      return ErrorReason.UPSTREAM_RATE_LIMITED;
     case 70:
     case "UNKNOWN_RUBRIC":
       return ErrorReason.UNKNOWN_RUBRIC;
@@ -393,6 +429,14 @@ export function errorReasonToJSON(object: ErrorReason): string {
       return "WEIGHTS_TOO_LARGE";
     case ErrorReason.ENGINE_STOPPED:
       return "ENGINE_STOPPED";
+    case ErrorReason.CAPABILITY_MISSING:
+      return "CAPABILITY_MISSING";
+    case ErrorReason.UPSTREAM_AUTH_FAILED:
+      return "UPSTREAM_AUTH_FAILED";
+    case ErrorReason.UPSTREAM_REJECTED:
+      return "UPSTREAM_REJECTED";
+    case ErrorReason.UPSTREAM_RATE_LIMITED:
+      return "UPSTREAM_RATE_LIMITED";
     case ErrorReason.UNKNOWN_RUBRIC:
       return "UNKNOWN_RUBRIC";
     case ErrorReason.NO_RUBRIC:

@@ -168,9 +168,26 @@ export interface GenerateStreamResponse {
 export interface GetModelInfoRequest {
 }
 
+/**
+ * What the served backend can do, so that a caller can decide before relying on it (spec 9).
+ * A response without `capabilities` comes from a server older than this message, which can do
+ * all of it.
+ */
+export interface ModelCapabilities {
+  /**
+   * Generate returns prompt and completion token ids, and Tokenize works. False for an
+   * OpenAI-compatible endpoint: samples then carry text only.
+   */
+  tokenIds: boolean;
+  /** Samples carry per-token logprobs when sampling.logprobs is set. */
+  logprobs: boolean;
+  /** UpdateWeights and LoadWeights replace the served weights. */
+  weightUpdates: boolean;
+}
+
 export interface GetModelInfoResponse {
   model: string;
-  /** "vllm" or "hf". */
+  /** "vllm", "hf", "scripted" or "openai". */
   backend: string;
   contextLength: number;
   tokenizer: string;
@@ -179,6 +196,11 @@ export interface GetModelInfoResponse {
   vocabSize: number;
   eosTokenIds: number[];
   paused: boolean;
+  capabilities:
+    | ModelCapabilities
+    | undefined;
+  /** The backend's own endpoint, for an "openai" backend: the base URL it calls (never its key). */
+  endpoint: string;
 }
 
 export interface TokenizeRequest {
@@ -1417,6 +1439,115 @@ export const GetModelInfoRequest: MessageFns<GetModelInfoRequest> = {
   },
 };
 
+function createBaseModelCapabilities(): ModelCapabilities {
+  return { tokenIds: false, logprobs: false, weightUpdates: false };
+}
+
+export const ModelCapabilities: MessageFns<ModelCapabilities> = {
+  encode(message: ModelCapabilities, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.tokenIds !== false) {
+      writer.uint32(8).bool(message.tokenIds);
+    }
+    if (message.logprobs !== false) {
+      writer.uint32(16).bool(message.logprobs);
+    }
+    if (message.weightUpdates !== false) {
+      writer.uint32(24).bool(message.weightUpdates);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ModelCapabilities {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseModelCapabilities();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.tokenIds = reader.bool();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.logprobs = reader.bool();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.weightUpdates = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ModelCapabilities {
+    return {
+      tokenIds: isSet(object.tokenIds)
+        ? globalThis.Boolean(object.tokenIds)
+        : isSet(object.token_ids)
+        ? globalThis.Boolean(object.token_ids)
+        : false,
+      logprobs: isSet(object.logprobs) ? globalThis.Boolean(object.logprobs) : false,
+      weightUpdates: isSet(object.weightUpdates)
+        ? globalThis.Boolean(object.weightUpdates)
+        : isSet(object.weight_updates)
+        ? globalThis.Boolean(object.weight_updates)
+        : false,
+    };
+  },
+
+  toJSON(message: ModelCapabilities): unknown {
+    const obj: any = {};
+    if (message.tokenIds !== false) {
+      obj.tokenIds = message.tokenIds;
+    }
+    if (message.logprobs !== false) {
+      obj.logprobs = message.logprobs;
+    }
+    if (message.weightUpdates !== false) {
+      obj.weightUpdates = message.weightUpdates;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<ModelCapabilities>): ModelCapabilities {
+    return ModelCapabilities.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<ModelCapabilities>): ModelCapabilities {
+    const message = createBaseModelCapabilities();
+    message.tokenIds = object.tokenIds ?? false;
+    message.logprobs = object.logprobs ?? false;
+    message.weightUpdates = object.weightUpdates ?? false;
+    return message;
+  },
+};
+
 function createBaseGetModelInfoResponse(): GetModelInfoResponse {
   return {
     model: "",
@@ -1428,6 +1559,8 @@ function createBaseGetModelInfoResponse(): GetModelInfoResponse {
     vocabSize: 0,
     eosTokenIds: [],
     paused: false,
+    capabilities: undefined,
+    endpoint: "",
   };
 }
 
@@ -1463,6 +1596,12 @@ export const GetModelInfoResponse: MessageFns<GetModelInfoResponse> = {
     }
     if (message.paused !== false) {
       writer.uint32(72).bool(message.paused);
+    }
+    if (message.capabilities !== undefined) {
+      ModelCapabilities.encode(message.capabilities, writer.uint32(82).fork()).join();
+    }
+    if (message.endpoint !== "") {
+      writer.uint32(90).string(message.endpoint);
     }
     return writer;
   },
@@ -1562,6 +1701,22 @@ export const GetModelInfoResponse: MessageFns<GetModelInfoResponse> = {
             message.paused = reader.bool();
             continue;
           }
+          case 10: {
+            if (tag !== 82) {
+              break;
+            }
+
+            message.capabilities = ModelCapabilities.decode(reader, reader.uint32());
+            continue;
+          }
+          case 11: {
+            if (tag !== 90) {
+              break;
+            }
+
+            message.endpoint = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1605,6 +1760,8 @@ export const GetModelInfoResponse: MessageFns<GetModelInfoResponse> = {
         ? object.eos_token_ids.map((e: any) => globalThis.Number(e))
         : [],
       paused: isSet(object.paused) ? globalThis.Boolean(object.paused) : false,
+      capabilities: isSet(object.capabilities) ? ModelCapabilities.fromJSON(object.capabilities) : undefined,
+      endpoint: isSet(object.endpoint) ? globalThis.String(object.endpoint) : "",
     };
   },
 
@@ -1637,6 +1794,12 @@ export const GetModelInfoResponse: MessageFns<GetModelInfoResponse> = {
     if (message.paused !== false) {
       obj.paused = message.paused;
     }
+    if (message.capabilities !== undefined) {
+      obj.capabilities = ModelCapabilities.toJSON(message.capabilities);
+    }
+    if (message.endpoint !== "") {
+      obj.endpoint = message.endpoint;
+    }
     return obj;
   },
 
@@ -1654,6 +1817,10 @@ export const GetModelInfoResponse: MessageFns<GetModelInfoResponse> = {
     message.vocabSize = object.vocabSize ?? 0;
     message.eosTokenIds = object.eosTokenIds?.map((e) => e) || [];
     message.paused = object.paused ?? false;
+    message.capabilities = (object.capabilities !== undefined && object.capabilities !== null)
+      ? ModelCapabilities.fromPartial(object.capabilities)
+      : undefined;
+    message.endpoint = object.endpoint ?? "";
     return message;
   },
 };

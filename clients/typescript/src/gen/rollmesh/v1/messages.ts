@@ -76,7 +76,8 @@ export interface SamplingParams {
   n: number;
   /**
    * Return the logprob of each sampled token: its log-probability under softmax(logits /
-   * temperature), before top-k/top-p/min-p truncation, as the trainer recomputes it.
+   * temperature) of the model's raw logits, before repetition penalty, bans and top-k/top-p/min-p
+   * truncation, as the trainer recomputes it.
    */
   logprobs: boolean;
   minP?: number | undefined;

@@ -128,6 +128,14 @@ export interface Provenance {
   /** Addresses of the servers that produced it. */
   envAddress: string;
   inferenceAddress: string;
+  /**
+   * The model was called with chat messages and answered text only (an inference server whose
+   * capabilities have no token_ids, e.g. an "openai" backend): the turns carry no token ids or
+   * logprobs, so the trajectory is for evaluation and the trainer refuses it (TEXT_ONLY).
+   */
+  textOnly: boolean;
+  /** The endpoint the inference server called for it, for an "openai" backend (never its key). */
+  endpoint: string;
 }
 
 /** A complete rollout: the conversation, the exact tokens, rewards and provenance. */
@@ -708,6 +716,8 @@ function createBaseProvenance(): Provenance {
     traceId: "",
     envAddress: "",
     inferenceAddress: "",
+    textOnly: false,
+    endpoint: "",
   };
 }
 
@@ -745,6 +755,12 @@ export const Provenance: MessageFns<Provenance> = {
     }
     if (message.inferenceAddress !== "") {
       writer.uint32(90).string(message.inferenceAddress);
+    }
+    if (message.textOnly !== false) {
+      writer.uint32(96).bool(message.textOnly);
+    }
+    if (message.endpoint !== "") {
+      writer.uint32(106).string(message.endpoint);
     }
     return writer;
   },
@@ -850,6 +866,22 @@ export const Provenance: MessageFns<Provenance> = {
             message.inferenceAddress = reader.string();
             continue;
           }
+          case 12: {
+            if (tag !== 96) {
+              break;
+            }
+
+            message.textOnly = reader.bool();
+            continue;
+          }
+          case 13: {
+            if (tag !== 106) {
+              break;
+            }
+
+            message.endpoint = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -907,6 +939,12 @@ export const Provenance: MessageFns<Provenance> = {
         : isSet(object.inference_address)
         ? globalThis.String(object.inference_address)
         : "",
+      textOnly: isSet(object.textOnly)
+        ? globalThis.Boolean(object.textOnly)
+        : isSet(object.text_only)
+        ? globalThis.Boolean(object.text_only)
+        : false,
+      endpoint: isSet(object.endpoint) ? globalThis.String(object.endpoint) : "",
     };
   },
 
@@ -945,6 +983,12 @@ export const Provenance: MessageFns<Provenance> = {
     if (message.inferenceAddress !== "") {
       obj.inferenceAddress = message.inferenceAddress;
     }
+    if (message.textOnly !== false) {
+      obj.textOnly = message.textOnly;
+    }
+    if (message.endpoint !== "") {
+      obj.endpoint = message.endpoint;
+    }
     return obj;
   },
 
@@ -966,6 +1010,8 @@ export const Provenance: MessageFns<Provenance> = {
     message.traceId = object.traceId ?? "";
     message.envAddress = object.envAddress ?? "";
     message.inferenceAddress = object.inferenceAddress ?? "";
+    message.textOnly = object.textOnly ?? false;
+    message.endpoint = object.endpoint ?? "";
     return message;
   },
 };
