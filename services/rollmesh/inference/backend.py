@@ -56,13 +56,30 @@ class TokenDelta:
 
 
 @dataclass(frozen=True)
+class Capabilities:
+    """What a backend can do (GetModelInfo's capabilities): token ids (and Tokenize), per-token
+    logprobs, weight updates. The token-level backends (hf, vllm, scripted) do all of it."""
+
+    token_ids: bool = True
+    logprobs: bool = True
+    weight_updates: bool = True
+
+
+FULL_CAPABILITIES = Capabilities()
+
+
+def capabilities_of(backend: object) -> Capabilities:
+    return getattr(backend, "capabilities", FULL_CAPABILITIES)
+
+
+@dataclass(frozen=True)
 class ParamSpec:
     shape: tuple[int, ...]
     dtype: str  # "float32", "bfloat16", ...
 
 
 class Backend(Protocol):
-    name: str  # "hf" | "vllm"
+    name: str  # "hf" | "vllm" | "scripted" (the chat-only "openai" backend: backends/openai.py)
     model: str  # the served model's name
     tokenizer: Any  # a transformers tokenizer: chat templates and detokenization
     context_length: int

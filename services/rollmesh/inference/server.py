@@ -13,7 +13,14 @@ from typing import Any
 import grpc
 
 from .. import convert
-from ..errors import InternalError, InvalidArgumentError, RollmeshError, UnavailableError, quoted
+from ..errors import (
+    FailedPreconditionError,
+    InternalError,
+    InvalidArgumentError,
+    RollmeshError,
+    UnavailableError,
+    quoted,
+)
 from ..hosting import HostedServer
 from ..proto.v1 import bus_pb2 as bus_pb
 from ..proto.v1 import inference_pb2 as inf_pb
@@ -21,7 +28,7 @@ from ..proto.v1 import inference_pb2_grpc as inf_grpc
 from ..registry import record_for
 from ..rpc import RpcLimits, create_server
 from ..rpc_errors import abort
-from .backend import Backend, Sampling
+from .backend import Backend, Sampling, capabilities_of
 from .core import InferenceCore
 from .weights import WeightsAssembler
 
@@ -152,6 +159,7 @@ class InferenceServicer(inf_grpc.InferenceServiceServicer):
             vocab_size=len(tok),
             eos_token_ids=[eos] if isinstance(eos, int) else list(eos or ()),
             paused=b.paused,
+            capabilities=inf_pb.ModelCapabilities(token_ids=True, logprobs=True, weight_updates=True),
         )
 
     async def Tokenize(
@@ -274,7 +282,13 @@ class InferenceServer(HostedServer):
         """`weights_roots`: the directories LoadWeights may read from (None = the served model's
         own directory, see core.default_weights_roots; [] = none: LoadWeights refuses every path)."""
         self.core = InferenceCore(backend, weights_roots=weights_roots)
-        self.servicer = InferenceServicer(self.core, max_weights_bytes=max_weights_bytes)
+        self.servicer: Any
+        if capabilities_of(backend).token_ids:
+            self.servicer = InferenceServicer(self.core, max_weights_bytes=max_weights_bytes)
+        else:  # a chat-only backend (an OpenAI-compatible endpoint): text in, text out
+            from .text_servicer import TextInferenceServicer
+
+            self.servicer = TextInferenceServicer(backend)  # type: ignore[arg-type]
         rpc = create_server(
             [(inf_grpc.add_InferenceServiceServicer_to_server, self.servicer, SERVICE_NAME)],
             host=host,
@@ -306,6 +320,13 @@ class InferenceServer(HostedServer):
     async def started(self) -> None:
         if self.openai_port is not None:
             from .openai_api import start_http
+
+            if not capabilities_of(self.core.backend).token_ids:
+                raise FailedPreconditionError(
+                    "the OpenAI facade serves token-level backends; call the endpoint behind this one directly",
+                    reason="CAPABILITY_MISSING",
+                    metadata={"capability": "token_ids"},
+                )
 
             self._http = await start_http(self.core, self.rpc.host, self.openai_port, tls=self.rpc.tls)
 

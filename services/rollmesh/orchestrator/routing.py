@@ -67,6 +67,16 @@ class InferenceReplica(Replica):
     model: str = ""
     context_length: int = 0
     policy_version: int = 0  # latest version seen in a sample or model info
+    # GetModelInfo's capabilities (a server without them can do everything)
+    token_ids: bool = True
+    weight_updates: bool = True
+    endpoint: str = ""  # the OpenAI-compatible endpoint behind an "openai" backend
+
+    def missing_for_training(self) -> list[str]:
+        """What this server lacks that RL training needs."""
+        return [
+            what for what, has in (("token ids", self.token_ids), ("weight updates", self.weight_updates)) if not has
+        ]
 
 
 R = TypeVar("R", bound=Replica)
@@ -282,4 +292,7 @@ async def connect_inference(address: str, model: str, *, timeout_s: float, limit
         model=info.model,
         context_length=info.context_length,
         policy_version=info.policy_version,
+        token_ids=info.capabilities.token_ids if info.HasField("capabilities") else True,
+        weight_updates=info.capabilities.weight_updates if info.HasField("capabilities") else True,
+        endpoint=info.endpoint,
     )

@@ -1,4 +1,4 @@
-"""Inference backends. Imported lazily: each pulls in torch (and vllm)."""
+"""Inference backends. Imported lazily: each pulls in torch (and vllm); `openai` only aiohttp."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from ...errors import InvalidArgumentError
 if TYPE_CHECKING:
     from ..backend import Backend
 
-BACKENDS = ("auto", "hf", "vllm", "scripted")
+BACKENDS = ("auto", "hf", "vllm", "scripted", "openai")
 
 
 def pick(kind: str) -> str:
@@ -34,6 +34,8 @@ async def create_backend(
     name: str | None = None,
 ) -> Backend:
     kind = pick(kind)
+    if kind == "openai":
+        raise InvalidArgumentError("the openai backend is made with create_openai_backend (it needs --base-url)")
     if kind == "scripted":  # no model: scripted replies (benchmarks, tests); `model` names the script
         from .scripted import ScriptedBackend
 
@@ -51,3 +53,31 @@ async def create_backend(
             f"vllm serves Hugging Face directories; convert the GGUF first: rollmesh model import {model} --out DIR"
         )
     return await VLLMBackend.create(str(resolved.path), dtype=dtype, max_model_len=max_model_len, name=name)
+
+
+async def create_openai_backend(
+    base_url: str,
+    model: str | None,
+    *,
+    api_key_env: str | None = None,
+    max_rps: float = 0.0,
+    max_concurrency: int = 64,
+    max_retries: int = 4,
+    timeout_s: float = 600.0,
+    context_length: int = 0,
+) -> Backend:
+    """An OpenAI-compatible endpoint. The API key is read from the variable `api_key_env` (an
+    unset one is an error); without it, from OPENAI_API_KEY when set (a local vLLM needs none)."""
+    import os
+
+    from .openai import EndpointLimits, OpenAIBackend
+
+    if api_key_env and not os.environ.get(api_key_env):
+        raise InvalidArgumentError(f"--api-key-env {api_key_env}: that environment variable is not set")
+    api_key = os.environ.get(api_key_env or "OPENAI_API_KEY") or None
+    limits = EndpointLimits(
+        max_rps=max_rps, max_concurrency=max_concurrency, max_retries=max_retries, timeout_s=timeout_s
+    )
+    return await OpenAIBackend.create(  # type: ignore[return-value]
+        base_url, model, api_key=api_key, limits=limits, context_length=context_length
+    )

@@ -1,0 +1,96 @@
+"""One rollout with a model that gives no token ids (an inference server whose capabilities lack
+`token_ids`, e.g. the `openai` backend in front of a hosted API): each turn sends the whole
+conversation as chat messages and takes the answer's text.
+
+Each model call is still one Turn (finish reason, policy version) but without token ids or
+logprobs, and the trajectory's provenance says `text_only` (and which endpoint answered): it is
+scored and reported like any other, and the trainer refuses it (TEXT_ONLY) instead of training on
+tokens nobody sampled. EpisodeRunner dispatches here; failures and retries are its own.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from ..env.stream import EpisodeStream
+from ..proto.v1 import environment_pb2 as env_pb
+from ..proto.v1 import inference_pb2 as inf_pb
+from ..proto.v1 import trajectory_pb2 as traj_pb
+from .toolcalls import assistant_message
+
+if TYPE_CHECKING:
+    from .episode_runner import EpisodeOutcome, EpisodeRunner, Rollout
+    from .routing import EnvReplica
+
+
+def text_only(runner: EpisodeRunner) -> bool:
+    """True when the run's inference servers all answer text only."""
+    active = runner.inference_pool.active
+    return bool(active) and not any(r.token_ids for r in active)
+
+
+async def run_text_episode(
+    runner: EpisodeRunner,
+    rollout: Rollout,
+    env: EnvReplica,
+    outcome: EpisodeOutcome,
+    start: env_pb.StartEpisode,
+    state: Any,
+) -> None:
+    """The episode on `env`, model calls as chat messages; `state` is the runner's sticky replica."""
+    cfg = runner.config
+    traj = outcome.trajectory
+    timing = traj.timing
+    p = traj.provenance
+    p.text_only = True
+    p.sampling.logprobs = False  # logprobs without token ids train nothing
+    stream = EpisodeStream(env.stub, timeout_s=cfg.episode_timeout_s + 5.0, step_timeout_s=cfg.step_timeout_s)
+    done = False
+    try:
+        started = await runner._env_call(stream.start(start), timing)
+        traj.messages.extend(started.messages)
+        turn_index = 0
+        while True:
+            turn_index += 1
+            request = inf_pb.GenerateRequest(sampling=p.sampling, session_id=rollout.trajectory_id)
+            if cfg.model:
+                request.model = cfg.model
+            request.chat.messages.extend(traj.messages)
+            request.chat.tools.extend(started.tools)
+            if rollout.sampling_seed is not None:
+                request.sampling.seed = (rollout.sampling_seed + turn_index) % (2**63)
+            generated = await runner._generate(state, request, timing)
+            sample = generated.samples[0]
+            traj.turns.add(finish_reason=sample.finish_reason, policy_version=sample.policy_version)
+            if turn_index == 1:
+                p.model = generated.model
+                p.policy_version = sample.policy_version
+            runner.stats.model_calls += 1
+            runner.stats.prompt_tokens += generated.usage.prompt_tokens
+            runner.stats.completion_tokens += generated.usage.completion_tokens
+            action = assistant_message(sample.text, list(sample.tool_calls), call_prefix=f"call_{turn_index}")
+            step = await runner._env_call(stream.act(action), timing)
+            traj.messages.append(action)
+            traj.messages.extend(step.messages)
+            if step.done:
+                done = True
+                traj.stop_reason = step.stop_reason or traj_pb.STOP_REASON_DONE
+                if step.has_reward:
+                    traj.rewards.update(step.rewards)
+                    traj.reward = step.reward
+                    outcome.has_reward = True
+                traj.metrics.update(step.metrics)
+                if step.HasField("state"):
+                    traj.state.CopyFrom(step.state)
+                break
+    except BaseException:
+        stream.end()
+        raise
+    outcome.inference = state.replica
+    if state.replica is not None:
+        p.inference_address = state.replica.address
+        p.endpoint = state.replica.endpoint
+    if done:
+        await stream.finish()
+    else:
+        stream.end()
