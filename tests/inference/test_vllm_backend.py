@@ -22,6 +22,7 @@ import pytest
 PROMPTS = ["The quick brown fox", "Once upon a time, in a land", "def add(a, b):"]
 MAX_TOKENS = 24
 SAMPLED = {"temperature": 0.7, "top_k": 5, "top_p": 0.9, "seed": 1}
+PENALIZED = {"temperature": 0.8, "repetition_penalty": 1.5, "seed": 2}
 
 
 # ---- the tiny model ---------------------------------------------------------------------------
@@ -96,6 +97,11 @@ async def drive(model_dir: Path, out_dir: Path) -> dict[str, Any]:
         await gen(prompts[1], stream=False, temperature=1.0, seed=3, n=4, ignore_eos=True, logprobs=True),
     ]
     r["sampled"] = [(await gen(p, ignore_eos=True, logprobs=True, **SAMPLED))[0] for p in prompts]
+    # a repetition penalty changes what is sampled, not the logprobs reported (raw logits / T)
+    r["penalized"] = [(await gen(p, ignore_eos=True, logprobs=True, **PENALIZED))[0] for p in prompts]
+    r["penalized_greedy"] = [
+        (await gen(p, temperature=0.0, repetition_penalty=2.0, ignore_eos=True, logprobs=True))[0] for p in prompts
+    ]
     r["seed_a"] = await gen(prompts[0], temperature=1.0, seed=7, ignore_eos=True)
     r["seed_b"] = await gen(prompts[0], temperature=1.0, seed=7, ignore_eos=True)
     r["seed_c"] = await gen(prompts[0], temperature=1.0, seed=8, ignore_eos=True)
@@ -185,7 +191,7 @@ def run(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, 
         [sys.executable, __file__, str(model_dir), str(out)],
         capture_output=True,
         text=True,
-        timeout=240,
+        timeout=420,  # a backstop: the engine start alone takes minutes on a loaded 2-core machine
         env={**os.environ, "VLLM_LOGGING_LEVEL": "WARNING"},
     )
     if proc.returncode != 0:
@@ -242,6 +248,20 @@ def test_sampled_logprobs_are_tempered_and_untruncated(run: dict[str, Any], hf: 
         # every sampled token is within the top-k of its step
         ranks = (logits > logits[idx].unsqueeze(-1)).sum(-1)
         assert int(ranks.max()) < SAMPLED["top_k"]
+
+
+def test_logprobs_exclude_the_repetition_penalty(run: dict[str, Any], hf: Any) -> None:
+    """The penalty shapes the sampling (greedy picks other tokens than unpenalized greedy), but the
+    logprobs are log softmax(raw logits / T), what the trainer recomputes, as the hf backend's."""
+    assert [s["ids"] for s in run["penalized_greedy"]] != [s["ids"] for s in run["greedy"]]
+    for temperature, samples in ((PENALIZED["temperature"], run["penalized"]), (1.0, run["penalized_greedy"])):
+        for prompt, sample in zip(run["prompts"], samples, strict=True):
+            logits = logits_of(hf, prompt, sample["ids"])
+            want = torch.log_softmax(logits / temperature, -1)[
+                torch.arange(len(sample["ids"])), torch.tensor(sample["ids"])
+            ]
+            got = torch.tensor(sample["lps"], dtype=torch.float64)
+            assert torch.allclose(got, want, atol=1e-4), (got - want).abs().max()
 
 
 def test_seeded_sampling_is_reproducible(run: dict[str, Any]) -> None:

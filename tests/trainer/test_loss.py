@@ -103,3 +103,77 @@ def test_token_logprobs_at_temperature() -> None:
     assert lp.item() == pytest.approx(1.5 - 2.1802697, abs=1e-6)
     # T = 1: 3 - ln(e + e^2 + e^3) = 3 - 3.4076059
     assert token_logprobs(logits, torch.tensor([[2]])).item() == pytest.approx(-0.4076059, abs=1e-6)
+
+
+# ---- the sampler/trainer mismatch: guard and truncated importance sampling --------------------
+# gap = LP - OLD on trained tokens: row 0 [0, 0.3, -1.0], row 1 [0.3, 0, (masked)]
+
+
+def test_mismatch_kl_is_k3_of_the_gap() -> None:
+    out = policy_loss(_t(LP), _t(OLD), _t(ADV), _token_weights(), _t(MASK))
+    # k3 = e^-g + g - 1: 0 + (e^-0.3 + 0.3 - 1) * 2 + (e^1 - 1 - 1) + 0
+    want = 2 * (math.exp(-0.3) + 0.3 - 1) + (math.e - 2)
+    assert out.mismatch_kl.item() == pytest.approx(want, abs=1e-6)
+    assert out.masked.item() == 0  # the guard is off by default in the function
+
+
+def test_mismatch_kl_of_the_rows_without_policy_lag() -> None:
+    out = policy_loss(_t(LP), _t(OLD), _t(ADV), _token_weights(), _t(MASK), on_policy=_t([1.0, 0.0]))
+    assert out.on_policy_tokens.item() == 3  # row 0 only
+    assert out.on_policy_mismatch_kl.item() == pytest.approx((math.exp(-0.3) + 0.3 - 1) + (math.e - 2), abs=1e-6)
+    unknown = policy_loss(_t(LP), _t(OLD), _t(ADV), _token_weights(), _t(MASK))
+    assert unknown.on_policy_tokens.item() == 0 and unknown.on_policy_mismatch_kl.item() == 0
+
+
+def test_guard_masks_tokens_whose_gap_exceeds_the_bound() -> None:
+    lp = _t(LP).requires_grad_(True)
+    out = policy_loss(lp, _t(OLD), _t(ADV), _token_weights(), _t(MASK), mask_log_ratio=0.5)
+    out.loss.backward()
+    # row 0 token 2 (|gap| = 1) leaves the loss; the normalisation (1/5) stays
+    assert out.loss.item() == pytest.approx((-1.0 - 1.28 + 2.69971762 + 2.0) / 5, abs=1e-6)
+    assert out.masked.item() == 1 and out.tokens.item() == 5
+    assert lp.grad[0, 2].item() == 0.0
+    assert lp.grad[0, 0].item() == pytest.approx(-0.2, abs=1e-6)  # the others train as before
+    # the diagnostics of the sampler gap still cover every token
+    assert out.mismatch_kl.item() == pytest.approx(2 * (math.exp(-0.3) + 0.3 - 1) + (math.e - 2), abs=1e-6)
+    # a bound above every gap masks nothing and gives the plain loss
+    plain = policy_loss(_t(LP), _t(OLD), _t(ADV), _token_weights(), _t(MASK), mask_log_ratio=1.01)
+    assert plain.masked.item() == 0 and plain.loss.item() == pytest.approx(TOKEN_MEAN_LOSS, abs=1e-6)
+
+
+def test_truncated_importance_sampling_weights_each_token() -> None:
+    lp = _t(LP).requires_grad_(True)
+    out = policy_loss(lp, _t(OLD), _t(ADV), _token_weights(), _t(MASK), tis_cap=1.2)
+    out.loss.backward()
+    # ratio against the trainer's own logprobs = 1 (nothing clipped); weight w = min(e^gap, 1.2):
+    # row 0 (A = 1): w = [1, 1.2, e^-1] -> -w; row 1 (A = -2): w = [1.2, 1] -> 2w
+    w = [[1.0, 1.2, math.exp(-1.0)], [1.2, 1.0]]
+    want = (-sum(w[0]) + 2 * sum(w[1])) / 5
+    assert out.loss.item() == pytest.approx(want, abs=1e-6)
+    assert out.clipped.item() == 0
+    # d/dlp (-A w e^(lp - sg(lp))) = -A w, times the token weight 1/5
+    assert lp.grad[0, 1].item() == pytest.approx(-1.2 / 5, abs=1e-6)
+    assert lp.grad[0, 2].item() == pytest.approx(-math.exp(-1.0) / 5, abs=1e-6)
+    assert lp.grad[1, 0].item() == pytest.approx(2 * 1.2 / 5, abs=1e-6)
+    assert lp.grad[1, 2].item() == 0.0  # masked
+    assert out.ratio.item() == pytest.approx(5.067597, abs=1e-5)  # the sampler ratio, as without TIS
+
+
+def test_guard_and_truncated_importance_sampling_together() -> None:
+    out = policy_loss(_t(LP), _t(OLD), _t(ADV), _token_weights(), _t(MASK), mask_log_ratio=0.5, tis_cap=1.2)
+    assert out.masked.item() == 1
+    assert out.loss.item() == pytest.approx((-1.0 - 1.2 + 2 * (1.2 + 1.0)) / 5, abs=1e-6)
+
+
+def test_guard_keeps_a_forged_logprob_from_the_gradient() -> None:
+    """A sampler logprob at the batching floor (-80) on a negative-advantage token: unguarded, its
+    ratio e^79 blows up the step; guarded, the step is the other tokens' alone."""
+    lp = _t([[-1.0, -1.0]]).requires_grad_(True)
+    old = _t([[-1.0, -80.0]])
+    args = (_t([-1.0]), _t([[0.5, 0.5]]), _t([[1.0, 1.0]]))
+    unguarded = policy_loss(lp, old, *args)
+    assert unguarded.loss.item() > 1e30
+    out = policy_loss(lp, old, *args, mask_log_ratio=2.0)
+    out.loss.backward()
+    assert out.loss.item() == pytest.approx(0.5, abs=1e-6) and out.masked.item() == 1
+    assert torch.isfinite(lp.grad).all() and lp.grad[0, 1].item() == 0.0

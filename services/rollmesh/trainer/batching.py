@@ -116,6 +116,13 @@ def trajectory_samples(
     InvalidTrajectory for a malformed one (lengths, mask, token ids outside [0, vocab_size),
     logprobs that are no sampler's). Errored trajectories are the caller's to skip."""
     tid = traj.trajectory_id
+    if traj.provenance.text_only:
+        raise InvalidTrajectory(
+            f"trajectory {tid} is text only: its model ({traj.provenance.model or 'unnamed'}) gave no token ids "
+            "(an OpenAI-compatible endpoint), so there is nothing the policy sampled to train on; evaluate such "
+            "models, train a model served by the hf or vllm backend",
+            "TEXT_ONLY",
+        )
     if not traj.turns:
         raise InvalidTrajectory(f"trajectory {tid} has no turns", "NO_TURNS")
     weight = traj.metrics.get(SAMPLE_WEIGHT_METRIC, 1.0)
@@ -176,6 +183,9 @@ class MicroBatch:
     weights: torch.Tensor  # [B, L-1] float: normalisation x sample weight
     temperature: torch.Tensor  # [B] float
     trajectory_ids: list[str] = field(default_factory=list)
+    # [B] float: 1 = sampled by the weights being trained (no policy lag), so its logprob gap to the
+    # trainer is the sampler's alone; None = unknown
+    on_policy: torch.Tensor | None = None
 
     @property
     def rows(self) -> int:
@@ -228,7 +238,7 @@ def token_weights(samples: Seq[Sample], normalization: str, norm_len: int) -> li
     return out
 
 
-def _collate(items: Seq[tuple[Sample, float]], pad_id: int) -> MicroBatch:
+def _collate(items: Seq[tuple[Sample, float]], pad_id: int, version: int | None = None) -> MicroBatch:
     width = max(len(s) for s, _ in items)
     b = len(items)
     input_ids = torch.full((b, width), pad_id, dtype=torch.long)
@@ -252,6 +262,7 @@ def _collate(items: Seq[tuple[Sample, float]], pad_id: int) -> MicroBatch:
         weights=weights * mask,
         temperature=torch.tensor([s.temperature for s, _ in items], dtype=torch.float32),
         trajectory_ids=[s.trajectory_id for s, _ in items],
+        on_policy=None if version is None else torch.tensor([float(s.policy_version == version) for s, _ in items]),
     )
 
 
@@ -263,10 +274,12 @@ def plan_step(
     normalization: str = "token",
     norm_len: int = 4096,
     pad_id: int = 0,
+    version: int | None = None,
 ) -> StepPlan:
     """Spread the step's sequences over ranks (longest first, to the rank with the fewest tokens)
     and pack each rank's into micro-batches of at most `max_tokens_per_micro_batch` padded tokens
-    (rows x longest row). Sequences must already fit the budget."""
+    (rows x longest row). Sequences must already fit the budget. `version`: the policy version of
+    the weights the step trains (marks each row's `on_policy`)."""
     if world_size < 1:
         raise ValueError("world_size must be >= 1")
     too_long = [len(s) for s in samples if len(s) > max_tokens_per_micro_batch]
@@ -289,7 +302,7 @@ def plan_step(
                 g.append(i)
             else:
                 groups.append([i])
-        ranks.append([_collate([(samples[i], weights[i]) for i in g], pad_id) for g in groups])
+        ranks.append([_collate([(samples[i], weights[i]) for i in g], pad_id, version) for g in groups])
     depth = max(len(r) for r in ranks)
     for r in ranks:
         r.extend([None] * (depth - len(r)))

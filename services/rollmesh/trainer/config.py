@@ -38,6 +38,18 @@ class LossConfig(Section):
     """Logprobs are recomputed at the sampling temperature (the inference logprobs are temperature scaled). None = each
     trajectory's provenance.sampling.temperature (1.0 when unset or greedy).
     """
+    mask_log_ratio: float = Field(2.0, ge=0.0)
+    """Mismatch guard: a token whose trainer logprob and inference logprob differ by more than this (a ratio outside
+    [e^-2, e^2] = [0.14, 7.4] at 2.0) is left out of the loss, counted in metrics.jsonl (mismatch_masked_tokens,
+    mismatch_masked_fraction). Such a gap is a sampler the trainer cannot reproduce or a stale policy, and one token
+    with a huge ratio and a negative advantage would dominate the step. 0 = off.
+    """
+    tis_cap: float = Field(0.0, ge=0.0)
+    """Truncated importance sampling: the clipped ratio is taken against the trainer's own logprobs and each token's
+    policy-gradient term is weighted by min(exp(trainer logprob - inference logprob), tis_cap), e.g. 2.0. 0 = off:
+    the clipped ratio is taken against the inference logprobs, which already corrects for the sampler (one optimizer
+    step per batch).
+    """
 
 
 class BatchConfig(Section):

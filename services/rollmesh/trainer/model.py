@@ -135,9 +135,15 @@ class StepStats:
     lr: float
     sums: dict[str, float]  # token sums over every rank (SUM_NAMES)
 
-    def means(self) -> dict[str, float]:
+    def means(self) -> dict[str, float | None]:
         n = max(self.sums["tokens"], 1.0)
-        return {k: self.sums[k] / n for k in SUM_NAMES if k != "tokens"}
+        counts = ("tokens", "mismatch_masked_tokens", "on_policy_tokens", "mismatch_kl_on_policy")
+        out: dict[str, float | None] = {k: self.sums[k] / n for k in SUM_NAMES if k not in counts}
+        masked, fresh = self.sums["mismatch_masked_tokens"], self.sums["on_policy_tokens"]
+        out.update(mismatch_masked_tokens=int(masked), mismatch_masked_fraction=masked / n)
+        # the sampler's own gap, over the tokens with no policy lag (None: every token lagged)
+        out["mismatch_kl_on_policy"] = self.sums["mismatch_kl_on_policy"] / fresh if fresh else None
+        return out
 
 
 class DeepSpeedPolicy:
@@ -229,6 +235,9 @@ class DeepSpeedPolicy:
             dual_clip=lc.dual_clip,
             ref_logprobs=ref_lp,
             kl_coef=lc.kl_coef,
+            mask_log_ratio=lc.mask_log_ratio or None,
+            tis_cap=lc.tis_cap or None,
+            on_policy=None if mb.on_policy is None else mb.on_policy.to(dev),
         )
 
     def _empty_pass(self) -> None:

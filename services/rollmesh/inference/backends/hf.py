@@ -249,6 +249,11 @@ class HFBackend:
     ) -> HFBackend:
         resolved = resolve_model(model_spec)
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        if dtype == "auto" and torch.device(device).type == "cpu":
+            # The trainer's "auto" on a CPU is float32 too: a bfloat16 sampler against a float32
+            # trainer differs by up to ~0.5 in a token's logprob (SmolLM2), which the importance
+            # ratio reads as policy change; float32 is also the faster of the two on most CPUs.
+            dtype = "float32"
 
         def load() -> tuple[Any, Any]:
             tokenizer = load_tokenizer(resolved)

@@ -12,11 +12,12 @@ tensors is completed here with the current values of the rest of that layer (`_c
 current checkpoint-format weights are therefore kept: the served checkpoint files (read lazily,
 never copied) overlaid with the tensors of later updates.
 
-Logprobs: with `logprobs_mode="processed_logprobs"` vLLM reports log softmax of the logits after
-penalties, temperature AND min-p/top-k/top-p masking. The contract wants them before the
-truncation, so `_patch_sampler` makes vLLM's sampler keep log softmax(logits / T) as computed
-right after temperature (penalties, such as repetition_penalty and min_tokens' EOS ban, are
-included: they define the distribution sampled from; truncation is not).
+Logprobs: vLLM offers the raw model's log softmax (no temperature) or the "processed" one, after
+bans, penalties, temperature AND min-p/top-k/top-p masking. The contract wants what a trainer
+recomputes with a forward pass: log softmax(logits / T) of the model's raw logits, before
+repetition/presence/frequency penalties, bans (min_tokens' EOS) and truncation, as the hf
+backend reports them. `_patch_sampler` keeps a copy of the raw logits when logprobs are asked
+for and reports log softmax(raw / T) in place of vLLM's processed logprobs.
 """
 
 from __future__ import annotations
@@ -46,12 +47,12 @@ _state = threading.local()
 
 def _patch_sampler() -> None:
     from vllm.v1.sample.ops.topk_topp_sampler import TopKTopPSampler
-    from vllm.v1.sample.sampler import Sampler
+    from vllm.v1.sample.sampler import _SAMPLING_EPS, Sampler
 
     if getattr(Sampler, "_rollmesh_patched", False):
         return
     orig_sample = Sampler.sample
-    orig_temperature = Sampler.apply_temperature  # a staticmethod, fetched as a plain function
+    orig_processors = Sampler.apply_logits_processors
     orig_topk_init = TopKTopPSampler.__init__
 
     def topk_init(self: Any, logprobs_mode: Any = "raw_logprobs", *args: Any, **kwargs: Any) -> None:
@@ -59,29 +60,26 @@ def _patch_sampler() -> None:
         # computing one at every step and may use FlashInfer on CUDA.
         orig_topk_init(self, "raw_logprobs", *args, **kwargs)
 
-    def apply_temperature(logits: torch.Tensor, temp: torch.Tensor, all_random: bool) -> torch.Tensor:
-        out = orig_temperature(logits, temp, all_random)
-        if getattr(_state, "want", False):
-            # min-p, top-k and top-p come after this point (and mask in place)
-            _state.pre = out.log_softmax(dim=-1, dtype=torch.float32)
-        return out
-
-    def sample(self: Any, logits: torch.Tensor, sampling_metadata: Any, logprobs_mode_override: Any = None) -> Any:
-        mode = logprobs_mode_override or self.logprobs_mode
-        want = mode == "processed_logprobs" and (
+    def apply_logits_processors(self: Any, logits: torch.Tensor, sampling_metadata: Any, *args: Any) -> torch.Tensor:
+        want = self.logprobs_mode == "processed_logprobs" and (
             sampling_metadata.max_num_logprobs is not None or bool(sampling_metadata.logprob_token_ids)
         )
-        _state.want, _state.pre = want, None
-        try:
-            sampled, processed = orig_sample(self, logits, sampling_metadata, logprobs_mode_override)
-            if want and _state.pre is not None:  # None: an all-greedy batch, log softmax(logits) already
-                processed = _state.pre
-            return sampled, processed
-        finally:
-            _state.want, _state.pre = False, None
+        # bans and penalties edit the logits in place: keep the model's own
+        _state.raw = logits.to(torch.float32, copy=True) if want else None
+        return orig_processors(self, logits, sampling_metadata, *args)
+
+    def sample(self: Any, logits: torch.Tensor, sampling_metadata: Any, logprobs_mode_override: Any = None) -> Any:
+        raw, _state.raw = getattr(_state, "raw", None), None
+        sampled, processed = orig_sample(self, logits, sampling_metadata, logprobs_mode_override)
+        if raw is not None:  # (random rows: the raw-mode top-k/top-p sampler returned none)
+            temp = sampling_metadata.temperature  # None when every request is greedy
+            if temp is not None:
+                raw = raw / torch.where(temp < _SAMPLING_EPS, 1.0, temp).unsqueeze(1)
+            processed = raw.log_softmax(dim=-1)
+        return sampled, processed
 
     TopKTopPSampler.__init__ = topk_init
-    Sampler.apply_temperature = staticmethod(apply_temperature)
+    Sampler.apply_logits_processors = apply_logits_processors
     Sampler.sample = sample
     Sampler._rollmesh_patched = True
 
