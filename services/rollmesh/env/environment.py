@@ -13,14 +13,17 @@ import inspect
 import json
 from collections.abc import Mapping, Sequence
 from functools import cached_property
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from ..errors import NotFoundError, quoted
+from ..errors import NotFoundError, UnimplementedError, quoted
 from ..types import Message, State, Task
 from .datasets import TaskSource, load_tasks
 from .episode import Episode
 from .rubric import RewardFn, Rubric, reward_context
 from .tools import ToolFn, call_tool, tool_spec
+
+if TYPE_CHECKING:
+    from .agent import AgentContext, EpisodeResult
 
 
 class Environment:
@@ -84,6 +87,13 @@ class Environment:
     async def cleanup(self, state: State) -> None:
         """Frees per-episode resources; runs however the episode ends."""
 
+    async def run_episode(self, task: Task, agent: AgentContext) -> EpisodeResult:
+        """The environment's own agent loop (RunEpisode): play the whole episode, calling the model
+        only through `agent` (its OpenAI-compatible endpoint, or `agent.run_program` for an external
+        agent), and return the conversation. Overriding it sets has_run_episode; setup_state has run
+        on `agent.state` and cleanup runs after."""
+        raise UnimplementedError(f"environment {self.name!r} does not run episodes itself (has_run_episode is false)")
+
     # ---- engine ------------------------------------------------------------------------------
 
     @property
@@ -96,6 +106,10 @@ class Environment:
     @property
     def has_score(self) -> bool:
         return self.rubric is not None or type(self).score is not Environment.score
+
+    @property
+    def has_run_episode(self) -> bool:
+        return type(self).run_episode is not Environment.run_episode
 
     @property
     def reward_names(self) -> list[str]:

@@ -1,7 +1,10 @@
 """The environment server: a thin gRPC adapter over `Environment` and `Episode`.
 
-One Episode stream = one episode. Limits: concurrent episodes (RESOURCE_EXHAUSTED beyond),
-an idle timeout per episode (DEADLINE_EXCEEDED when the client goes quiet), the client's own
+One Episode stream = one episode; RunEpisode = one episode the environment plays itself
+(`Environment.run_episode`, its agent calling the caller's OpenAI-compatible endpoint).
+
+Limits: concurrent episodes (RESOURCE_EXHAUSTED beyond), an idle timeout per episode
+(DEADLINE_EXCEEDED when the client goes quiet), a whole RunEpisode's time, the client's own
 deadline, and message sizes (enforced by gRPC, see rpc.RpcLimits).
 """
 
@@ -14,6 +17,8 @@ import logging
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -28,17 +33,23 @@ from ..errors import (
     RollmeshError,
     UnavailableError,
     UnimplementedError,
+    clip,
     quoted,
 )
 from ..hosting import HostedServer
 from ..proto.v1 import bus_pb2 as bus_pb
 from ..proto.v1 import environment_pb2 as env_pb
 from ..proto.v1 import environment_pb2_grpc as env_grpc
+from ..proto.v1 import messages_pb2 as msg_pb
+from ..proto.v1 import trajectory_pb2 as traj_pb
 from ..registry import record_for
 from ..rpc import RpcLimits, create_server
 from ..rpc_errors import abort
+from .agent import AgentContext, EpisodeResult
 from .environment import Environment
 from .episode import Episode
+from .program import ProgramFailed
+from .rubric import reward_context
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +66,85 @@ LIST_BATCH = 64  # tasks per ListTasks message
 class EpisodeLimits:
     max_concurrent_episodes: int = 1024
     idle_timeout_s: float = 300.0
+    run_timeout_s: float = 1800.0  # one RunEpisode, whole; 0 = only the caller's deadline
+
+
+ENDPOINT_PROBE_S = 5.0  # how long RunEpisode waits to reach the model endpoint before UNAVAILABLE
+
+
+def weighted_reward(env: Environment, rewards: dict[str, float]) -> float:
+    """The scalar reward: the rubric's weights (1.0 for a name it does not know)."""
+    weights = dict(zip(env.rubric.names, env.rubric.weights, strict=True)) if env.rubric else {}
+    return sum(v * weights.get(k, 1.0) for k, v in rewards.items())
+
+
+def sampling_dict(pb: msg_pb.SamplingParams) -> dict[str, Any]:
+    """The run's sampling, as an agent would pass it to a chat call (informational: the caller
+    applies it to every call anyway)."""
+    out: dict[str, Any] = {"temperature": pb.temperature, "top_p": pb.top_p or 1.0}
+    if pb.max_tokens:
+        out["max_tokens"] = pb.max_tokens
+    if pb.stop:
+        out["stop"] = list(pb.stop)
+    return out
+
+
+def check_endpoint(request: env_pb.RunEpisodeRequest) -> str:
+    """The request's OpenAI-compatible base URL, validated (this SDK calls no gRPC inference itself)."""
+    url = request.openai_base_url.rstrip("/")
+    if not url:
+        detail = " (inference_address alone is for environments that call gRPC inference themselves)"
+        raise InvalidArgumentError(
+            "RunEpisode needs openai_base_url: the caller's OpenAI-compatible endpoint"
+            + (detail if request.inference_address else ""),
+            reason="MISSING_FIELD",
+            metadata={"field": "openai_base_url"},
+        )
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise InvalidArgumentError(
+            f"openai_base_url must be an http(s) URL, got {quoted(url)}",
+            reason="INVALID_FIELD",
+            metadata={"field": "openai_base_url"},
+        )
+    if not request.session_key:
+        raise InvalidArgumentError(
+            "RunEpisode needs the session_key that authorizes this episode's model calls",
+            reason="MISSING_FIELD",
+            metadata={"field": "session_key"},
+        )
+    return url
+
+
+async def _reachable(url: str) -> bool:
+    parts = urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        async with asyncio.timeout(ENDPOINT_PROBE_S):
+            _, writer = await asyncio.open_connection(parts.hostname, port)
+    except (OSError, TimeoutError):
+        return False
+    writer.close()
+    return True
+
+
+async def _agent_failure(env_name: str, base_url: str, error: Exception) -> RollmeshError:
+    """What a failed agent loop means for the caller: its model endpoint unreachable (UNAVAILABLE
+    INFERENCE_UNREACHABLE), else the environment's failure (INTERNAL ENVIRONMENT_FAILED, with the
+    agent program's stderr tail in the message)."""
+    if base_url and not await _reachable(base_url):
+        return UnavailableError(
+            f"environment {env_name!r}: the model endpoint {clip(base_url, 200)} is unreachable from the "
+            "environment server; check the orchestrator's interception address (rollout.intercept)",
+            reason="INFERENCE_UNREACHABLE",
+        )
+    if isinstance(error, ProgramFailed):
+        return InternalError(f"environment {env_name!r}: {error}", reason="ENVIRONMENT_FAILED")
+    log.warning("run_episode failed in environment %s", env_name, exc_info=error)
+    return InternalError(
+        f"environment {env_name!r} failed in run_episode(): {type(error).__name__}: {clip(str(error), 2000)}",
+        reason="ENVIRONMENT_FAILED",
+    )
 
 
 def page_token(env: str, split: str, offset: int) -> str:
@@ -127,7 +217,7 @@ class EnvironmentServicer(env_grpc.EnvironmentServiceServicer):
             reward_names=env.reward_names,
             has_score=env.has_score,
             digest=env.digest,
-            has_run_episode=False,
+            has_run_episode=env.has_run_episode,
             default_split=env.default_split,
         )
         info.splits.update({k: len(v) for k, v in env.splits.items()})
@@ -207,8 +297,7 @@ class EnvironmentServicer(env_grpc.EnvironmentServiceServicer):
                 ),
             )
         rewards = result if isinstance(result, dict) else {"score": float(result)}
-        weights = dict(zip(env.rubric.names, env.rubric.weights, strict=True)) if env.rubric else {}
-        response = env_pb.ScoreResponse(reward=sum(v * weights.get(k, 1.0) for k, v in rewards.items()))
+        response = env_pb.ScoreResponse(reward=weighted_reward(env, rewards))
         response.rewards.update(rewards)
         return response
 
@@ -222,13 +311,104 @@ class EnvironmentServicer(env_grpc.EnvironmentServiceServicer):
     async def RunEpisode(
         self, request: env_pb.RunEpisodeRequest, context: grpc.aio.ServicerContext
     ) -> env_pb.RunEpisodeResponse:
-        await abort(
-            context,
-            UnimplementedError(
-                "this Python server does not drive episodes itself (has_run_episode is false); "
-                "drive them with the Episode stream"
-            ),
+        """The environment plays the whole episode with its own agent loop (spec 7), under the same
+        limits as a stream (concurrent episodes, draining) plus `run_timeout_s`; a caller that goes
+        away cancels it, which stops any agent program it started."""
+        episode: Episode | None = None
+        counted = False
+        try:
+            env = self.env(request.start.env)
+            if not env.has_run_episode:
+                raise UnimplementedError(
+                    f"environment {env.name!r} does not run episodes itself (has_run_episode is false); "
+                    "drive it with the Episode stream"
+                )
+            base_url = check_endpoint(request)
+            self._admit()
+            self.active += 1
+            counted = True
+            episode = self._new_episode(env_pb.EpisodeRequest(start=request.start))
+            await episode.start()
+            agent = AgentContext(
+                task=episode.task,
+                openai_base_url=base_url,
+                api_key=request.session_key,
+                model=request.model,
+                sampling=sampling_dict(request.sampling),
+                seed=request.start.seed,
+                options=episode.state["options"],
+                state=episode.state,
+                episode_id=episode.episode_id,
+            )
+            budget = asyncio.timeout(self.limits.run_timeout_s or None)
+            try:
+                async with budget:
+                    result = await env.run_episode(episode.task, agent)
+            except TimeoutError as e:
+                if not budget.expired():  # the agent's own timeout (a model call, a tool), not ours
+                    raise await _agent_failure(env.name, base_url, e) from e
+                raise DeadlineExceededError(
+                    f"environment {env.name!r} did not finish the episode within {self.limits.run_timeout_s:g} s",
+                    reason="TIMEOUT",
+                    metadata={"timeout_s": f"{self.limits.run_timeout_s:g}"},
+                ) from None
+            except (RollmeshError, asyncio.CancelledError):
+                raise
+            except Exception as e:
+                raise await _agent_failure(env.name, base_url, e) from e
+            response = env_pb.RunEpisodeResponse(trajectory=await self._trajectory(env, episode, result))
+            if (size := response.ByteSize()) > self.max_message_bytes:
+                raise ResourceExhaustedError(
+                    f"the episode's trajectory is {size} bytes, over the {self.max_message_bytes}-byte message limit",
+                    reason="MESSAGE_TOO_LARGE",
+                    metadata={"limit_bytes": str(self.max_message_bytes)},
+                )
+            return response
+        except ProgramFailed as e:
+            await abort(context, await _agent_failure(request.start.env, request.openai_base_url, e))
+        except RollmeshError as e:
+            await abort(context, e)
+        except (asyncio.CancelledError, grpc.aio.AbortError):
+            raise
+        except Exception as e:
+            log.exception("RunEpisode failed in environment %s", request.start.env)
+            await abort(
+                context, InternalError(f"RunEpisode raised {type(e).__name__}: {e}", reason="ENVIRONMENT_FAILED")
+            )
+        finally:
+            if counted:
+                self.active -= 1
+            if episode is not None:
+                await self._close(episode)
+
+    async def _trajectory(self, env: Environment, episode: Episode, result: EpisodeResult) -> traj_pb.Trajectory:
+        """The response's trajectory: the conversation, rewards (the agent's, else the rubric's on
+        the final conversation), metrics and public state. Turns are the caller's (its record)."""
+        if not isinstance(result, EpisodeResult):
+            raise InternalError(
+                f"environment {env.name!r}: run_episode returned {type(result).__name__}, not an EpisodeResult",
+                reason="ENVIRONMENT_FAILED",
+            )
+        if result.stop_reason not in convert.STOP_REASONS or result.stop_reason in ("", "error"):
+            raise InternalError(
+                f"environment {env.name!r}: run_episode's stop_reason {result.stop_reason!r} is not one of "
+                "done, max_turns, length, cancelled",
+                reason="ENVIRONMENT_FAILED",
+            )
+        messages = [dict(m) for m in result.messages]
+        traj = traj_pb.Trajectory(
+            messages=convert.messages_to_pb(messages), stop_reason=convert.STOP_REASONS[result.stop_reason]
         )
+        rewards = result.rewards
+        if rewards is None and env.rubric is not None:
+            rewards, _ = await env.rubric.score(reward_context(episode.task, messages, episode.state))
+        if rewards:
+            traj.rewards.update(rewards)
+            traj.reward = weighted_reward(env, rewards)
+        turns = sum(1 for m in messages if m.get("role") == "assistant")
+        traj.metrics.update({"turns": float(turns), **episode.state.get("metrics", {}), **result.metrics})
+        traj.state.CopyFrom(convert.to_struct(episode.public_state()))
+        return traj
 
     async def Episode(
         self, request_iterator: AsyncIterator[env_pb.EpisodeRequest], context: grpc.aio.ServicerContext
@@ -239,17 +419,7 @@ class EnvironmentServicer(env_grpc.EnvironmentServiceServicer):
             first = await self._read(context)
             if first is None:
                 return  # client closed without starting: nothing to do
-            if self.draining:
-                raise UnavailableError(
-                    "server is shutting down; start the episode on another replica", reason="DRAINING"
-                )
-            if self.active >= self.limits.max_concurrent_episodes:
-                raise ResourceExhaustedError(
-                    f"server at its limit of {self.limits.max_concurrent_episodes} concurrent episodes; "
-                    "retry later or use another replica",
-                    reason="EPISODE_LIMIT",
-                    metadata={"limit": str(self.limits.max_concurrent_episodes)},
-                )
+            self._admit()
             self.active += 1
             counted = True
             episode = self._new_episode(first)
@@ -288,6 +458,18 @@ class EnvironmentServicer(env_grpc.EnvironmentServiceServicer):
                 self.active -= 1
             if episode is not None:
                 await self._close(episode)
+
+    def _admit(self) -> None:
+        """Refuses a new episode while draining or at the concurrency limit."""
+        if self.draining:
+            raise UnavailableError("server is shutting down; start the episode on another replica", reason="DRAINING")
+        if self.active >= self.limits.max_concurrent_episodes:
+            raise ResourceExhaustedError(
+                f"server at its limit of {self.limits.max_concurrent_episodes} concurrent episodes; "
+                "retry later or use another replica",
+                reason="EPISODE_LIMIT",
+                metadata={"limit": str(self.limits.max_concurrent_episodes)},
+            )
 
     async def _write(self, context: grpc.aio.ServicerContext, response: env_pb.EpisodeResponse) -> None:
         # gRPC would refuse an oversized reply with an opaque internal error; name the cause instead

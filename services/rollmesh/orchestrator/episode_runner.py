@@ -49,8 +49,11 @@ from ..proto.v1 import trajectory_pb2 as traj_pb
 from ..rpc_errors import error_from_rpc, status_for
 from ..telemetry import tracer, tracing_enabled
 from .config import RolloutConfig
+from .interception import InterceptionEndpoint
 from .routing import EnvReplica, InferenceReplica, ReplicaPool
+from .run_episode import plays_run_episode, run_agent_episode
 from .stats import RolloutStats
+from .text_episode import run_text_episode, text_only
 from .tokens import Tokenize, TurnTemplate
 from .toolcalls import assistant_message
 
@@ -155,8 +158,11 @@ class EpisodeRunner:
         env_pool: ReplicaPool[EnvReplica],
         inference_pool: ReplicaPool[InferenceReplica],
         stats: RolloutStats,
+        intercept: InterceptionEndpoint | None = None,
     ) -> None:
         self.config = config
+        # RunEpisode episodes' model calls (shared by the engine's runners; started on first use)
+        self.intercept = intercept or InterceptionEndpoint(config.intercept)
         self.env_pool = env_pool
         self.inference_pool = inference_pool
         self.stats = stats
@@ -283,6 +289,10 @@ class EpisodeRunner:
         )
         if cfg.env_options:
             start.options.update(cfg.env_options)
+        if plays_run_episode(cfg.episode_mode, env.info):  # the environment's own agent loop
+            return await run_agent_episode(self, rollout, env, outcome, start, _ModelState())
+        if text_only(self):  # a model without token ids: chat messages each turn
+            return await run_text_episode(self, rollout, env, outcome, start, _ModelState())
         # The stream's deadline is a backstop; the episode timeout around the attempt fires first.
         stream = EpisodeStream(env.stub, timeout_s=cfg.episode_timeout_s + 5.0, step_timeout_s=cfg.step_timeout_s)
         done = False

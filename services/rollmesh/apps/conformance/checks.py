@@ -19,6 +19,7 @@ from ...errors import RollmeshError
 from ...proto.v1 import environment_pb2 as env_pb
 from ...proto.v1 import messages_pb2 as msg_pb
 from ...rpc_errors import status_for
+from . import intercepted
 from .probe import (
     SERVICE,
     CheckFailed,
@@ -298,7 +299,9 @@ async def check_score(probe: Probe) -> str:
 
 @check("run-episode", "7")
 async def check_run_episode(probe: Probe) -> str:
-    """RunEpisode plays a whole episode when has_run_episode, and is UNIMPLEMENTED (NOT_SUPPORTED) otherwise."""
+    """RunEpisode plays a whole episode when has_run_episode, its model calls through the caller's
+    openai_base_url (a real interception endpoint in front of --inference) and its conversation holding
+    every answer the agent got; UNIMPLEMENTED (NOT_SUPPORTED) otherwise."""
     found = Findings()
     notes = []
     for env in (await probe.info()).environments:
@@ -312,12 +315,26 @@ async def check_run_episode(probe: Probe) -> str:
         if not probe.options.inference:
             notes.append(f"{env.name}: advertised; pass --inference ADDRESS to play one")
             continue
-        request = env_pb.RunEpisodeRequest(start=start, inference_address=probe.options.inference)
-        response = await probe.stub.RunEpisode(request, timeout=probe.timeout_s)
-        trajectory = response.trajectory
+        played = await intercepted.play(probe.stub, start, probe.options.inference, probe.timeout_s)
+        trajectory = played.trajectory
         found.check(trajectory.messages, f"{env.name}: RunEpisode returned a trajectory without messages")
         found.check(finite(trajectory.reward, trajectory.rewards), f"{env.name}: non-finite rewards")
-        notes.append(f"{env.name}: {len(trajectory.messages)} messages, reward {trajectory.reward:g}")
+        found.check(played.calls, f"{env.name}: the agent made no model call through openai_base_url")
+        found.check(
+            played.asked == len(played.calls), f"{env.name}: {played.asked - len(played.calls)} model calls failed"
+        )
+        # The returned conversation is the agent's: each answer it got is an assistant message, in order.
+        answers = iter(m.content for m in trajectory.messages if m.role == "assistant")
+        missing = [r.samples[0].text for r in played.calls if not any(a == r.samples[0].text for a in answers)]
+        found.check(
+            not missing,
+            f"{env.name}: {len(missing)} of {len(played.calls)} model answers are not among the trajectory's "
+            f"assistant messages in call order (first: {missing[:1]})",
+        )
+        notes.append(
+            f"{env.name}: {len(played.calls)} model calls, {len(trajectory.messages)} messages, "
+            f"reward {trajectory.reward:g}"
+        )
     return found.verdict("; ".join(notes))
 
 
