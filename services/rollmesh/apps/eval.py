@@ -9,7 +9,10 @@ reports (summary.py, report.py) and prints a table.
 The model is a host:port of an inference server, a model name served in the registry, or a local
 model (a directory, a .gguf file, "tiny", "smollm2"; a name the registry does not serve is started
 here as a private inference server and stopped at the end). The environment is a name found in the
-registry, or given servers (--env-address).
+registry, or given servers (--env-address). Several environments (a mixture: `envs`, as in a run
+file's [[rollout.envs]]) share the `n` tasks in proportion to their weights (orchestrator/mixture.py),
+each with its own split, rubric, sampling and group size where given; the summary and reports
+then also break down per environment.
 
 Resume: rerunning with the same --out keeps the run id, so every rollout gets the trajectory id it
 had; finished ones are skipped, errored ones run again. Options left out on a resume come from the
@@ -35,15 +38,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pydantic import Field
 from rich.console import Console
 from rich.table import Table
 
 from .. import __version__
+from ..config import Section
 from ..durable import write_atomic
 from ..errors import FailedPreconditionError, InvalidArgumentError, RollmeshError
+from ..orchestrator import mixture
+from ..orchestrator.config import EnvEntry
 from ..proto.v1 import trajectory_pb2 as traj_pb
 from ..telemetry import get_logger
 from . import report as report_mod
+from .api_model import is_api_model, serve_command
+from .api_model import parse as parse_api_model
 from .export import results_root
 from .results import HISTOGRAM_SVG, REPORT_HTML, REPORT_MD, SUMMARY, ResultsDir
 from .summary import DEFAULT_PASS_THRESHOLD, summarize
@@ -59,7 +68,7 @@ DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
 HOST_PORT_RE = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.\-]+):\d{1,5}$")
 LOCAL_ALIASES = ("tiny", "smollm2")
 # Settings that define the evaluation: a resume may not change them.
-IDENTITY = ("env", "split", "rollouts_per_task", "rubric", "sampling")
+IDENTITY = ("env", "envs", "split", "rollouts_per_task", "rubric", "sampling")
 
 
 # What to do about a start error, by its reason.
@@ -71,6 +80,13 @@ HINTS = {
 }
 
 
+class MixtureFile(Section):
+    """`rollmesh eval --mixture FILE`: the environments of an evaluation over several."""
+
+    envs: list[EnvEntry] = Field(min_length=1)
+    """The environments, as a run file's [[rollout.envs]] entries."""
+
+
 class CannotStart(Exception):
     """The evaluation did not start: nothing ran (exit 2)."""
 
@@ -78,6 +94,7 @@ class CannotStart(Exception):
 @dataclass
 class EvalOptions:
     env: str | None = None
+    envs: list[dict[str, Any]] | None = None  # a mixture: [[rollout.envs]] entries (name, weight, ...)
     model: str | None = None
     num_tasks: int | None = None  # 0 = all
     rollouts_per_task: int | None = None
@@ -94,6 +111,7 @@ class EvalOptions:
     max_tokens: int | None = None
     seed: int | None = None
     backend: str = "auto"  # of a local model's inference server
+    api_key_env: str | None = None  # of an openai:MODEL@URL model: the variable holding its key
     publish: bool = True
     retry_errors: bool = True
     pass_threshold: float = DEFAULT_PASS_THRESHOLD
@@ -128,13 +146,49 @@ def _token(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_\-=]", "-", text) or "run"
 
 
+def environments(
+    flags: Sequence[str], mixture_file: str | None = None
+) -> tuple[str | None, list[dict[str, Any]] | None]:
+    """(env, envs) from `--env NAME[:WEIGHT]` flags and a `--mixture` TOML file of [[envs]] entries
+    (the keys of a run file's [[rollout.envs]]): one plain --env is the simple form; several, or a
+    weight, or the file, a mixture. InvalidArgumentError for a bad flag or file."""
+    from ..config import load_config
+
+    if mixture_file and flags:
+        raise InvalidArgumentError("give the environments as --env flags or in a --mixture file, not both")
+    if mixture_file:
+        entries = load_config(MixtureFile, mixture_file).envs
+    elif len(flags) == 1 and ":" not in flags[0]:
+        return flags[0], None
+    elif not flags:
+        return None, None
+    else:
+        entries = []
+        for flag in flags:
+            name, _, weight = flag.partition(":")
+            try:
+                entries.append(EnvEntry(name=name, weight=float(weight) if weight else 1.0))
+            except ValueError as e:
+                raise InvalidArgumentError(
+                    f"--env {flag[:100]!r}: expected NAME or NAME:WEIGHT with a weight > 0", reason="BAD_CONFIG"
+                ) from e
+    return None, [e.model_dump(exclude_none=True) for e in entries]
+
+
+def env_label(settings: dict[str, Any]) -> str:
+    """The environment, or a mixture's environments joined by "+"."""
+    return settings.get("env") or "+".join(str(e.get("name", "?")) for e in settings.get("envs") or [])
+
+
 def default_run_id(env: str) -> str:
     return f"eval-{_token(env)}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
 def model_kind(spec: str) -> str:
     """ "address" (host:port), "local" (a path), "alias" (tiny, smollm2: the registry first, else
-    local) or "name" (a registry model name)."""
+    local), "api" (openai:MODEL@URL, see api_model.py) or "name" (a registry model name)."""
+    if is_api_model(spec):
+        return "api"
     path = Path(spec).expanduser()
     if path.exists() or spec.lower().endswith(".gguf"):
         return "local"
@@ -154,6 +208,7 @@ def _settings(opts: EvalOptions, stored: dict[str, Any] | None) -> dict[str, Any
         k: v
         for k, v in {
             "env": opts.env,
+            "envs": opts.envs,
             "split": opts.split,
             "rollouts_per_task": opts.rollouts_per_task,
             "rubric": opts.rubric,
@@ -189,8 +244,10 @@ def _settings(opts: EvalOptions, stored: dict[str, Any] | None) -> dict[str, Any
             )
     base.update(given)
     base["sampling"].update(sampling)
+    if opts.env and opts.envs:
+        raise CannotStart("give one environment (--env NAME) or a mixture (several --env, or --mixture), not both")
     for key in ("env", "model"):
-        if not base.get(key):
+        if not base.get(key) and not (key == "env" and base.get("envs")):
             raise CannotStart(f"--{key} is required (or --out of an evaluation to resume)")
     return base
 
@@ -205,7 +262,8 @@ def _rollout_config(s: dict[str, Any], opts: EvalOptions, run_id: str) -> Any:
     try:
         return RolloutConfig(
             run_id=run_id,
-            env=s["env"],
+            env=s.get("env") or "",
+            envs=s.get("envs") or [],
             split=s["split"],
             rollouts_per_task=s["rollouts_per_task"],
             sampling=SamplingConfig(
@@ -253,6 +311,8 @@ class _Run:
             return [spec], ""
         if kind == "name":
             return [], spec
+        if kind == "api":
+            return [await self._start_api(spec, out)], ""
         if kind == "alias" and self._nc is not None and await self._registry_serves(spec):
             return [], spec
         return [await self._start_local(spec, out)], ""
@@ -276,6 +336,20 @@ class _Run:
             "inference server", "inference", argv, out / "logs" / "inference.log", tls=_local_server_tls()
         )
         self.console.print(f"starting an inference server for {spec} (log: {server.log_path})")
+        server.start()
+        self.stack.push_async_callback(server.stop, 2.0)
+        return await server.wait_ready(self.opts.startup_timeout_s)
+
+    async def _start_api(self, spec: str, out: Path) -> str:
+        """A private inference server in front of the OpenAI-compatible endpoint (api_model.py)."""
+        from .launcher import ServiceProcess
+
+        api = parse_api_model(spec)
+        argv = serve_command(api, api_key_env=self.opts.api_key_env, host="127.0.0.1", grace_s=2.0)
+        server = ServiceProcess(
+            "inference server", "inference", argv, out / "logs" / "inference.log", tls=_local_server_tls()
+        )
+        self.console.print(f"starting an inference server for {api.base_url} (log: {server.log_path})")
         server.start()
         self.stack.push_async_callback(server.stop, 2.0)
         return await server.wait_ready(self.opts.startup_timeout_s)
@@ -330,7 +404,7 @@ def _prepare(opts: EvalOptions) -> tuple[ResultsDir, dict[str, Any], dict[str, A
     elif opts.run_id:
         out = results_root() / opts.run_id
     else:
-        out = results_root() / default_run_id(opts.env or "run")
+        out = results_root() / default_run_id(env_label({"env": opts.env, "envs": opts.envs}) or "run")
     results = ResultsDir(out)
     resuming = results.exists()
     meta = results.read_meta() if resuming else {}
@@ -341,7 +415,7 @@ def _prepare(opts: EvalOptions) -> tuple[ResultsDir, dict[str, Any], dict[str, A
     settings = _settings(opts, meta.get("settings") if resuming else None)
     if not resuming:
         meta = {
-            "run_id": opts.run_id or (_token(out.name) if opts.out else default_run_id(settings["env"])),
+            "run_id": opts.run_id or (_token(out.name) if opts.out else default_run_id(env_label(settings))),
             "created_at": time.time(),
             "rollmesh_version": __version__,
         }
@@ -420,15 +494,18 @@ async def run_eval(opts: EvalOptions, console: Console | None = None) -> EvalOut
                         reason="RESULTS_MISMATCH",
                     )
                 meta["model_served"] = served
+                # an API model's endpoint, for the report (never its key)
+                meta["endpoints"] = sorted({r.endpoint for r in engine.inference_pool.active if r.endpoint})
                 meta["config"] = config.model_dump()
-                tasks = await engine.list_tasks(settings["split"], settings["num_tasks"])
-                if not tasks:
-                    raise InvalidArgumentError(
-                        f"environment {settings['env']!r} has no tasks in split {settings['split']!r}"
-                    )
+                by_env = await engine.tasks_by_env(settings["num_tasks"])
+                for name, found in by_env.items():
+                    if not found:
+                        split = engine.lane(name).config.split
+                        raise InvalidArgumentError(f"environment {name!r} has no tasks in split {split!r}")
+                tasks = mixture.draw(by_env, engine.weights, settings["num_tasks"])
             except (RollmeshError, LookupError, OSError, TimeoutError) as e:
                 raise CannotStart(str(e) + HINTS.get(getattr(e, "reason", ""), "")) from e
-            meta["task_ids"] = sorted({*meta.get("task_ids", []), *(t.task_id for t in tasks)})
+            meta["task_ids"] = sorted({*meta.get("task_ids", []), *(_task_key(t, config) for t in tasks)})
             results.begin_session(meta, opts.argv)
             started = True
             outcome.new_trajectories = await _drive(engine, tasks, results, settings, meta, opts, console)
@@ -484,13 +561,11 @@ async def _drive(
         TimeRemainingColumn,
     )
 
-    from ..orchestrator.engine import group_id, trajectory_id
+    from ..orchestrator.engine import trajectory_id
 
-    run_id, r = meta["run_id"], settings["rollouts_per_task"]
+    run_id = meta["run_id"]
     planned = {
-        trajectory_id(run_id, group_id(run_id, t.env or settings["env"], t.split or settings["split"], t.task_id), i)
-        for t in tasks
-        for i in range(r)
+        trajectory_id(run_id, engine.group_id_for(t, 0), i) for t in tasks for i in range(engine.rollouts_per_task(t))
     }
     finished = results.finished_ids()
     done = len(planned & finished)
@@ -506,7 +581,7 @@ async def _drive(
         TextColumn("reward {task.fields[reward]}  errors {task.fields[errors]}"),
     )
     with Progress(*columns, console=console, disable=not opts.progress) as progress:
-        bar = progress.add_task(settings["env"], total=len(planned), completed=done, reward="–", errors=0)
+        bar = progress.add_task(env_label(settings), total=len(planned), completed=done, reward="–", errors=0)
         async for group in engine.run(tasks, skip=finished):
             new += results.append(group)
             for t in group:
@@ -523,11 +598,12 @@ def write_summary(results: ResultsDir, meta: dict[str, Any], pass_threshold: flo
     """summary.json and the reports, over every trajectory in the directory."""
     trajectories = results.trajectories()
     settings = meta.get("settings", {})
-    expected = len(meta.get("task_ids", [])) * settings.get("rollouts_per_task", 0) or None
+    expected = _expected(settings, meta.get("task_ids", [])) or None
     run_info = {
         "run_id": meta.get("run_id", ""),
-        "env": settings.get("env", ""),
+        "env": env_label(settings),
         "model": ", ".join(meta.get("model_served", [])) or settings.get("model", ""),
+        **({"endpoint": ", ".join(meta["endpoints"])} if meta.get("endpoints") else {}),
         "split": settings.get("split", ""),
         "rollouts_per_task": settings.get("rollouts_per_task"),
         "temperature": settings.get("sampling", {}).get("temperature"),
@@ -547,6 +623,20 @@ def write_summary(results: ResultsDir, meta: dict[str, Any], pass_threshold: flo
     return summary
 
 
+def _task_key(task: Any, config: Any) -> str:
+    """A task's entry in run.json's task_ids: its id, prefixed by its environment in a mixture."""
+    return f"{task.env}/{task.task_id}" if config.is_mixture else task.task_id
+
+
+def _expected(settings: dict[str, Any], task_ids: Sequence[str]) -> int:
+    """Rollouts the run asks for: each task's group size (a mixture's entry may set its own)."""
+    default = settings.get("rollouts_per_task", 0)
+    sizes = {e.get("name"): e.get("rollouts_per_task") or default for e in settings.get("envs") or []}
+    if not sizes:
+        return len(task_ids) * default
+    return sum(sizes.get(key.split("/", 1)[0], default) for key in task_ids)
+
+
 def summary_table(summary: dict[str, Any]) -> Table:
     run, counts, reward = summary["run"], summary["counts"], summary["reward"]
 
@@ -563,6 +653,8 @@ def summary_table(summary: dict[str, Any]) -> Table:
         table.add_row(f"  {name}", f(value))
     for k, v in summary["pass_at_k"].items():
         table.add_row(f"pass@{k}", f(v))
+    for env, e in summary.get("by_env", {}).items():
+        table.add_row(f"{env}: mean reward", f"{f(e['reward_mean'])} ({e['trajectories']} rollouts)")
     table.add_row("errors", str(counts["errored"]))
     for source, n in summary["errors"]["by_source"].items():
         table.add_row(f"  {source}", str(n))

@@ -69,6 +69,21 @@ def _sections(summary: dict[str, Any]) -> list[tuple[str, list[str], list[list[s
     ]
     overview.append(["pass threshold (reward ≥)", _fmt(summary["pass_threshold"])])
     sections = [("Overview", ["", "value"], overview)]
+    if summary.get("by_env"):
+        ks = sorted({k for e in summary["by_env"].values() for k in e["pass_at_k"]}, key=int)
+        rows = [
+            [
+                env,
+                str(e["trajectories"]),
+                str(e["tasks"]),
+                str(e["errored"]),
+                _fmt(e["reward_mean"]),
+                *(_fmt(e["pass_at_k"].get(k)) for k in ks),
+            ]
+            for env, e in summary["by_env"].items()
+        ]
+        header = ["environment", "rollouts", "tasks", "errored", "mean reward", *(f"pass@{k}" for k in ks)]
+        sections.append(("Environments", header, rows))
     if summary["rewards"] or summary["metrics"]:
         rows = [[name, _fmt(v), "reward function"] for name, v in summary["rewards"].items()]
         rows += [[name, _fmt(v), "metric"] for name, v in summary["metrics"].items()]

@@ -1,4 +1,5 @@
-"""The reward curve of a training run, from the trainer's per-step metrics records."""
+"""The reward curve of a training run, from the trainer's per-step metrics records: the batch mean
+reward, and in a run over several environments one curve per environment (reward_mean_by_env)."""
 
 from __future__ import annotations
 
@@ -12,11 +13,19 @@ def _rewards(records: Sequence[dict[str, Any]]) -> tuple[list[int], list[float]]
     return [s for s, _ in pairs], [v for _, v in pairs]
 
 
-def reward_summary(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Mean reward of the first and last windows of steps (a fifth of the run, at least one step)."""
-    _, rewards = _rewards(records)
-    if not rewards:
-        return {}
+def env_rewards(records: Sequence[dict[str, Any]]) -> dict[str, tuple[list[int], list[float]]]:
+    """(steps, mean rewards) of each environment, from the steps that had its rollouts."""
+    out: dict[str, tuple[list[int], list[float]]] = {}
+    for r in records:
+        for env, value in (r.get("reward_mean_by_env") or {}).items():
+            if value is not None:
+                steps, values = out.setdefault(env, ([], []))
+                steps.append(r["step"])
+                values.append(value)
+    return dict(sorted(out.items()))
+
+
+def _first_last(rewards: Sequence[float]) -> dict[str, Any]:
     window = max(1, len(rewards) // 5)
     return {
         "window": window,
@@ -24,6 +33,19 @@ def reward_summary(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "reward_last": sum(rewards[-window:]) / window,
         "reward_max": max(rewards),
     }
+
+
+def reward_summary(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Mean reward of the first and last windows of steps (a fifth of the run, at least one step);
+    with several environments, the same per environment (`by_env`)."""
+    _, rewards = _rewards(records)
+    if not rewards:
+        return {}
+    out = _first_last(rewards)
+    per_env = env_rewards(records)
+    if len(per_env) > 1:
+        out["by_env"] = {env: _first_last(values) for env, (_, values) in per_env.items()}
+    return out
 
 
 def moving_average(values: Sequence[float], k: int) -> list[float]:
@@ -56,6 +78,10 @@ def plot_reward_curve(records: Sequence[dict[str, Any]], out: Path, *, title: st
     ax.plot(steps, rewards, "o", ms=3, alpha=0.45, label="batch mean reward")
     if rewards:
         ax.plot(steps, moving_average(rewards, max(1, len(rewards) // 10)), lw=2, label="moving average")
+    per_env = env_rewards(records)
+    if len(per_env) > 1:
+        for env, (env_steps, values) in per_env.items():
+            ax.plot(env_steps, moving_average(values, max(1, len(values) // 10)), lw=1.5, ls="--", label=env)
     ax.set_xlabel("trainer step")
     ax.set_ylabel("reward")
     ax.set_title(title)

@@ -1,6 +1,7 @@
 """The summary of an evaluation, computed from its trajectories alone (no I/O, no transport): mean
 reward overall and per reward function, pass@k with the unbiased estimator, errors by source and
-code, token counts, timing percentiles, a reward histogram and a per-task table.
+code, token counts, timing percentiles, a reward histogram and a per-task table; for a run over
+several environments, also per environment (rollouts, mean reward, pass@k, errors).
 
 Errored trajectories (an infrastructure or environment failure) are counted as errors and kept out
 of every reward statistic: an error is never a reward-zero sample.
@@ -111,9 +112,12 @@ def summarize(
         for name, value in t.metrics.items():
             metrics[name].append(value)
 
+    envs = sorted({t.task.env for t in trajs})
     by_task: dict[str, list[traj_pb.Trajectory]] = defaultdict(list)
     for t in trajs:
-        by_task[t.task.task_id or t.group_id].append(t)
+        task_id = t.task.task_id or t.group_id
+        # task ids are an environment's own: with several environments, name it too
+        by_task[f"{t.task.env}/{task_id}" if len(envs) > 1 else task_id].append(t)
 
     tasks_table = []
     counts_ok: list[tuple[int, int]] = []  # (n, c) per task with at least one finished rollout
@@ -135,13 +139,7 @@ def summarize(
             }
         )
 
-    pass_k: dict[str, float] = {}
-    pass_k_tasks: dict[str, int] = {}
-    for k in ks_for(max((n for n, _ in counts_ok), default=0)):
-        eligible = [(n, c) for n, c in counts_ok if n >= k]
-        if eligible:
-            pass_k[str(k)] = statistics.fmean(pass_at_k(n, c, k) for n, c in eligible)
-            pass_k_tasks[str(k)] = len(eligible)
+    pass_k, pass_k_tasks = _pass_at_ks(counts_ok)
 
     sources: Counter[str] = Counter()
     codes: Counter[str] = Counter()
@@ -210,7 +208,47 @@ def summarize(
         },
         "histogram": histogram(rewards),
         "tasks": tasks_table,
+        "by_env": _by_env(trajs, pass_threshold) if len(envs) > 1 else {},
     }
+
+
+def _pass_at_ks(counts: Sequence[tuple[int, int]]) -> tuple[dict[str, float], dict[str, int]]:
+    """pass@k for k = 1, 2, 4, ... over the tasks with at least k finished rollouts ((n, c) per
+    task), and how many tasks each k averages."""
+    pass_k: dict[str, float] = {}
+    pass_k_tasks: dict[str, int] = {}
+    for k in ks_for(max((n for n, _ in counts), default=0)):
+        eligible = [(n, c) for n, c in counts if n >= k]
+        if eligible:
+            pass_k[str(k)] = statistics.fmean(pass_at_k(n, c, k) for n, c in eligible)
+            pass_k_tasks[str(k)] = len(eligible)
+    return pass_k, pass_k_tasks
+
+
+def _by_env(trajs: Sequence[traj_pb.Trajectory], pass_threshold: float) -> dict[str, dict[str, Any]]:
+    """Each environment's rollouts, tasks, mean reward, reward functions, pass@k and errors."""
+    out: dict[str, dict[str, Any]] = {}
+    for env in sorted({t.task.env for t in trajs}):
+        mine = [t for t in trajs if t.task.env == env]
+        ok = [t for t in mine if not is_error(t)]
+        groups: dict[str, list[traj_pb.Trajectory]] = defaultdict(list)
+        functions: dict[str, list[float]] = defaultdict(list)
+        for t in ok:
+            groups[t.task.task_id or t.group_id].append(t)
+            for name, value in t.rewards.items():
+                functions[name].append(value)
+        counts = [(len(g), sum(1 for t in g if t.reward >= pass_threshold - _EPS)) for g in groups.values()]
+        pass_k, _ = _pass_at_ks(counts)
+        out[env] = {
+            "trajectories": len(mine),
+            "finished": len(ok),
+            "errored": len(mine) - len(ok),
+            "tasks": len({t.task.task_id or t.group_id for t in mine}),
+            "reward_mean": _mean([t.reward for t in ok]),
+            "rewards": {name: statistics.fmean(v) for name, v in sorted(functions.items())},
+            "pass_at_k": pass_k,
+        }
+    return out
 
 
 __all__ = ["DEFAULT_PASS_THRESHOLD", "histogram", "ks_for", "pass_at_k", "percentiles", "summarize"]

@@ -17,17 +17,17 @@ import asyncio
 import contextlib
 import json
 import os
-import random
 import signal
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from pydantic import Field
 
 from ..config import Section, apply_overrides, read_toml
-from ..errors import InvalidArgumentError, RollmeshError, UnavailableError
+from ..errors import FailedPreconditionError, InvalidArgumentError, RollmeshError, UnavailableError
+from ..orchestrator import mixture
 from ..orchestrator.config import RolloutConfig
 from ..proto.v1 import messages_pb2 as msg_pb
 from ..telemetry import get_logger
@@ -66,7 +66,7 @@ class TrainRunConfig(Section):
     Here `mesh.dir` defaults to <dir>/mesh."""
     rollout: dict[str, Any] = Field(default_factory=dict)
     """The orchestrator's settings (run_id comes from the top; env defaults to the first environment of
-    the mesh, split to "train")."""
+    the mesh, split to "train"; `[[rollout.envs]]` entries train on several environments at once)."""
     trainer: dict[str, Any] = Field(default_factory=dict)
     """The trainer's settings (run_id, model, NATS URL, checkpoint and metrics paths and max_steps are
     filled in from the run)."""
@@ -84,9 +84,10 @@ def load_train_config(path: str | Path | None, overrides: Sequence[str] = ()) ->
         cfg = TrainRunConfig.model_validate(data)
     except Exception as e:  # pydantic's message names the key
         raise InvalidArgumentError(f"{path or 'train config'}: {e}", reason="BAD_CONFIG") from e
-    if not cfg.mesh.envs and not cfg.rollout.get("env"):
+    if not cfg.mesh.envs and not cfg.rollout.get("env") and not cfg.rollout.get("envs"):
         raise InvalidArgumentError(
-            'name an environment: rollout.env = "arithmetic" (and [[mesh.envs]] target = ... to serve it here)',
+            'name an environment: rollout.env = "arithmetic" (and [[mesh.envs]] target = ... to serve it here), '
+            'or several as [[rollout.envs]] entries with name = "..."',
             reason="BAD_CONFIG",
         )
     if cfg.mesh.nats.url:
@@ -100,7 +101,8 @@ def load_train_config(path: str | Path | None, overrides: Sequence[str] = ()) ->
             )
     else:
         if not cfg.mesh.envs:
-            cfg.mesh.envs = [EnvServerConfig(target=cfg.rollout["env"])]
+            # one server process hosting every environment of the run
+            cfg.mesh.envs = [EnvServerConfig(target=rollout_config(cfg).env_names)]
         if cfg.mesh.inference is None:
             cfg.mesh.inference = InferenceConfig(model="tiny")
     if not cfg.mesh.dir or cfg.mesh.dir == MeshConfig().dir:
@@ -121,7 +123,7 @@ def run_dir(cfg: TrainRunConfig) -> Path:
 
 def rollout_config(cfg: TrainRunConfig) -> RolloutConfig:
     data = {"split": "train", **cfg.rollout, "run_id": cfg.run_id}
-    if cfg.mesh.envs:
+    if cfg.mesh.envs and not data.get("envs"):
         data.setdefault("env", cfg.mesh.envs[0].targets[0])
     try:
         return RolloutConfig.model_validate(data)
@@ -139,8 +141,10 @@ def trainer_config(cfg: TrainRunConfig, *, nats_url: str, model_path: str) -> di
     data.setdefault("model", model_path)
     data.setdefault("seed", cfg.seed)
     data.setdefault("checkpoint", {}).setdefault("dir", str(out / "checkpoints"))
-    # The trainer checks a whole group's advantages against its rewards once it has them all.
-    data.setdefault("batch", {}).setdefault("group_size", rollout_config(cfg).rollouts_per_task)
+    # The trainer checks a whole group's advantages against its rewards once it has them all; in a
+    # mixture whose environments' group sizes differ it checks what holds for any part of a group (0).
+    sizes = {share.config.rollouts_per_task for share in rollout_config(cfg).shares()}
+    data.setdefault("batch", {}).setdefault("group_size", sizes.pop() if len(sizes) == 1 else 0)
     try:
         TrainerConfig.model_validate(data)  # fail here, not in the subprocess
     except Exception as e:
@@ -197,15 +201,6 @@ class TrainerProgress:
     @property
     def step(self) -> int:
         return self.records[-1]["step"] if self.records else 0
-
-
-async def _epochs(tasks: Sequence[msg_pb.Task], seed: int) -> AsyncIterator[tuple[int, list[msg_pb.Task]]]:
-    epoch = 0
-    while True:
-        order = list(tasks)
-        random.Random(seed + epoch).shuffle(order)
-        yield epoch, order
-        epoch += 1
 
 
 class TrainRun:
@@ -298,12 +293,14 @@ class TrainRun:
             policy = await bus.PolicyStore.open(js)
             self.engine = RolloutEngine(self.rollout, nats_url=self.mesh.nats_url, publisher=publisher, policy=policy)
             await self.engine.start()
-            tasks = await self.engine.list_tasks(self.rollout.split)
-            if not tasks:
-                raise InvalidArgumentError(
-                    f"environment {self.rollout.env!r} has no tasks in split {self.rollout.split!r}",
-                    reason="NO_TASKS",
-                )
+            refuse_untrainable(self.engine.inference_pool.active)
+            tasks = await self.engine.tasks_by_env()
+            for name, found in tasks.items():
+                if not found:
+                    raise InvalidArgumentError(
+                        f"environment {name!r} has no tasks in split {self.engine.lane(name).config.split!r}",
+                        reason="NO_TASKS",
+                    )
             producer = asyncio.create_task(self._produce(tasks))
             waiters = [producer, asyncio.create_task(stop.wait()), asyncio.create_task(self._watch_trainer(nc))]
             display = asyncio.create_task(self._display())
@@ -362,12 +359,12 @@ class TrainRun:
                 )
             await asyncio.sleep(0.5)
 
-    async def _gate(self, tasks: Sequence[msg_pb.Task]) -> AsyncIterator[msg_pb.Task]:
-        """Hands tasks to the engine while the rollouts in flight stay within max_ahead_steps."""
+    async def _gate(self, tasks: Iterator[tuple[msg_pb.Task, int]]) -> AsyncIterator[tuple[msg_pb.Task, int]]:
+        """Hands (task, epoch) pairs to the engine while the rollouts in flight stay within max_ahead_steps."""
         per_step = int(self.cfg.trainer.get("batch", {}).get("rollouts_per_step", 16))
         budget = (self.cfg.max_ahead_steps + 1) * per_step
-        r = self.rollout.rollouts_per_task
-        for task in tasks:
+        for task, epoch in tasks:
+            r = self.engine.rollouts_per_task(task)
             while True:
                 self.progress.poll()
                 # rollouts that may still become training samples (errored and dropped ones never do)
@@ -377,14 +374,16 @@ class TrainRun:
                     break
                 await asyncio.sleep(0.2)
             self.scheduled += r
-            yield task
+            yield task, epoch
 
-    async def _produce(self, tasks: Sequence[msg_pb.Task]) -> None:
-        async for epoch, order in _epochs(tasks, self.cfg.seed):
-            async for group in self.engine.run(self._gate(order), epoch=epoch):
-                for t in group:
-                    self.finished += 1
-                    self.errored += t.HasField("error") and t.stop_reason == 4  # STOP_REASON_ERROR
+    async def _produce(self, tasks: dict[str, list[msg_pb.Task]]) -> None:
+        # Environments interleaved by weight; each one's tasks reshuffled on each pass (its epoch,
+        # which goes into the group ids).
+        order = mixture.cycle(tasks, self.engine.weights, self.cfg.seed)
+        async for group in self.engine.run(self._gate(order)):
+            for t in group:
+                self.finished += 1
+                self.errored += t.HasField("error") and t.stop_reason == 4  # STOP_REASON_ERROR
 
     async def _display(self) -> None:
         from rich.live import Live
@@ -441,6 +440,21 @@ class TrainRun:
                 + (f"curve: {png}  " if png else "")
                 + f"metrics: {self.progress.path}"
             )
+            for env, r in summary.get("by_env", {}).items():
+                self.console.print(f"  {env}: {r['reward_first']:.3f} -> {r['reward_last']:.3f}")
+
+
+def refuse_untrainable(replicas: Sequence[Any]) -> None:
+    """FailedPreconditionError when an inference server cannot be trained through (an OpenAI-compatible
+    endpoint: no token ids, no weight updates), before any rollout is made for nothing."""
+    lacking = [f"{r.address} ({r.model}: no {' or '.join(m)})" for r in replicas if (m := r.missing_for_training())]
+    if lacking:
+        raise FailedPreconditionError(
+            "rollmesh train needs inference servers with token ids and weight updates; "
+            f"{', '.join(lacking)} cannot be trained through (an API model is for rollmesh eval): serve the "
+            "model with the hf or vllm backend",
+            reason="CAPABILITY_MISSING",
+        )
 
 
 async def train(cfg: TrainRunConfig, console: Any) -> int:

@@ -21,10 +21,25 @@ def _fail(message: str, code: int = 2) -> None:
 
 
 def eval_command(
-    env: Annotated[str | None, typer.Option(help="Environment name (found in the registry).")] = None,
+    env: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Environment name (found in the registry); repeat it, as NAME:WEIGHT, to evaluate a mixture."
+        ),
+    ] = None,
+    mixture: Annotated[
+        str | None, typer.Option(help="TOML file of [[envs]] entries: a mixture with per-environment settings.")
+    ] = None,
     model: Annotated[
         str | None,
-        typer.Option(help="host:port of an inference server, a model name in the registry, a local path, or 'tiny'."),
+        typer.Option(
+            help="host:port of an inference server, a model name in the registry, a local path, 'tiny', or "
+            "openai:MODEL@URL (an OpenAI-compatible API, served for the run; text only)."
+        ),
+    ] = None,
+    api_key_env: Annotated[
+        str | None,
+        typer.Option(help="With --model openai:MODEL@URL: the environment variable holding the API key."),
     ] = None,
     num_tasks: Annotated[
         int | None, typer.Option("-n", "--num-tasks", help="Tasks to evaluate (0 = all). [100]")
@@ -61,14 +76,20 @@ def eval_command(
     Exit codes: 0 rollouts finished; 1 none finished; 2 could not start (bad input, unknown
     environment or model, unreachable servers or bus); 130 interrupted (rerun with --out to resume).
     """
-    from ..apps.eval import EvalOptions, main
+    from ..apps.eval import EvalOptions, environments, main
+    from ..errors import InvalidArgumentError
     from ..telemetry import setup_tracing
     from .security_options import configure_client
 
     configure_client("orchestrator")
     setup_tracing("rollmesh-orchestrator")
+    try:
+        single, envs = environments(env or [], mixture)
+    except InvalidArgumentError as e:
+        _fail(str(e))
     opts = EvalOptions(
-        env=env,
+        env=single,
+        envs=envs,
         model=model,
         num_tasks=num_tasks,
         rollouts_per_task=rollouts,
@@ -85,6 +106,7 @@ def eval_command(
         max_tokens=max_tokens,
         seed=seed,
         backend=backend,
+        api_key_env=api_key_env,
         publish=publish,
         retry_errors=retry_errors,
         pass_threshold=pass_threshold,

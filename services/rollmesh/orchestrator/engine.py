@@ -6,7 +6,13 @@ scored, checked for freshness and published to JetStream.
         async for group in engine.run(tasks):
             ...  # list[Trajectory], one group per task, already published
 
-Scheduling: a task becomes a group of `rollouts_per_task` episodes; at most `max_concurrency`
+Mixtures: a run over several environments (`RolloutConfig.envs`) has one lane per environment,
+with its own replica pool, episode runner and settings (split, rubric, sampling, group size,
+options); each task goes to the lane of its `task.env`, so a group stays within one environment.
+`tasks_by_env()` lists every lane's tasks, and mixture.draw / mixture.cycle interleave them by
+weight. The inference pool, the concurrency limit and the stats are shared.
+
+Scheduling: a task becomes a group of its environment's `rollouts_per_task` episodes; at most `max_concurrency`
 episodes run at once, and at most about twice as many groups as fit in that are started but not
 yet taken by the consumer of `run()`, so a slow consumer slows scheduling (backpressure). When the
 trainer has announced a policy version for the run (bus.PolicyStore), scheduling also waits while
@@ -26,7 +32,8 @@ import contextlib
 import hashlib
 import logging
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Container, Iterable, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Container, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -48,9 +55,10 @@ from ..proto.v1 import trajectory_pb2 as traj_pb
 from ..registry import Registry
 from ..rpc import RpcLimits
 from ..rpc_errors import error_from_rpc
-from .config import RolloutConfig
+from .config import EnvShare, RolloutConfig
 from .episode_runner import EpisodeOutcome, EpisodeRunner, Rollout, error_reason, replica_fault
 from .freshness import PolicyClock, judge
+from .interception import InterceptionEndpoint
 from .publishing import publish
 from .routing import (
     EnvReplica,
@@ -86,7 +94,24 @@ def _seed_of(tid: str) -> int:
     return int(tid[:8], 16) & 0x7FFFFFFF
 
 
-async def _aiter(tasks: Iterable[msg_pb.Task] | AsyncIterable[msg_pb.Task]) -> AsyncIterator[msg_pb.Task]:
+# What run() takes: tasks, or (task, epoch) pairs where each task carries its own epoch (mixture.cycle).
+TaskItem = msg_pb.Task | tuple[msg_pb.Task, int]
+
+
+@dataclass(eq=False)
+class Lane:
+    """One environment of the run: its settings, replicas and episode runner."""
+
+    share: EnvShare
+    pool: ReplicaPool[EnvReplica]
+    runner: EpisodeRunner
+
+    @property
+    def config(self) -> RolloutConfig:
+        return self.share.config
+
+
+async def _aiter(tasks: Iterable[TaskItem] | AsyncIterable[TaskItem]) -> AsyncIterator[TaskItem]:
     if isinstance(tasks, AsyncIterable):
         async for t in tasks:
             yield t
@@ -117,7 +142,6 @@ class RolloutEngine:
         self.policy = policy
         self.rpc_limits = rpc_limits
         self.stats = RolloutStats()
-        self.env_pool: ReplicaPool[EnvReplica] = ReplicaPool(f"environment {config.env!r}", self._connect_env)
         model = config.model or "(any model)"
         self.inference_pool: ReplicaPool[InferenceReplica] = ReplicaPool(
             f"inference {model!r}", self._connect_inference
@@ -131,7 +155,32 @@ class RolloutEngine:
         self._occurrences: dict[tuple[str, str, str], int] = {}
         self._discovery: asyncio.Task[None] | None = None
         self._started = False
-        self.runner = EpisodeRunner(config, self.env_pool, self.inference_pool, self.stats)
+        self.intercept = InterceptionEndpoint(config.intercept)  # RunEpisode's model calls, on first use
+        self.lanes: dict[str, Lane] = {}
+        for share in config.shares():
+            pool: ReplicaPool[EnvReplica] = ReplicaPool(f"environment {share.name!r}", self._env_connector(share.name))
+            self.lanes[share.name] = Lane(share, pool, self._runner(share.config, pool))
+
+    def _runner(self, config: RolloutConfig, env_pool: ReplicaPool[EnvReplica]) -> EpisodeRunner:
+        return EpisodeRunner(config, env_pool, self.inference_pool, self.stats, intercept=self.intercept)
+
+    @property
+    def env_pool(self) -> ReplicaPool[EnvReplica]:
+        """The replicas of the run's (first) environment."""
+        return next(iter(self.lanes.values())).pool
+
+    @property
+    def runner(self) -> EpisodeRunner:
+        """The episode runner of the run's (first) environment."""
+        return next(iter(self.lanes.values())).runner
+
+    def lane(self, env: str) -> Lane:
+        lane = self.lanes.get(env)
+        if lane is None:
+            raise InvalidArgumentError(
+                f"environment {env!r} is not one of this run's ({', '.join(self.lanes)})", reason="UNKNOWN_ENVIRONMENT"
+            )
+        return lane
 
     # ---- life cycle ----------------------------------------------------------------------------
 
@@ -156,10 +205,12 @@ class RolloutEngine:
                     self.clock.store = self.policy
             if self.publisher is not None and self.config.publish:
                 await bus.ensure_streams(self.publisher.js, (bus.ROLLOUTS,))
-            await self._discover_env()
+            for lane in self.lanes.values():
+                await self._discover_env(lane)
             await self._discover_inference()
-            self._check_rewards()
-            if self.config.rubric:
+            for lane in self.lanes.values():
+                self._check_rewards(lane)
+            if any(lane.config.rubric for lane in self.lanes.values()):
                 await self._connect_rubric()
             if self._registry is not None:
                 self._discovery = asyncio.create_task(self._refresh_loop(), name="rollmesh-discovery")
@@ -174,8 +225,10 @@ class RolloutEngine:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._discovery
             self._discovery = None
-        await self.env_pool.close()
+        for lane in self.lanes.values():
+            await lane.pool.close()
         await self.inference_pool.close()
+        await self.intercept.stop()
         if self.rubric is not None:
             await self.rubric.close()
             self.rubric = None
@@ -198,10 +251,13 @@ class RolloutEngine:
 
     # ---- discovery -----------------------------------------------------------------------------
 
-    async def _connect_env(self, address: str) -> EnvReplica:
-        return await connect_env(
-            address, self.config.env, timeout_s=CONNECT_TIMEOUT_S, limits=self.rpc_limits, known=self._known_envs
-        )
+    def _env_connector(self, env: str) -> Callable[[str], Awaitable[EnvReplica]]:
+        async def connect(address: str) -> EnvReplica:
+            return await connect_env(
+                address, env, timeout_s=CONNECT_TIMEOUT_S, limits=self.rpc_limits, known=self._known_envs
+            )
+
+        return connect
 
     async def _connect_inference(self, address: str) -> InferenceReplica:
         return await connect_inference(address, self.config.model, timeout_s=CONNECT_TIMEOUT_S, limits=self.rpc_limits)
@@ -213,8 +269,8 @@ class RolloutEngine:
         except ValueError as e:  # a name that cannot be a registry key cannot be registered either
             raise NotFoundError(str(e)) from e
 
-    async def _discover_env(self) -> None:
-        env = self.config.env
+    async def _discover_env(self, lane: Lane) -> None:
+        env = lane.share.name
         if self.env_addresses:
             addresses = self.env_addresses
         elif self._registry is not None:
@@ -230,8 +286,8 @@ class RolloutEngine:
             raise InvalidArgumentError(
                 "no environment server addresses given and no NATS URL to find them in the registry"
             )
-        problems = await self.env_pool.sync(addresses)
-        if self.env_pool.active:
+        problems = await lane.pool.sync(addresses)
+        if lane.pool.active:
             return
         if problems and all(isinstance(e, LookupError) for _, e in problems):
             raise NotFoundError(
@@ -283,10 +339,9 @@ class RolloutEngine:
     async def _connect_rubric(self) -> None:
         from ..rubric.client import RubricClient
 
+        wanted = sorted({lane.config.rubric for lane in self.lanes.values() if lane.config.rubric})
         if self.rubric_address is None and not self.nats_url:
-            raise InvalidArgumentError(
-                f"rubric {self.config.rubric!r} is set but no rubric server address or NATS URL is given"
-            )
+            raise InvalidArgumentError(f"rubric {wanted[0]!r} is set but no rubric server address or NATS URL is given")
         self.rubric = await RubricClient.connect(self.rubric_address, nats_url=self.nats_url)
         try:
             names = [r.name for r in await self.rubric.list_rubrics()]
@@ -294,17 +349,18 @@ class RolloutEngine:
             raise UnavailableError(f"cannot reach the rubric server at {self.rubric.address}: {e}") from e
         except grpc.aio.AioRpcError as e:
             raise UnavailableError(f"cannot reach the rubric server at {self.rubric.address}: {e.details()}") from e
-        if self.config.rubric not in names:
-            raise NotFoundError(
-                f"no rubric {self.config.rubric!r} on the rubric server at {self.rubric.address} "
-                f"(known: {', '.join(sorted(names)) or 'none'})",
-                reason="UNKNOWN_RUBRIC",
-            )
+        for rubric in wanted:
+            if rubric not in names:
+                raise NotFoundError(
+                    f"no rubric {rubric!r} on the rubric server at {self.rubric.address} "
+                    f"(known: {', '.join(sorted(names)) or 'none'})",
+                    reason="UNKNOWN_RUBRIC",
+                )
 
-    def _check_rewards(self) -> None:
-        if self.config.rubric:
+    def _check_rewards(self, lane: Lane) -> None:
+        if lane.config.rubric:
             return
-        info = self.env_pool.active[0].info
+        info = lane.pool.active[0].info
         if not (info.has_score or info.reward_names):
             raise InvalidArgumentError(
                 f'environment {info.name!r} reports no rewards and has no Score; name a rubric (rubric = "...")',
@@ -317,8 +373,9 @@ class RolloutEngine:
             try:
                 problems = []
                 if not self.env_addresses:
-                    records = await self._registry_addresses(bus_pb.SERVICE_KIND_ENVIRONMENT, self.config.env)
-                    problems += await self.env_pool.sync([r.address for r in records])
+                    for lane in self.lanes.values():
+                        records = await self._registry_addresses(bus_pb.SERVICE_KIND_ENVIRONMENT, lane.share.name)
+                        problems += await lane.pool.sync([r.address for r in records])
                 if not self.inference_addresses:
                     from ..inference.server import registry_name
 
@@ -346,14 +403,18 @@ class RolloutEngine:
 
     # ---- tasks ---------------------------------------------------------------------------------
 
-    async def list_tasks(self, split: str | None = None, limit: int = 0) -> list[msg_pb.Task]:
-        """Tasks of the configured environment (split: the config's unless given; limit 0 = all)."""
+    async def list_tasks(
+        self, split: str | None = None, limit: int = 0, *, env: str | None = None
+    ) -> list[msg_pb.Task]:
+        """Tasks of an environment of the run (default: the first; split: its configured one unless
+        given; limit 0 = all)."""
         if limit < 0:
             raise InvalidArgumentError(f"limit must be >= 0, got {limit}")
-        request = env_pb.ListTasksRequest(env=self.config.env, split=split or self.config.split, page_size=limit)
+        lane = self.lane(env) if env is not None else next(iter(self.lanes.values()))
+        request = env_pb.ListTasksRequest(env=lane.share.name, split=split or lane.config.split, page_size=limit)
         tried: list[EnvReplica] = []
         while True:
-            replica = self.env_pool.pick(tried)
+            replica = lane.pool.pick(tried)
             try:
                 tasks: list[msg_pb.Task] = []
                 async for response in replica.stub.ListTasks(request, timeout=CONNECT_TIMEOUT_S * 6):
@@ -361,16 +422,29 @@ class RolloutEngine:
                 return tasks
             except grpc.aio.AioRpcError as e:
                 err = error_from_rpc(e)
-                if not replica_fault(err) or len(tried) + 1 >= len(self.env_pool.active):
+                if not replica_fault(err) or len(tried) + 1 >= len(lane.pool.active):
                     raise err from e
-                self.env_pool.failed(replica, err)
+                lane.pool.failed(replica, err)
                 tried.append(replica)
+
+    async def tasks_by_env(self, limit: int = 0) -> dict[str, list[msg_pb.Task]]:
+        """Every environment's tasks in its configured split (limit per environment; 0 = all)."""
+        return {name: await self.list_tasks(limit=limit, env=name) for name in self.lanes}
+
+    @property
+    def weights(self) -> dict[str, float]:
+        return {name: lane.share.weight for name, lane in self.lanes.items()}
+
+    def rollouts_per_task(self, task: msg_pb.Task) -> int:
+        """The group size of `task` (its environment's)."""
+        return self.lane(task.env or self.config.env_names[0]).config.rollouts_per_task
 
     # ---- running -------------------------------------------------------------------------------
 
     def group_id_for(self, task: msg_pb.Task, epoch: int | None = None) -> str:
         """The group id of `task`: its `epoch` when given, else its next occurrence in this engine."""
-        key = (task.env or self.config.env, task.split or self.config.split, task.task_id)
+        task = self._with_defaults(task)
+        key = (task.env, task.split, task.task_id)
         if epoch is not None:
             return group_id(self.config.run_id, *key, occurrence=epoch)
         n = self._occurrences.get(key, 0)
@@ -379,21 +453,24 @@ class RolloutEngine:
 
     async def run(
         self,
-        tasks: Iterable[msg_pb.Task] | AsyncIterable[msg_pb.Task],
+        tasks: Iterable[TaskItem] | AsyncIterable[TaskItem],
         *,
         skip: Container[str] = (),
         epoch: int | None = None,
     ) -> AsyncIterator[list[traj_pb.Trajectory]]:
         """Yields each task's group once all its rollouts finished, were scored and published.
-        Rollouts whose trajectory id is in `skip` are not run (a partly skipped group yields only
+        A task without `env` or `split` gets the run's (first) environment and its split. Rollouts
+        whose trajectory id is in `skip` are not run (a partly skipped group yields only
         the rollouts run now). Stale rollouts dropped by the freshness rule are neither published
         nor yielded (see `stats.stale_dropped`). `epoch` (training: the pass over the data, or the
         step) goes into the group ids, so a restarted trainer's new rollouts of a task are not taken
-        for duplicates of an earlier pass; without it, recurrences are counted per engine."""
+        for duplicates of an earlier pass; a (task, epoch) pair gives its task's own; without either,
+        recurrences are counted per engine."""
         if not self._started:
             raise InvalidArgumentError("start the engine first: `async with RolloutEngine(...) as engine`")
         cfg = self.config
-        groups_in_flight = 2 * max(1, -(-cfg.max_concurrency // cfg.rollouts_per_task))
+        smallest = min(lane.config.rollouts_per_task for lane in self.lanes.values())
+        groups_in_flight = 2 * max(1, -(-cfg.max_concurrency // smallest))
         slots = asyncio.Semaphore(groups_in_flight)
         out: asyncio.Queue[Any] = asyncio.Queue()
         running: set[asyncio.Task[None]] = set()
@@ -419,7 +496,7 @@ class RolloutEngine:
 
     async def _produce(
         self,
-        tasks: Iterable[msg_pb.Task] | AsyncIterable[msg_pb.Task],
+        tasks: Iterable[TaskItem] | AsyncIterable[TaskItem],
         skip: Container[str],
         epoch: int | None,
         slots: asyncio.Semaphore,
@@ -428,14 +505,18 @@ class RolloutEngine:
     ) -> None:
         cfg = self.config
         try:
-            async for task in _aiter(tasks):
-                if not task.env or not task.split:
-                    task = _with_defaults(task, cfg.env, cfg.split)
-                if task.env != cfg.env:
-                    raise InvalidArgumentError(f"task {task.task_id!r} is of environment {task.env!r}, not {cfg.env!r}")
-                gid = self.group_id_for(task, epoch)
+            async for item in _aiter(tasks):
+                task, task_epoch = item if isinstance(item, tuple) else (item, epoch)
+                task = self._with_defaults(task)
+                lane = self.lanes.get(task.env)
+                if lane is None:
+                    raise InvalidArgumentError(
+                        f"task {task.task_id!r} is of environment {task.env!r}, not one of this run's "
+                        f"({', '.join(self.lanes)})"
+                    )
+                gid = self.group_id_for(task, task_epoch)
                 todo = []
-                for i in range(cfg.rollouts_per_task):
+                for i in range(lane.config.rollouts_per_task):
                     tid = trajectory_id(cfg.run_id, gid, i)
                     if tid in skip:
                         self.stats.skipped += 1
@@ -445,7 +526,7 @@ class RolloutEngine:
                     continue
                 await slots.acquire()
                 await self.clock.wait_for_inference(cfg.max_off_policy_steps, self._served_version)
-                t = asyncio.create_task(self._group(todo, out), name=f"rollmesh-group:{gid}")
+                t = asyncio.create_task(self._group(lane, todo, out), name=f"rollmesh-group:{gid}")
                 running.add(t)
                 t.add_done_callback(running.discard)
             while running:
@@ -455,6 +536,13 @@ class RolloutEngine:
             raise
         except BaseException as e:
             await out.put(e)
+
+    def _with_defaults(self, task: msg_pb.Task) -> msg_pb.Task:
+        if task.env and task.split:
+            return task
+        env = task.env or self.config.env_names[0]
+        lane = self.lanes.get(env)
+        return _with_defaults(task, env, lane.config.split if lane is not None else self.config.split)
 
     def _rollout(self, task: msg_pb.Task, gid: str, tid: str, index: int) -> Rollout:
         base = self.config.sampling.seed
@@ -469,31 +557,33 @@ class RolloutEngine:
             sampling_seed=None if base is None else seed,
         )
 
-    async def _group(self, rollouts: list[Rollout], out: asyncio.Queue[Any]) -> None:
+    async def _group(self, lane: Lane, rollouts: list[Rollout], out: asyncio.Queue[Any]) -> None:
         try:
-            outcomes = await asyncio.gather(*(self._episode(r) for r in rollouts))
-            await out.put(await self._finalize(list(outcomes)))
+            outcomes = await asyncio.gather(*(self._episode(lane, r) for r in rollouts))
+            await out.put(await self._finalize(lane, list(outcomes)))
         except asyncio.CancelledError:
             raise
         except BaseException as e:
             await out.put(e)
 
-    async def _episode(self, rollout: Rollout) -> EpisodeOutcome:
+    async def _episode(self, lane: Lane, rollout: Rollout) -> EpisodeOutcome:
         async with self._episodes:
             self.stats.started += 1
-            return await self.runner.run(rollout)
+            self.stats.env(lane.share.name).started += 1
+            return await lane.runner.run(rollout)
 
     # ---- after a group: freshness, scoring, publishing --------------------------------------
 
-    async def _finalize(self, outcomes: list[EpisodeOutcome]) -> list[traj_pb.Trajectory]:
+    async def _finalize(self, lane: Lane, outcomes: list[EpisodeOutcome]) -> list[traj_pb.Trajectory]:
         try:
-            return await self._score_and_publish(outcomes)
+            return await self._score_and_publish(lane, outcomes)
         finally:
             for o in outcomes:
                 o.end_span()  # the rollout spans were left open for scoring and publishing
 
-    async def _score_and_publish(self, outcomes: list[EpisodeOutcome]) -> list[traj_pb.Trajectory]:
-        cfg = self.config
+    async def _score_and_publish(self, lane: Lane, outcomes: list[EpisodeOutcome]) -> list[traj_pb.Trajectory]:
+        cfg = lane.config
+        per_env = self.stats.env(lane.share.name)
         current = await self.clock.current()
         kept: list[EpisodeOutcome] = []
         for o in outcomes:
@@ -502,6 +592,7 @@ class RolloutEngine:
                 verdict = judge(t, current, cfg.max_off_policy_steps, cfg.stale_policy)
                 if verdict == "drop":
                     self.stats.stale_dropped += 1
+                    per_env.stale_dropped += 1
                     o.end_span(dropped="stale")
                     continue
                 if verdict == "downweight":
@@ -528,7 +619,7 @@ class RolloutEngine:
         if cfg.rubric:
             await score_with_rubric(kept, self.rubric, cfg)
         else:
-            await score_with_env(kept, self.env_pool, cfg)
+            await score_with_env(kept, lane.pool, cfg)
         scoring_s = time.perf_counter() - t0
         self.stats.scoring_s += scoring_s
         trajectories = [o.trajectory for o in kept]
@@ -541,8 +632,11 @@ class RolloutEngine:
         for t in trajectories:
             if t.stop_reason == traj_pb.STOP_REASON_ERROR:
                 self.stats.error(error_reason(t.error))
+                per_env.errored += 1
             else:
                 self.stats.finished += 1
+                per_env.finished += 1
+                per_env.reward_sum += t.reward
         return trajectories
 
     async def _publish(self, publisher: bus.Publisher, o: EpisodeOutcome) -> None:
@@ -558,4 +652,4 @@ def _with_defaults(task: msg_pb.Task, env: str, split: str) -> msg_pb.Task:
     return copy
 
 
-__all__ = ["RolloutEngine", "group_id", "trajectory_id"]
+__all__ = ["Lane", "RolloutEngine", "TaskItem", "group_id", "trajectory_id"]

@@ -1,12 +1,28 @@
 """Counters and timings of a rollout engine: what was started, finished, failed, retried, dropped
-and published, with token counts and time split by component. Plain data, cheap to update on the
-hot path; `snapshot()` gives a dict for logs, reports and benchmarks."""
+and published, with token counts and time split by component, and the main counts and the mean
+reward per environment (a run over several). Plain data, cheap to update on the hot path;
+`snapshot()` gives a dict for logs, reports and benchmarks."""
 
 from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+
+@dataclass
+class EnvStats:
+    """One environment's share of a run's rollouts."""
+
+    started: int = 0
+    finished: int = 0
+    errored: int = 0
+    stale_dropped: int = 0
+    reward_sum: float = 0.0  # over finished rollouts
+
+    @property
+    def reward_mean(self) -> float | None:
+        return self.reward_sum / self.finished if self.finished else None
 
 
 @dataclass
@@ -31,7 +47,14 @@ class RolloutStats:
     scoring_s: float = 0.0
     publish_s: float = 0.0
     errors_by_reason: dict[str, int] = field(default_factory=dict)
+    by_env: dict[str, EnvStats] = field(default_factory=dict)
     started_at: float = field(default_factory=time.monotonic)
+
+    def env(self, name: str) -> EnvStats:
+        stats = self.by_env.get(name)
+        if stats is None:
+            stats = self.by_env[name] = EnvStats()
+        return stats
 
     def error(self, reason: str) -> None:
         self.errored += 1
@@ -43,4 +66,5 @@ class RolloutStats:
         out["elapsed_s"] = elapsed
         done = self.finished + self.errored
         out["episodes_per_s"] = done / elapsed if elapsed > 0 else 0.0
+        out["by_env"] = {name: {**asdict(e), "reward_mean": e.reward_mean} for name, e in sorted(self.by_env.items())}
         return out

@@ -462,6 +462,7 @@ class Trainer:
             normalization=self.cfg.loss.normalization,
             norm_len=b.max_seq_len,
             pad_id=self.engine.pad_id,
+            version=self.version,
         )
 
     async def _train(self, c: Collected) -> None:
@@ -505,6 +506,9 @@ class Trainer:
         rewards = [t.reward for t in c.trajectories]
         lags = [self.version - 1 - s.policy_version for s in c.samples] if stats else []
         mean = lambda xs: sum(xs) / len(xs) if xs else None  # noqa: E731
+        by_env: dict[str, list[float]] = {}
+        for t in sorted(c.trajectories, key=lambda t: t.task.env):
+            by_env.setdefault(t.task.env, []).append(t.reward)
         record: dict[str, Any] = {
             "step": self.step,
             "time": round(time.time(), 3),
@@ -520,6 +524,9 @@ class Trainer:
             "reward_mean": mean(rewards),
             "reward_min": min(rewards) if rewards else None,
             "reward_max": max(rewards) if rewards else None,
+            # a run over several environments: each one's share of the step and its mean reward
+            "rollouts_by_env": {env: len(rs) for env, rs in by_env.items()},
+            "reward_mean_by_env": {env: mean(rs) for env, rs in by_env.items()},
             "advantage_mean": mean([t.advantage for t in c.trajectories]),
             "policy_lag_mean": mean(lags),
             "policy_lag_max": max(lags) if lags else None,
