@@ -2,7 +2,9 @@
 its generated code is fresh, its own tests pass, and it packs into a tarball that installs into an
 empty project and plays an episode. Its Wordle server passes `rollmesh conformance`, plays with the
 Python EnvClient, sends ErrorInfo reasons Python reads, registers in the NATS registry and exits 0
-on SIGTERM. Its clients and examples work against the Python servers (environment, inference with
+on SIGTERM. Its higher-lower harness plays RunEpisode through the orchestrator's interception
+endpoint in front of a real inference server (conformance, and `rollmesh eval` recording every
+model call as a turn). Its clients and examples work against the Python servers (environment, inference with
 the tiny local model, rubric), and a trace published from TypeScript is scored live by the rubric
 service and read back from TypeScript. With certificates of a development CA (pki.init), the
 Wordle server serves mutual TLS and checks the caller's roles on every method, the TypeScript client
@@ -42,6 +44,7 @@ from rollmesh.security import pki
 TS = Path(__file__).resolve().parents[1] / "clients" / "typescript"
 BIN = Path(sys.executable).parent
 WORDLE = TS / "dist" / "examples" / "wordle" / "server.js"
+HIGHER_LOWER = TS / "dist" / "examples" / "higher-lower" / "server.js"
 EXAMPLES = TS / "dist" / "examples"
 SERVER_LINE = re.compile(r"server on (\S+:\d+)")
 FEEDBACK = re.compile(r"^([A-Z]{5}): ([GY-]{5})\.")
@@ -566,6 +569,64 @@ const { RubricClient } = require("./dist/src/index.js");
   rubrics.close();
 })().catch((e) => { console.error(e); process.exit(1); });
 """
+
+
+# --- RunEpisode: the TypeScript harness against the Python caller -----------------------------------
+
+
+async def test_the_run_episode_harness_passes_the_conformance_check_through_a_real_interception_endpoint(
+    built: Path, inference: str, tmp_path: Path
+) -> None:
+    """Conformance's run-episode check puts the orchestrator's interception endpoint in front of the
+    tiny model's inference server: the harness's agent.chat calls go through it with the session key
+    (a wrong key or URL would fail the episode), and every answer is in the returned conversation.
+    The other checks are the Wordle server's test."""
+    from rollmesh.apps.conformance.checks import check_run_episode
+    from rollmesh.apps.conformance.probe import Options, Probe
+
+    log = tmp_path / "server.log"
+    proc, address = start(["node", HIGHER_LOWER, "--port", "0", "--grace", "1"], log)
+    probe = Probe(address, Options(timeout_s=60, inference=inference))
+    try:
+        detail = await check_run_episode(probe)
+    finally:
+        await probe.close()
+        assert stop(proc) == 0, log.read_text()
+    m = re.fullmatch(r"higher-lower: (\d+) model calls, (\d+) messages, reward [01]", detail)
+    # one call per guess, each answered by a feedback message after the prompt
+    assert m and 2 <= int(m.group(1)) <= 7 and int(m.group(2)) == 1 + 2 * int(m.group(1)), detail
+
+
+def test_rollmesh_eval_records_every_model_call_of_the_typescript_harness(
+    built: Path, inference: str, tmp_path: Path
+) -> None:
+    """`rollmesh eval` plays the harness by RunEpisode (has_run_episode): each agent.chat is one
+    recorded turn with the inference server's token ids and logprobs, in the conversation's order."""
+    proc, address = start(["node", HIGHER_LOWER, "--port", "0", "--grace", "1"], tmp_path / "server.log")
+    try:
+        out = tmp_path / "eval"
+        cmd = [BIN / "rollmesh", "eval", "--env", "higher-lower", "--env-address", address, "--model", inference,
+               "-n", "2", "-r", "1", "--max-tokens", "4", "--seed", "3", "--no-publish", "--no-progress",
+               "--nats", "nats://127.0.0.1:1", "--out", out]  # fmt: skip
+        run(*cmd, timeout=180)
+    finally:
+        assert stop(proc) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["counts"]["trajectories"] == 2 and summary["counts"]["errored"] == 0, summary["counts"]
+    assert set(summary["rewards"]) == {"solved"}
+    trajectories = [json.loads(line) for line in (out / "trajectories.jsonl").read_text().splitlines()]
+    for t in trajectories:
+        messages, turns = t["messages"], t["turns"]
+        assert t["stop_reason"] in ("STOP_REASON_DONE", "STOP_REASON_MAX_TURNS"), t.get("error")
+        assert messages[0]["content"].startswith("I am thinking of an integer between 1 and 100.")
+        # the harness's conversation: a guess, then its feedback, once per model call
+        assert [m["role"] for m in messages[1:]] == ["assistant", "user"] * len(turns)
+        assert 2 <= len(turns) <= 7 and t["metrics"]["model_calls"] == len(turns)
+        assert (t["stop_reason"] == "STOP_REASON_DONE") == (t["rewards"]["solved"] == 1.0)
+        prompt_lengths = [len(u["prompt_ids"]) for u in turns]
+        assert prompt_lengths == sorted(set(prompt_lengths)), "each call's prompt holds the previous ones"
+        for u in turns:
+            assert 0 < len(u["completion_ids"]) <= 4 and len(u["completion_logprobs"]) == len(u["completion_ids"])
 
 
 def test_the_rubric_client_against_the_rubric_service(built: Path, rubric: tuple[str, str]) -> None:

@@ -12,7 +12,7 @@ import {
   ServerListenerBuilder,
   ResponderBuilder,
 } from "@grpc/grpc-js";
-import { permissionDenied, toStatus, unauthenticated } from "./errors.js";
+import { clip, permissionDenied, toStatus, unauthenticated } from "./errors.js";
 
 export const SERVER = "server";
 export const ORCHESTRATOR = "orchestrator";
@@ -108,10 +108,6 @@ export function authorize(
     );
   }
   return identity;
-}
-
-function clip(value: string, limit: number): string {
-  return value.length <= limit ? value : `${value.slice(0, limit)}... (${value.length} chars)`;
 }
 
 /** The identity of the connection a call came in on: its verified client certificate, if any. */

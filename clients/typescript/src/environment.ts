@@ -1,5 +1,6 @@
 // An environment: tasks + a harness (episode hooks, tools) + rewards, free of any transport.
 import { createHash } from "node:crypto";
+import type { Agent } from "./agent.js";
 import { type EnvironmentInfo, EnvironmentKind } from "./gen/rollmesh/v1/environment.js";
 import { type Message, SamplingParams, type Task } from "./gen/rollmesh/v1/messages.js";
 import { notFound, quoted } from "./errors.js";
@@ -34,6 +35,30 @@ export interface StepOutcome {
   metrics?: Record<string, number>;
 }
 
+/** What a runEpisode harness knows of its episode besides the task. */
+export interface RunContext {
+  readonly episodeId: string;
+  readonly seed: number;
+  readonly options: Record<string, unknown>;
+}
+
+export type RunStopReason = "done" | "max_turns" | "length" | "cancelled";
+
+/** The end of an episode a runEpisode harness played. */
+export interface RunOutcome<S> {
+  /** The whole conversation, prompt included (default: agent.transcript, or the prompt). */
+  messages?: MessageInit[];
+  /** Named rewards; otherwise `score` is asked, when defined. */
+  rewards?: Rewards;
+  /** The total; defaults to the weighted sum of `rewards`. */
+  reward?: number;
+  metrics?: Record<string, number>;
+  /** Default "done". */
+  stopReason?: RunStopReason;
+  /** JSON data, returned in the trajectory and passed to score. */
+  state?: S;
+}
+
 export interface ScoreInput<S> {
   task: Task;
   messages: Message[];
@@ -65,6 +90,11 @@ export interface EnvironmentSpec<S extends State = State> {
   onClose?: (state: S, ctx: EpisodeContext) => void | Promise<void>;
   /** Rewards of a finished conversation: the Score RPC, and the final step when it has none inline. */
   score?: (input: ScoreInput<S>) => Rewards | number | Promise<Rewards | number>;
+  /**
+   * Plays a whole episode with the harness's own agent loop (the RunEpisode RPC): every model call
+   * goes through `agent` (agent.chat, or a program given agent.openaiBaseUrl and agent.apiKey).
+   */
+  runEpisode?: (task: Task, agent: Agent, ctx: RunContext) => RunOutcome<S> | Promise<RunOutcome<S>>;
 }
 
 const KINDS: Record<EnvironmentKindName, EnvironmentKind> = {
@@ -102,6 +132,10 @@ export class Environment<S extends State = State> {
 
   get hasScore(): boolean {
     return this.spec.score !== undefined;
+  }
+
+  get hasRunEpisode(): boolean {
+    return this.spec.runEpisode !== undefined;
   }
 
   tasks(split = ""): Task[] {
@@ -143,7 +177,7 @@ export class Environment<S extends State = State> {
       hasScore: this.hasScore,
       digest: this.digest,
       defaultSampling: SamplingParams.fromPartial(sampling),
-      hasRunEpisode: false, // the client drives episodes (the Episode stream)
+      hasRunEpisode: this.hasRunEpisode,
       defaultSplit: this.defaultSplit,
     };
   }

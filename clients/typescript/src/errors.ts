@@ -13,16 +13,29 @@ export const ERROR_INFO_TYPE_URL = "type.googleapis.com/google.rpc.ErrorInfo";
 /** The name of a rollmesh.v1.ErrorReason value, e.g. "UNKNOWN_TASK". */
 export type ReasonName = Exclude<keyof typeof ErrorReason, "ERROR_REASON_UNSPECIFIED" | "UNRECOGNIZED">;
 
+// A status message (and each metadata value) is capped, as in Python: an error that quotes client
+// strings or an environment's exception must not become megabytes of trailer and log.
+export const MAX_MESSAGE_CHARS = 2000;
+const MAX_METADATA_CHARS = 512;
+
+/** `text`, cut to `limit` characters (saying how long it was). */
+export function clip(text: string, limit = MAX_MESSAGE_CHARS): string {
+  return text.length <= limit ? text : `${text.slice(0, limit)}... (${text.length} chars)`;
+}
+
 /** An error that ends an RPC with this status code, reason and message (for people). */
 export class RpcError extends Error {
+  readonly metadata: Record<string, string>;
+
   constructor(
     readonly code: status,
     readonly reason: ReasonName,
     message: string,
-    readonly metadata: Record<string, string> = {},
+    metadata: Record<string, string> = {},
   ) {
-    super(message);
+    super(clip(message));
     this.name = "RpcError";
+    this.metadata = Object.fromEntries(Object.entries(metadata).map(([k, v]) => [k, clip(v, MAX_METADATA_CHARS)]));
   }
 }
 
@@ -70,13 +83,14 @@ export function toStatus(error: unknown, where: string): Pick<StatusObject, "cod
   const rpc =
     error instanceof RpcError
       ? error
-      : internal("ENVIRONMENT_FAILED", where ? `${where} raised ${describe(error)}` : describe(error));
+      : internal("ENVIRONMENT_FAILED", where ? `${where} raised ${describeError(error)}` : describeError(error));
   const metadata = new Metadata();
   metadata.set(STATUS_DETAILS_KEY, statusDetails(rpc.code, rpc.message, rpc.reason, rpc.metadata));
   return { code: rpc.code, details: rpc.message, metadata };
 }
 
-function describe(error: unknown): string {
+/** "Name: message" of an error (its text for anything else). */
+export function describeError(error: unknown): string {
   return error instanceof Error ? `${error.name}: ${error.message}` : String(error);
 }
 

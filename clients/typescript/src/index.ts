@@ -5,6 +5,8 @@
 export {
   EnvClient,
   type EnvClientOptions,
+  type RunEpisodeOptions,
+  type RunEpisodeResult,
   type ScoreResult,
   type ServerDescription,
   type StartOptions,
@@ -67,6 +69,14 @@ export {
 } from "./authorize.js";
 
 // Writing an environment server.
+export {
+  type Agent,
+  ChatAgent,
+  type ChatAgentOptions,
+  type ChatTool,
+  ModelCallError,
+  TurnLimitReached,
+} from "./agent.js";
 export { parseServeArgs, runServer, SERVE_USAGE } from "./cli.js";
 export {
   defineEnvironment,
@@ -75,6 +85,9 @@ export {
   type EnvironmentSpec,
   type EpisodeContext,
   type Rewards,
+  type RunContext,
+  type RunOutcome,
+  type RunStopReason,
   type ScoreInput,
   type State,
   type StepOutcome,

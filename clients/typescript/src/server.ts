@@ -25,6 +25,10 @@ export interface ServeOptions {
   idleTimeoutS?: number;
   /** Largest message either way, in bytes (default 16 MiB; the CLI's --max-message-mb). */
   maxMessageBytes?: number;
+  /** The longest one RunEpisode may take, in seconds (default 1800; 0 = only the caller's deadline). */
+  runTimeoutS?: number;
+  /** The longest one model call of a RunEpisode (agent.chat) may take, in seconds (default 300; 0 = no limit). */
+  modelTimeoutS?: number;
   /** Register in the NATS KV registry at this URL. */
   natsUrl?: string;
   /** Host other machines reach this server at (default: host). */
@@ -61,6 +65,8 @@ export class EnvironmentServer {
       maxConcurrentEpisodes: opts.maxConcurrentEpisodes ?? 1024,
       idleTimeoutS: opts.idleTimeoutS ?? 300,
       maxMessageBytes,
+      runTimeoutS: opts.runTimeoutS ?? 1800,
+      modelTimeoutS: opts.modelTimeoutS ?? 300,
     });
     const server = new Server({
       "grpc.max_receive_message_length": maxMessageBytes,

@@ -19,12 +19,16 @@ import {
   RunEpisodeResponse,
   ScoreRequest,
   ScoreResponse,
+  StartEpisode,
 } from "./gen/rollmesh/v1/environment.js";
 import type { Task } from "./gen/rollmesh/v1/messages.js";
+import { ChatAgent } from "./agent.js";
 import { Undecodable } from "./decoding.js";
 import { asRewards, type Environment, weightedReward } from "./environment.js";
 import { Episode } from "./episode.js";
 import {
+  deadlineExceeded,
+  describeError,
   internal,
   invalidArgument,
   notFound,
@@ -36,6 +40,7 @@ import {
   unimplemented,
 } from "./errors.js";
 import { pageOffset, pageToken } from "./page-token.js";
+import { runEpisode } from "./run-episode.js";
 import { Cancelled, EOF, StreamReader } from "./stream.js";
 import { PROTOCOL_VERSION, VERSION } from "./version.js";
 
@@ -48,6 +53,10 @@ export interface EpisodeLimits {
   /** 0 = no idle timeout. */
   idleTimeoutS: number;
   maxMessageBytes: number;
+  /** The longest one RunEpisode may take (0 = only the caller's deadline). */
+  runTimeoutS: number;
+  /** The longest one model call of a RunEpisode may take (0 = no limit of its own). */
+  modelTimeoutS: number;
 }
 
 type In<T> = T | Undecodable;
@@ -83,13 +92,7 @@ export class EnvironmentServiceImpl {
       runEpisode: (
         call: ServerUnaryCall<In<RunEpisodeRequest>, RunEpisodeResponse>,
         cb: sendUnaryData<RunEpisodeResponse>,
-      ) =>
-        unary(call.request, cb, "RunEpisode", async () => {
-          throw unimplemented(
-            "NOT_SUPPORTED",
-            "this TypeScript server does not drive episodes itself (has_run_episode is false); drive them with the Episode stream",
-          );
-        }),
+      ) => unary(call.request, cb, "RunEpisode", (request) => this.runEpisode(request, call)),
     };
   }
 
@@ -180,6 +183,91 @@ export class EnvironmentServiceImpl {
     throw invalidArgument("NO_TASK", "Score needs the task (inline, or its task_id and split)");
   }
 
+  /**
+   * The environment's harness plays the whole episode (spec 7). It counts as an episode against
+   * the limit until the harness returns. A cancelled call, a passed deadline or the run timeout
+   * aborts agent.signal and the model call in flight; each model call waits at most modelTimeoutS.
+   */
+  private async runEpisode(
+    request: RunEpisodeRequest,
+    call: ServerUnaryCall<unknown, unknown>,
+  ): Promise<RunEpisodeResponse> {
+    if (this.draining) throw unavailable("DRAINING", "server is shutting down; run the episode on another replica");
+    const start = request.start ?? StartEpisode.fromPartial({});
+    const env = this.env(start.env);
+    if (!env.hasRunEpisode) {
+      throw unimplemented(
+        "NOT_SUPPORTED",
+        `environment "${env.name}" does not run episodes itself (has_run_episode is false); drive them with the Episode stream`,
+      );
+    }
+    const openaiBaseUrl = checkBaseUrl(request.openaiBaseUrl);
+    if (!request.sessionKey) {
+      const message = "RunEpisode needs session_key, the bearer token of the episode's model calls";
+      throw invalidArgument("MISSING_FIELD", message, { field: "session_key" });
+    }
+    const task = this.taskOf(env, start);
+    this.checkRoom();
+    this.active += 1;
+    const abort = new AbortController();
+    const cancel = () => abort.abort();
+    call.on("cancelled", cancel);
+    if (call.cancelled) cancel();
+    const { runTimeoutS } = this.limits;
+    let timedOut = false;
+    const timer =
+      runTimeoutS > 0
+        ? setTimeout(() => {
+            timedOut = true;
+            cancel();
+          }, runTimeoutS * 1000)
+        : undefined;
+    const episodeId = start.episodeId || randomUUID().replaceAll("-", "");
+    const agent = new ChatAgent({
+      openaiBaseUrl,
+      apiKey: request.sessionKey,
+      model: request.model,
+      maxCalls: env.maxTurns,
+      signal: abort.signal,
+      timeoutS: this.limits.modelTimeoutS,
+      maxReplyBytes: this.limits.maxMessageBytes,
+    });
+    try {
+      const trajectory = await runEpisode(env, task, agent, {
+        episodeId,
+        seed: start.seed,
+        options: start.options ?? {},
+      });
+      if (abort.signal.aborted) throw new Cancelled();
+      const response = { trajectory: { ...trajectory, trajectoryId: episodeId } };
+      this.checkSize(RunEpisodeResponse.encode(response).finish().length);
+      return response;
+    } catch (e) {
+      if (timedOut) {
+        const message = `environment "${env.name}" did not finish the episode within ${runTimeoutS} s`;
+        throw deadlineExceeded("TIMEOUT", message, { timeout_s: String(runTimeoutS) });
+      }
+      if (e instanceof RpcError || e instanceof Cancelled) throw e;
+      console.error(`environment "${env.name}" failed in runEpisode():`, e);
+      throw internal("ENVIRONMENT_FAILED", `environment "${env.name}" failed in runEpisode(): ${describeError(e)}`);
+    } finally {
+      clearTimeout(timer);
+      call.removeListener("cancelled", cancel);
+      this.active -= 1;
+    }
+  }
+
+  private checkRoom(): void {
+    const limit = this.limits.maxConcurrentEpisodes;
+    if (this.active >= limit) {
+      throw resourceExhausted(
+        "EPISODE_LIMIT",
+        `server at its limit of ${limit} concurrent episodes; retry later or use another replica`,
+        { limit: String(limit) },
+      );
+    }
+  }
+
   private async episode(call: ServerDuplexStream<In<EpisodeRequest>, EpisodeResponse>): Promise<void> {
     const reader = new StreamReader<In<EpisodeRequest>>(call);
     let episode: Episode | undefined;
@@ -195,14 +283,7 @@ export class EnvironmentServiceImpl {
       if (this.draining) {
         throw unavailable("DRAINING", "server is shutting down; start the episode on another replica");
       }
-      const limit = this.limits.maxConcurrentEpisodes;
-      if (this.active >= limit) {
-        throw resourceExhausted(
-          "EPISODE_LIMIT",
-          `server at its limit of ${limit} concurrent episodes; retry later or use another replica`,
-          { limit: String(limit) },
-        );
-      }
+      this.checkRoom();
       this.active += 1;
       counted = true;
       episode = this.newEpisode(first);
@@ -277,18 +358,42 @@ export class EnvironmentServiceImpl {
     }
     const start = request.kind.value;
     const env = this.env(start.env);
-    let task: Task;
+    const task = this.taskOf(env, start);
+    return new Episode(env, task, { seed: start.seed, options: start.options ?? {}, episodeId: start.episodeId });
+  }
+
+  private taskOf(env: AnyEnvironment, start: StartEpisode): Task {
     if (start.task) {
       // an inline task takes precedence: task_id and split are ignored
       if (!start.task.prompt.length) throw invalidArgument("INVALID_TASK", "an inline task needs a prompt");
-      task = { ...start.task, env: env.name, split: start.task.split || env.defaultSplit };
-    } else if (start.taskId) {
-      task = env.getTask(start.taskId, start.split);
-    } else {
-      throw invalidArgument("NO_TASK", "start needs a task_id (see ListTasks) or an inline task");
+      return { ...start.task, env: env.name, split: start.task.split || env.defaultSplit };
     }
-    return new Episode(env, task, { seed: start.seed, options: start.options ?? {}, episodeId: start.episodeId });
+    if (start.taskId) return { ...env.getTask(start.taskId, start.split), env: env.name };
+    throw invalidArgument("NO_TASK", "start needs a task_id (see ListTasks) or an inline task");
   }
+}
+
+/** The caller's OpenAI-compatible base URL: present, and an http(s) URL. */
+function checkBaseUrl(value: string): string {
+  if (!value) {
+    throw invalidArgument(
+      "MISSING_FIELD",
+      "RunEpisode needs openai_base_url, the caller's OpenAI-compatible endpoint (this server does not call inference_address)",
+      { field: "openai_base_url" },
+    );
+  }
+  let url: URL | undefined;
+  try {
+    url = new URL(value);
+  } catch {
+    url = undefined;
+  }
+  if (!url || !["http:", "https:"].includes(url.protocol)) {
+    throw invalidArgument("INVALID_FIELD", `openai_base_url ${quoted(value)} is not an http(s) URL`, {
+      field: "openai_base_url",
+    });
+  }
+  return value;
 }
 
 function decoded<T>(request: In<T>, type: string): T {
@@ -300,7 +405,7 @@ function decoded<T>(request: In<T>, type: string): T {
 
 /** The status for an error; INTERNAL ones (the environment's code raised) are logged with their stack. */
 function statusOf(error: unknown, where: string): ReturnType<typeof toServiceError> {
-  if (!(error instanceof RpcError)) console.error(`${where} failed:`, error);
+  if (!(error instanceof RpcError || error instanceof Cancelled)) console.error(`${where} failed:`, error);
   return toServiceError(error, where);
 }
 

@@ -1,8 +1,19 @@
 // Small environments for the server tests.
-import { defineEnvironment } from "../src/index.js";
+import { defineEnvironment, type MessageInit, type Tool } from "../src/index.js";
 import { wordleEnvironment } from "../examples/wordle/env.js";
 
 export const wordle = () => wordleEnvironment(["crane", "slate", "ghost", "pious", "brick", "plumb"]);
+
+const add: Tool = {
+  name: "add",
+  description: "Adds two numbers.",
+  parameters: {
+    type: "object",
+    properties: { a: { type: "number" }, b: { type: "number" } },
+    required: ["a", "b"],
+  },
+  fn: ({ a, b }) => Number(a) + Number(b),
+};
 
 /** A tool environment: `add` as a tool, the final answer scored against the task's answer. */
 export const calculator = () =>
@@ -14,18 +25,7 @@ export const calculator = () =>
       question: `What is ${i} + 1?`,
       answer: String(i + 1),
     })),
-    tools: [
-      {
-        name: "add",
-        description: "Adds two numbers.",
-        parameters: {
-          type: "object",
-          properties: { a: { type: "number" }, b: { type: "number" } },
-          required: ["a", "b"],
-        },
-        fn: ({ a, b }) => Number(a) + Number(b),
-      },
-    ],
+    tools: [add],
     rewardWeights: { correct: 1 },
     score: ({ task, messages }) => ({ correct: messages.at(-1)?.content.trim() === task.answer ? 1 : 0 }),
   });
@@ -65,4 +65,33 @@ export const echo = () =>
       if (sleep) await pause(Number(sleep.content.split(" ")[1]));
       return { said: messages.filter((m) => m.role === "assistant").length };
     },
+  });
+
+/**
+ * A runEpisode harness with a tool: it asks the model, runs the model's `add` calls, asks again,
+ * and lets the transcript and score make the trajectory. Options: `fail` (throws that text),
+ * `loop` (keeps calling the model past maxTurns).
+ */
+export const harness = () =>
+  defineEnvironment({
+    name: "harness",
+    maxTurns: 3,
+    tasks: [{ taskId: "a0", question: "What is 2 + 3?", answer: "5" }],
+    tools: [add],
+    rewardWeights: { correct: 1 },
+    runEpisode: async (task, agent, ctx) => {
+      if (ctx.options.fail) throw new Error(String(ctx.options.fail));
+      const messages: MessageInit[] = [...task.prompt];
+      const reply = await agent.chat(messages, [add]);
+      messages.push(reply);
+      for (const call of reply.toolCalls) {
+        const args = JSON.parse(call.argumentsJson) as Record<string, unknown>;
+        messages.push({ role: "tool", toolCallId: call.id, name: call.name, content: String(await add.fn(args)) });
+      }
+      await agent.chat(messages, [add]);
+      while (ctx.options.loop) await agent.chat(messages);
+      const { OPENAI_BASE_URL, OPENAI_MODEL } = agent.openaiEnv(); // what an agent program would get
+      return { state: { endpoint: OPENAI_BASE_URL, model: OPENAI_MODEL } };
+    },
+    score: ({ task, messages }) => ({ correct: messages.at(-1)?.content.trim() === task.answer ? 1 : 0 }),
   });

@@ -202,13 +202,12 @@ describe("one server with four environments", () => {
     const byId = { taskId: task.taskId, split: task.split };
     assert.equal((await c.score("wordle", { task: byId, messages: [] })).reward, 0);
     assert.deepEqual(await failure(c.score("fragile", { task, messages: [] })), ["UNIMPLEMENTED", "NOT_SUPPORTED"]);
-    const run = new Promise((ok, ko) =>
-      c.stub.runEpisode(
-        { start: undefined, inferenceAddress: "", model: "", sampling: undefined },
-        (e: ServiceError | null, r: unknown) => (e ? ko(e) : ok(r)),
-      ),
-    );
-    await assert.rejects(run, (e: ServiceError) => e.code === 12);
+    const run = c.runEpisode("wordle", {
+      taskId: task.taskId,
+      openaiBaseUrl: "http://127.0.0.1:1/v1",
+      sessionKey: "k",
+    });
+    assert.deepEqual(await failure(run), ["UNIMPLEMENTED", "NOT_SUPPORTED"]);
   });
 });
 

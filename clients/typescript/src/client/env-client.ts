@@ -7,6 +7,8 @@ import {
   type EpisodeRequest,
   ListTasksRequest,
   type ListTasksResponse,
+  RunEpisodeRequest,
+  type RunEpisodeResponse,
   ScoreRequest,
   type ScoreResponse,
 } from "../gen/rollmesh/v1/environment.js";
@@ -26,9 +28,13 @@ import { toRollmeshError } from "./errors.js";
 import {
   type EnvironmentDescription,
   type MessageInit,
+  type Message,
+  type SamplingInit,
+  type StopReasonName,
   type TaskInit,
   toEnvironmentDescription,
   toMessages,
+  toStopReason,
   toTask,
 } from "./types.js";
 
@@ -60,6 +66,32 @@ export interface StartOptions extends CallOptions {
   options?: Record<string, unknown>;
   /** Longest wait for each reply of this episode, in seconds (default: the client's stepTimeoutS). */
   stepTimeoutS?: number;
+}
+
+export interface RunEpisodeOptions extends Omit<StartOptions, "stepTimeoutS"> {
+  /** The caller's OpenAI-compatible endpoint (ends in /v1) the environment sends its model calls to. */
+  openaiBaseUrl: string;
+  /** The bearer token of this episode's model calls. */
+  sessionKey: string;
+  /** The model name the environment sends ("" = the endpoint's served model). */
+  model?: string;
+  /** The run's sampling (the endpoint applies it to every call). */
+  sampling?: SamplingInit;
+  /** Default: the client's episodeTimeoutS. */
+  timeoutS?: number;
+}
+
+export interface RunEpisodeResult {
+  /** The episode id (the trajectory's id). */
+  episodeId: string;
+  task: Task;
+  /** The whole conversation, prompt included. */
+  messages: Message[];
+  rewards: Record<string, number>;
+  reward: number;
+  metrics: Record<string, number>;
+  stopReason: StopReasonName | undefined;
+  state: Record<string, unknown>;
 }
 
 export interface TaskPage {
@@ -211,6 +243,44 @@ export class EnvClient {
       },
     };
     return EpisodeSession.start(call, start, checkTimeout(opts.stepTimeoutS ?? this.stepTimeoutS, "stepTimeoutS"));
+  }
+
+  /**
+   * Has the environment play a whole episode with its own agent loop (when its hasRunEpisode):
+   * its model calls go to `openaiBaseUrl` with `sessionKey` as the bearer token.
+   */
+  async runEpisode(env: string, opts: RunEpisodeOptions): Promise<RunEpisodeResult> {
+    const request = RunEpisodeRequest.fromPartial({
+      start: {
+        env,
+        taskId: opts.taskId ?? "",
+        split: opts.split ?? "",
+        task: opts.task,
+        seed: opts.seed ?? 0,
+        episodeId: opts.episodeId ?? "",
+        options: opts.options,
+      },
+      model: opts.model ?? "",
+      sampling: opts.sampling,
+      openaiBaseUrl: opts.openaiBaseUrl,
+      sessionKey: opts.sessionKey,
+    });
+    const r = await unary<RunEpisodeResponse>(
+      (md, o, cb) => this.stub.runEpisode(request, md, o, cb),
+      opts,
+      this.episodeTimeoutS,
+    );
+    const t = r.trajectory;
+    return {
+      episodeId: t?.trajectoryId ?? "",
+      task: toTask(t?.task),
+      messages: t?.messages ?? [],
+      rewards: { ...t?.rewards },
+      reward: t?.reward ?? 0,
+      metrics: { ...t?.metrics },
+      stopReason: toStopReason(t?.stopReason ?? 0),
+      state: t?.state ?? {},
+    };
   }
 
   /** The environment's own reward logic on a finished conversation (prompt included). */

@@ -91,11 +91,15 @@ export function toEnvironmentDescription(info: EnvironmentInfo): EnvironmentDesc
   };
 }
 
+export function toStopReason(reason: StopReason): StopReasonName | undefined {
+  return STOP_NAMES[reason];
+}
+
 export function toStepResult(step: Step): StepResult {
   return {
     messages: step.messages,
     done: step.done,
-    stopReason: STOP_NAMES[step.stopReason],
+    stopReason: toStopReason(step.stopReason),
     reward: step.hasReward ? step.reward : undefined,
     rewards: { ...step.rewards },
     metrics: { ...step.metrics },
