@@ -13,10 +13,11 @@ from pathlib import Path
 
 import pytest
 
+from .conftest import full_only
 from .mesh import GO_DIGITS, Mesh, start_training
 from .netns import Network
 
-pytestmark = [pytest.mark.usefixtures("namespaces_available"), pytest.mark.timeout(900)]
+pytestmark = [pytest.mark.usefixtures("namespaces_available"), pytest.mark.timeout(900), full_only]
 
 HOSTS = ["nats1", "nats2", "nats3", "env1", "env2", "inference", "trainer0", "trainer1", "orchestrator"]
 STEPS = 40

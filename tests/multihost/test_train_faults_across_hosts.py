@@ -11,7 +11,6 @@ orchestrator; mutual TLS), each checked from the ROLLOUTS stream and the trainer
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from pathlib import Path
 
@@ -20,15 +19,14 @@ from rollmesh.inference.client import InferenceClient
 from rollmesh.security import pki
 from rollmesh.security.tls import using
 
+from .conftest import full_only
 from .mesh import Mesh, start_training
 from .netns import Network
 
 pytestmark = [
     pytest.mark.usefixtures("namespaces_available"),
     pytest.mark.timeout(900),
-    pytest.mark.skipif(
-        not os.environ.get("ROLLMESH_MULTIHOST_FULL"), reason="3.5 min: run by `make test-multihost`, not `make test`"
-    ),
+    full_only,
 ]
 
 MAX_OFF_POLICY = 2  # the run file's rollout.max_off_policy_steps
