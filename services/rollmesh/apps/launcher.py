@@ -93,6 +93,11 @@ class EnvServerConfig(Section):
     """`load_environment` keyword arguments (`rollmesh env serve --arg k=v`)."""
     extra_args: list[str] = Field(default_factory=list)
     """More `rollmesh env serve` flags, e.g. ["--max-episodes", "256"]."""
+    python: str = ""
+    """Python interpreter of another virtual environment with rollmesh installed, to run this server in (e.g.
+    ".venv-verifiers/bin/python" for verifiers environments, whose dependencies conflict with this one's); "" = this
+    process's interpreter.
+    """
 
     @property
     def targets(self) -> list[str]:
@@ -119,7 +124,9 @@ class InferenceConfig(Section):
     name: str = ""
     """Served model name (default: the directory's name, e.g. "tiny")."""
     dtype: str = "auto"
-    """Model dtype: "auto", "float32", "bfloat16" or "float16"."""
+    """Model dtype: "auto", "float32", "bfloat16" or "float16". "auto" (hf backend): float32 on a CPU, like the trainer
+    there, else the model's own; serve in the dtype you train in (a bfloat16 sampler's logprobs differ from a float32
+    trainer's)."""
     max_batch_size: int = Field(32, ge=1)
     """Sequences per forward pass (hf backend)."""
     extra_args: list[str] = Field(default_factory=list)
@@ -355,6 +362,8 @@ class ServiceProcess:
 
 def env_command(spec: EnvServerConfig, *, host: str, nats_url: str | None, grace_s: float) -> list[str]:
     argv = rollmesh_command("env", "serve", *spec.targets, "--host", host, "--port", "0", "--grace", f"{grace_s:g}")
+    if spec.python:
+        argv[0] = spec.python
     if nats_url:
         argv += ["--nats", nats_url]
     for key, value in spec.args.items():

@@ -57,7 +57,10 @@ def _fail(message: str, code: int = 2) -> None:
 def env_serve(
     targets: Annotated[
         list[str],
-        typer.Argument(help="Modules (rollmesh.examples.arithmetic), entry point names (arithmetic) or .py files."),
+        typer.Argument(
+            help="Modules (rollmesh.examples.arithmetic), entry point names (arithmetic) or .py files; "
+            "a module whose load_environment() returns a verifiers environment is hosted as is."
+        ),
     ],
     host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port; 0 picks a free one.")] = 50051,
@@ -84,6 +87,7 @@ def env_serve(
     from ..env.loader import load_environments, parse_args
     from ..env.server import EnvironmentServer, EpisodeLimits
     from ..errors import RollmeshError
+    from ..integrations import verifiers
     from ..rpc import RpcLimits
     from ..telemetry import setup_logging, setup_tracing
 
@@ -94,7 +98,7 @@ def env_serve(
     )
     try:
         kwargs = parse_args(arg or [])
-        envs = [e for t in targets for e in load_environments(t, kwargs)]
+        envs = [e for t in targets for e in load_environments(t, kwargs, adapters=[verifiers.adapt])]
     except (RollmeshError, ValueError, TypeError) as e:
         _fail(str(e))
 
@@ -134,19 +138,48 @@ def env_list() -> None:
 
 @inference_app.command("serve")
 def inference_serve(
-    model: Annotated[str, typer.Option(help="A Hugging Face directory, a .gguf file, or 'smollm2'.")],
+    model: Annotated[
+        str | None,
+        typer.Option(
+            help="A Hugging Face directory, a .gguf file, or 'smollm2'; with --backend openai, the endpoint's "
+            "model name (default: the first it lists)."
+        ),
+    ] = None,
     backend: Annotated[
         str,
         typer.Option(
             help="vllm | hf | auto (vllm with a GPU, else hf) | scripted (instant scripted replies, for "
-            "benchmarks; --model wiki-search|guess-number|arithmetic|echo|FILE.json)."
+            "benchmarks; --model wiki-search|guess-number|arithmetic|echo|FILE.json) | openai (an "
+            "OpenAI-compatible endpoint at --base-url: text only, no token ids or weight updates)."
         ),
     ] = "auto",
+    base_url: Annotated[
+        str | None, typer.Option(help="openai backend: the API root, e.g. http://host:8000/v1.")
+    ] = None,
+    api_key_env: Annotated[
+        str | None,
+        typer.Option(
+            help="openai backend: the environment variable holding the API key (default: OPENAI_API_KEY when "
+            "set). The key is never taken from the command line."
+        ),
+    ] = None,
+    max_rps: Annotated[
+        float, typer.Option(help="openai backend: requests per second to the endpoint (0 = no limit).")
+    ] = 0.0,
+    max_concurrency: Annotated[int, typer.Option(help="openai backend: requests in flight to the endpoint.")] = 64,
+    max_retries: Annotated[
+        int, typer.Option(help="openai backend: retries of a call after HTTP 408/409/429/5xx or a connection error.")
+    ] = 4,
+    request_timeout: Annotated[
+        float, typer.Option(help="openai backend: seconds one call may take, retries included.")
+    ] = 600.0,
     host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="gRPC port; 0 picks a free one.")] = 50061,
     openai_port: Annotated[int | None, typer.Option(help="Also serve the OpenAI-compatible HTTP API here.")] = None,
     name: Annotated[str | None, typer.Option(help="Model name reported to clients (default: the path's name).")] = None,
-    dtype: Annotated[str, typer.Option(help="auto | float32 | bfloat16 | float16.")] = "auto",
+    dtype: Annotated[
+        str, typer.Option(help="auto | float32 | bfloat16 | float16 (auto, hf: float32 on a CPU, else the model's).")
+    ] = "auto",
     max_model_len: Annotated[int | None, typer.Option(help="Context length (vllm; default: the model's).")] = None,
     max_batch_size: Annotated[int, typer.Option(help="Sequences per forward pass (hf).")] = 32,
     max_weights_mb: Annotated[float, typer.Option(help="Largest UpdateWeights payload, MiB.")] = 65536.0,
@@ -169,7 +202,7 @@ def inference_serve(
 ) -> None:
     """Serve a model over gRPC (InferenceService), optionally with an OpenAI-compatible API."""
     from ..errors import RollmeshError
-    from ..inference.backends import create_backend
+    from ..inference.backends import create_backend, create_openai_backend
     from ..inference.server import InferenceServer
     from ..telemetry import setup_logging, setup_tracing
 
@@ -179,11 +212,32 @@ def inference_serve(
         tls_cert, tls_key, tls_ca, tokens_file, identity="inference", serve=(host, "a model"), insecure=insecure
     )
 
+    if backend == "openai":
+        if not base_url:
+            _fail("--backend openai needs --base-url (the endpoint's API root, e.g. http://host:8000/v1)")
+        if openai_port is not None:
+            _fail("--openai-port serves a token-level model; with --backend openai call the endpoint itself")
+    elif not model:
+        _fail("--model is required (a Hugging Face directory, a .gguf file, or 'smollm2')")
+
     async def main() -> None:
         try:
-            engine = await create_backend(
-                backend, model, dtype=dtype, max_model_len=max_model_len, max_batch_size=max_batch_size, name=name
-            )
+            if backend == "openai":
+                engine = await create_openai_backend(
+                    base_url or "",
+                    model,
+                    api_key_env=api_key_env,
+                    max_rps=max_rps,
+                    max_concurrency=max_concurrency,
+                    max_retries=max_retries,
+                    timeout_s=request_timeout,
+                    context_length=max_model_len or 0,
+                )
+            else:
+                engine = await create_backend(
+                    backend, model or "", dtype=dtype, max_model_len=max_model_len, max_batch_size=max_batch_size,
+                    name=name,
+                )  # fmt: skip
         except RollmeshError as e:
             _fail(str(e))
         server = InferenceServer(
@@ -198,6 +252,8 @@ def inference_serve(
         )
         await server.start()
         extra = f", OpenAI API on {server.openai_url}/v1" if server.openai_url else ""
+        if backend == "openai":
+            extra = f", calling {base_url}"
         typer.echo(f"rollmesh inference server on {server.address}: {engine.model} ({engine.name}){extra}", err=True)
         await server.serve_until_signal(grace)
 
@@ -415,6 +471,29 @@ def bench_inference(
     from ..apps.bench.inference import main as bench_main
 
     bench_main(as_json=as_json, model=model, requests=requests, concurrency=concurrency, max_tokens=max_tokens)
+
+
+@bench_app.command("verifiers")
+def bench_verifiers(
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    rollouts: Annotated[int, typer.Option(help="Rollouts per repeat and side.")] = 256,
+    concurrency: Annotated[int, typer.Option(help="Rollouts in flight.")] = 64,
+    repeats: Annotated[int, typer.Option(help="Timed repeats per side (the median is reported).")] = 3,
+    verifiers_python: Annotated[
+        str | None,
+        typer.Option(help="Interpreter with verifiers 0.3.1 and rollmesh (default: the repository's .venv-verifiers)."),
+    ] = None,
+) -> None:
+    """Rollouts/s of a multi-turn verifiers environment hosted by rollmesh vs verifiers' own ZMQ env server."""
+    from ..apps.bench.verifiers import MissingInterpreter
+    from ..apps.bench.verifiers import main as bench_main
+
+    if min(rollouts, concurrency, repeats) < 1:
+        _fail("--rollouts, --concurrency and --repeats must be at least 1")
+    try:
+        bench_main(as_json, python=verifiers_python, rollouts=rollouts, concurrency=concurrency, repeats=repeats)
+    except MissingInterpreter as e:
+        _fail(str(e))
 
 
 @bench_app.command("weights")

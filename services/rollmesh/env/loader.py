@@ -1,5 +1,6 @@
 """Finding environments: an importable module exposing `load_environment(**kwargs)`, a name in
-the `rollmesh.environments` entry point group, or a path to a .py file."""
+the `rollmesh.environments` entry point group, or a path to a .py file. What `load_environment`
+returns may also be a foreign environment that one of the given adapters hosts (verifiers)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import importlib
 import importlib.util
 import json
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from importlib.metadata import entry_points
 from pathlib import Path
 from types import ModuleType
@@ -62,12 +63,23 @@ def _import(target: str) -> ModuleType:
         raise
 
 
-def load_environments(target: str, kwargs: Mapping[str, Any] | None = None) -> list[Environment]:
+Adapter = Callable[..., Environment | None]
+"""`adapt(obj, name=...)`: the rollmesh Environment hosting a foreign environment object (one
+written for another framework), or None when `obj` is not one it knows."""
+
+
+def load_environments(
+    target: str, kwargs: Mapping[str, Any] | None = None, *, adapters: Sequence[Adapter] = ()
+) -> list[Environment]:
     module = _import(target)
     factory = getattr(module, "load_environment", None)
     if factory is None:
         raise NotFoundError(f"module {module.__name__!r} has no load_environment(**kwargs) function")
     result = factory(**dict(kwargs or {}))
+    name = module.__name__.rsplit(".", 1)[-1].replace("_", "-")  # a foreign env is named after its module
+    for adapt in adapters:
+        if (adapted := adapt(result, name=name)) is not None:
+            return [adapted]
     envs = [result] if isinstance(result, Environment) else list(result)
     for env in envs:
         if not isinstance(env, Environment):

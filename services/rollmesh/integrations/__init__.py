@@ -1,0 +1,1 @@
+"""Hosting environments written for other frameworks as rollmesh environments, unchanged."""
