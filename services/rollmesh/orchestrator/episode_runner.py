@@ -86,6 +86,50 @@ class EpisodeOutcome:
     inference: InferenceReplica | None = None
     span: trace.Span | None = None  # the open `rollout` span (None with tracing off)
 
+    def record_call(self, generated: inf_pb.GenerateResponse, stats: RolloutStats, *, token_ids: bool = True) -> None:
+        """One model call as the trajectory's next turn (its tokens, logprobs and policy version as
+        the inference server returned them; text-only models give no ids), counted in `stats`."""
+        sample = generated.samples[0]
+        t = self.trajectory
+        if token_ids:
+            t.turns.add(
+                prompt_ids=generated.prompt_ids,
+                completion_ids=sample.completion_ids,
+                completion_logprobs=sample.logprobs,
+                completion_mask=[1] * len(sample.completion_ids),
+                finish_reason=sample.finish_reason,
+                policy_version=sample.policy_version,
+            )
+            stats.prompt_tokens += len(generated.prompt_ids)
+            stats.completion_tokens += len(sample.completion_ids)
+        else:
+            t.turns.add(finish_reason=sample.finish_reason, policy_version=sample.policy_version)
+            stats.prompt_tokens += generated.usage.prompt_tokens
+            stats.completion_tokens += generated.usage.completion_tokens
+        if len(t.turns) == 1:
+            t.provenance.model = generated.model
+            t.provenance.policy_version = sample.policy_version
+        stats.model_calls += 1
+
+    def record_done(self, step: env_pb.Step) -> None:
+        """The environment's final step: stop reason, inline rewards, metrics and state."""
+        t = self.trajectory
+        t.stop_reason = step.stop_reason or traj_pb.STOP_REASON_DONE
+        if step.has_reward:
+            t.rewards.update(step.rewards)
+            t.reward = step.reward
+            self.has_reward = True
+        t.metrics.update(step.metrics)
+        if step.HasField("state"):
+            t.state.CopyFrom(step.state)
+
+    def record_replica(self, replica: InferenceReplica | None) -> None:
+        """The inference replica that served the episode (its last one, after any rerouting)."""
+        self.inference = replica
+        if replica is not None:
+            self.trajectory.provenance.inference_address = replica.address
+            self.trajectory.provenance.endpoint = replica.endpoint
+
     def in_span(self) -> AbstractContextManager[object]:
         """Makes the rollout's span current again (for scoring and publishing), leaving it open."""
         return nullcontext() if self.span is None else trace.use_span(self.span, end_on_exit=False)
@@ -316,34 +360,15 @@ class EpisodeRunner:
                     request.sampling.seed = (rollout.sampling_seed + turn_index) % (2**63)
                 generated = await self._generate(state, request, timing)
                 sample = generated.samples[0]
-                turn = traj.turns.add(
-                    prompt_ids=generated.prompt_ids,
-                    completion_ids=sample.completion_ids,
-                    completion_logprobs=sample.logprobs,
-                    completion_mask=[1] * len(sample.completion_ids),
-                    finish_reason=sample.finish_reason,
-                    policy_version=sample.policy_version,
-                )
-                if turn_index == 1:
-                    p.model = generated.model
-                    p.policy_version = sample.policy_version
-                self.stats.model_calls += 1
-                self.stats.prompt_tokens += len(generated.prompt_ids)
-                self.stats.completion_tokens += len(sample.completion_ids)
+                outcome.record_call(generated, self.stats)
+                turn = traj.turns[-1]
                 action = assistant_message(sample.text, list(sample.tool_calls), call_prefix=f"call_{turn_index}")
                 step = await self._env_call(stream.act(action), timing)
                 traj.messages.append(action)
                 traj.messages.extend(step.messages)
                 if step.done:
                     done = True
-                    traj.stop_reason = step.stop_reason or traj_pb.STOP_REASON_DONE
-                    if step.has_reward:
-                        traj.rewards.update(step.rewards)
-                        traj.reward = step.reward
-                        outcome.has_reward = True
-                    traj.metrics.update(step.metrics)
-                    if step.HasField("state"):
-                        traj.state.CopyFrom(step.state)
+                    outcome.record_done(step)
                     break
                 tokenize = functools.partial(self._tokenize, state, timing=timing)
                 try:
@@ -361,9 +386,7 @@ class EpisodeRunner:
         except BaseException:
             stream.end()
             raise
-        outcome.inference = state.replica
-        if state.replica is not None:
-            p.inference_address = state.replica.address
+        outcome.record_replica(state.replica)
         if done:
             await stream.finish()
         else:

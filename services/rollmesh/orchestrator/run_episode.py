@@ -93,23 +93,9 @@ async def run_agent_episode(
             if http_status(error) >= 500:  # not the agent's fault (a prompt too long is)
                 failures.append(e)
             raise error from e
-        sample = response.samples[0]
-        traj.turns.add(
-            prompt_ids=response.prompt_ids,
-            completion_ids=sample.completion_ids,
-            completion_logprobs=sample.logprobs,
-            completion_mask=[1] * len(sample.completion_ids),
-            finish_reason=sample.finish_reason,
-            policy_version=sample.policy_version,
-        )
-        if len(traj.turns) == 1:
-            p.model = response.model
-            p.policy_version = sample.policy_version
+        outcome.record_call(response, runner.stats)
         if state.replica is not None and not state.replica.token_ids:
             p.text_only = True  # a model without token ids: scored and reported, never trained
-        runner.stats.model_calls += 1
-        runner.stats.prompt_tokens += len(response.prompt_ids)
-        runner.stats.completion_tokens += len(sample.completion_ids)
         return response
 
     max_calls = cfg.intercept.max_calls or env.info.max_turns or DEFAULT_MAX_CALLS
@@ -139,9 +125,7 @@ async def run_agent_episode(
         model_s = min(timing.generation_s - generation_before, time.perf_counter() - t0)
         timing.environment_s -= model_s
         runner.stats.environment_s -= model_s
-    outcome.inference = state.replica
-    if state.replica is not None:
-        p.inference_address = state.replica.address
+    outcome.record_replica(state.replica)
     if failures:
         raise failures[0]
     played = response.trajectory

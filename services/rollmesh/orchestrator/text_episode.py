@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Any
 from ..env.stream import EpisodeStream
 from ..proto.v1 import environment_pb2 as env_pb
 from ..proto.v1 import inference_pb2 as inf_pb
-from ..proto.v1 import trajectory_pb2 as traj_pb
 from .toolcalls import assistant_message
 
 if TYPE_CHECKING:
@@ -61,35 +60,19 @@ async def run_text_episode(
                 request.sampling.seed = (rollout.sampling_seed + turn_index) % (2**63)
             generated = await runner._generate(state, request, timing)
             sample = generated.samples[0]
-            traj.turns.add(finish_reason=sample.finish_reason, policy_version=sample.policy_version)
-            if turn_index == 1:
-                p.model = generated.model
-                p.policy_version = sample.policy_version
-            runner.stats.model_calls += 1
-            runner.stats.prompt_tokens += generated.usage.prompt_tokens
-            runner.stats.completion_tokens += generated.usage.completion_tokens
+            outcome.record_call(generated, runner.stats, token_ids=False)
             action = assistant_message(sample.text, list(sample.tool_calls), call_prefix=f"call_{turn_index}")
             step = await runner._env_call(stream.act(action), timing)
             traj.messages.append(action)
             traj.messages.extend(step.messages)
             if step.done:
                 done = True
-                traj.stop_reason = step.stop_reason or traj_pb.STOP_REASON_DONE
-                if step.has_reward:
-                    traj.rewards.update(step.rewards)
-                    traj.reward = step.reward
-                    outcome.has_reward = True
-                traj.metrics.update(step.metrics)
-                if step.HasField("state"):
-                    traj.state.CopyFrom(step.state)
+                outcome.record_done(step)
                 break
     except BaseException:
         stream.end()
         raise
-    outcome.inference = state.replica
-    if state.replica is not None:
-        p.inference_address = state.replica.address
-        p.endpoint = state.replica.endpoint
+    outcome.record_replica(state.replica)
     if done:
         await stream.finish()
     else:
