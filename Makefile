@@ -55,10 +55,10 @@ demo: setup
 
 # The whole test suite (unit, integration on real gRPC + nats-server, conformance, protos).
 test: setup
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q --durations=30 $(PYTEST_ARGS)
 
-# Every multi-host test (network namespaces; root): make test runs the harness, eval and training
-# across hosts; this adds the inference-partition and lost-trainer-rank faults (about 4 min more).
+# Every multi-host test (network namespaces; root): make test runs the harness and the eval across
+# hosts; this adds training across nine hosts and its faults (about 7 min more).
 test-multihost: setup
 	ROLLMESH_MULTIHOST_FULL=1 $(PY) -m pytest -q -s tests/multihost
 
@@ -87,7 +87,8 @@ bench: setup
 	$(VENV)/bin/rollmesh bench inference
 	$(VENV)/bin/rollmesh bench rubric
 	$(VENV)/bin/rollmesh bench rollouts
+	$(VENV)/bin/rollmesh bench verifiers
 	$(VENV)/bin/rollmesh bench trainer
 
 clean:
-	rm -rf $(VENV) tools/node_modules .pytest_cache clients/cpp/build
+	rm -rf $(VENV) $(VF_VENV) tools/node_modules .pytest_cache clients/cpp/build

@@ -14,6 +14,16 @@ import pytest
 ROOT = Path(__file__).resolve().parents[3]
 VF_BIN = ROOT / ".venv-verifiers" / "bin"
 ENVS = Path(__file__).parent / "envs"
+# The guess game is the one `rollmesh bench verifiers` ships; the tests serve that file.
+BENCH_GUESS = ROOT / "services" / "rollmesh" / "apps" / "bench" / "vf_envs" / "vf_guess.py"
+
+
+def env_file(name: str) -> Path:
+    """The module file of an example verifiers environment, by its served name (vf-math, ...)."""
+    module = name.replace("-", "_")
+    return BENCH_GUESS if module == "vf_guess" else ENVS / f"{module}.py"
+
+
 SERVER_LINE = re.compile(r"rollmesh env server on (\S+:\d+):")
 
 if not (VF_BIN / "rollmesh").exists():

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from .conftest import ENVS, ROOT, VF_BIN, serve, stop
+from .conftest import ROOT, VF_BIN, env_file, serve, stop
 
 pytest.importorskip("transformers")  # the scripted backend tokenizes with the tiny tokenizer
 
@@ -61,7 +61,7 @@ async def models() -> AsyncIterator[dict[str, str]]:
 async def vf_server(models: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[str]:
     """One server hosting the example verifiers environments; its judge calls the mesh's model."""
     log = tmp_path_factory.mktemp("vf-server") / "server.log"
-    targets = [str(ENVS / f"{env.replace('-', '_')}.py") for env in EVALS]
+    targets = [str(env_file(env)) for env in EVALS]
     judge = {"OPENAI_BASE_URL": models["judge"], "OPENAI_API_KEY": "unused"}
     # A small episode limit and idle timeout keep those conformance checks short.
     args = ["--max-episodes", "64", "--idle-timeout", "3", "--grace", "5"]
@@ -107,7 +107,7 @@ async def test_eval_rewards_are_the_verifiers_rubrics(vf_server: str, models: di
     runs = await asyncio.gather(*(evaluate(env, vf_server, models[env], tmp_path / env) for env in EVALS))
     jobs = [
         {
-            "env": str(ENVS / f"{env.replace('-', '_')}.py"),
+            "env": str(env_file(env)),
             "episodes": [
                 {
                     "split": EVALS[env][0],

@@ -20,10 +20,10 @@ def percentile(sorted_values: Sequence[float], q: float) -> float:
 
 
 def start_env_server(
-    target: str, args: Sequence[str] = (), env: dict[str, str] | None = None
+    target: str, args: Sequence[str] = (), env: dict[str, str] | None = None, python: str = sys.executable
 ) -> tuple[subprocess.Popen, str]:
-    """`rollmesh env serve` in its own process; returns (process, address) once it listens."""
-    cmd = [sys.executable, "-m", "rollmesh.cli", "env", "serve", target, "--port", "0", *args]
+    """`rollmesh env serve` in its own process (run by `python`); returns (process, address) once it listens."""
+    cmd = [python, "-m", "rollmesh.cli", "env", "serve", target, "--port", "0", *args]
     proc = subprocess.Popen(
         cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env={**os.environ, **(env or {})}
     )

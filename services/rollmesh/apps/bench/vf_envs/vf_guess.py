@@ -1,5 +1,7 @@
-"""A multi-turn game written against verifiers' classic API: guess a secret number from
-"higher" / "lower" hints; `env_response` answers each guess and a stop condition ends the game."""
+"""The environment `rollmesh bench verifiers` runs on both sides: a multi-turn game written
+against verifiers' classic API (guess a secret number from "higher" / "lower" hints). It imports
+verifiers, so it is loaded only by .venv-verifiers: by `rollmesh env serve` (as a file) and by
+verifiers' own env server (as the module `vf_guess`)."""
 
 import verifiers as vf
 from datasets import Dataset
