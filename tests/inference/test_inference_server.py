@@ -71,6 +71,37 @@ async def test_generate_from_token_ids_and_stream_agree(served) -> None:
     assert text == whole.samples[0].text
 
 
+async def test_next_turn_continues_the_exact_tokens_of_the_previous_call(served) -> None:
+    server, client = served
+    first = await client.generate(CHAT, temperature=1.0, max_tokens=6, seed=3)
+    reply = [{"role": "user", "content": "Are you sure?"}]
+    nxt = await client.generate_next(first, reply, assistant={"role": "assistant", "content": "4"}, **GREEDY)
+    done = list(first.prompt_ids) + list(first.samples[0].completion_ids)
+    assert list(nxt.prompt_ids[: len(done)]) == done  # the sampled tokens, not a re-rendering of their text
+    # the rest: the turn's end where the completion lacks it, then the reply as the template renders it
+    tok = server.core.backend.tokenizer
+    rendered = await client.tokenize([{"role": "user", "content": "."}, {"role": "assistant", "content": "."}, *reply])
+    stub = await client.tokenize(
+        [{"role": "user", "content": "."}, {"role": "assistant", "content": "."}], add_generation_prompt=False
+    )
+    eos = [] if done[-1] == tok.eos_token_id else [tok.eos_token_id]
+    assert list(nxt.prompt_ids[len(done) :]) == eos + rendered[len(stub) :]
+    assert nxt.usage.prompt_tokens == len(nxt.prompt_ids) and nxt.samples[0].completion_ids
+    # bad input: a clear field, nothing echoed unbounded
+    with pytest.raises(InvalidArgumentError, match="messages to append") as e:
+        await client.generate_next(first, [], **GREEDY)
+    assert e.value.metadata == {"field": "next_turn.messages"}
+    first.prompt_ids.append(10**7)
+    with pytest.raises(InvalidArgumentError, match="out of the vocabulary") as e:
+        await client.generate_next(first, reply, **GREEDY)
+    assert e.value.metadata == {"field": "next_turn.prompt_ids"}
+    del first.prompt_ids[:]
+    first.prompt_ids.extend([5] * server.core.backend.context_length)
+    with pytest.raises(InvalidArgumentError, match="does not fit the model's context") as e:
+        await client.generate_next(first, reply, **GREEDY)
+    assert e.value.reason == "PROMPT_TOO_LONG"
+
+
 async def test_model_info(served) -> None:
     _, client = served
     info = await client.model_info()

@@ -24,6 +24,7 @@ from rollmesh.inference.core import InferenceCore
 from rollmesh.inference.openai_api import start_http
 from rollmesh.inference.server import InferenceServer
 from rollmesh.natsd import free_port
+from rollmesh.proto.v1 import inference_pb2 as inf_pb
 from rollmesh.security.tls import TlsConfig
 
 pytest.importorskip("torch")
@@ -107,6 +108,7 @@ async def test_token_ids_and_weights_are_refused_with_a_reason(api: InferenceCli
 
     refusals = [
         ("token_ids", api.generate(prompt_ids=[1, 2, 3], max_tokens=2)),
+        ("token_ids", api.generate_next(inf_pb.GenerateResponse(prompt_ids=[1], samples=[{}]), CHAT)),
         ("token_ids", api.tokenize(CHAT)),
         ("weight_updates", api.update_weights({"w": torch.zeros(2)})),
         ("weight_updates", api.load_weights(str(tmp_path))),

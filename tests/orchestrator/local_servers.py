@@ -44,11 +44,11 @@ async def scripted_inference(
     nats_url: str | None = None,
     delay_s: float = 0.0,
     weights_roots: Sequence[str] = (),
+    context_length: int = 8192,
 ) -> AsyncIterator[InferenceServer]:
     replies = load_script(script) if isinstance(script, str) else list(script)
-    server = InferenceServer(
-        ScriptedBackend(replies, model=name, delay_s=delay_s), nats_url=nats_url, weights_roots=list(weights_roots)
-    )
+    backend = ScriptedBackend(replies, model=name, delay_s=delay_s, context_length=context_length)
+    server = InferenceServer(backend, nats_url=nats_url, weights_roots=list(weights_roots))
     await server.start()
     try:
         yield server

@@ -173,6 +173,25 @@ async def test_multi_turn_prompts_extend_exactly(envs, tiny_server, tokenizer) -
         assert tokenizer.decode(t.turns[-1].prompt_ids) == expected
 
 
+async def test_a_conversation_that_outgrows_the_context_is_truncated_not_an_error(envs) -> None:
+    async def run(context_length: int) -> list[traj_pb.Trajectory]:
+        async with scripted_inference("wiki-search", context_length=context_length) as inference:
+            cfg = RolloutConfig(run_id=_run_id(), env="wiki-search", split="train", rollouts_per_task=2)
+            async with RolloutEngine(
+                cfg, env_addresses=[envs[0].address], inference_addresses=[inference.address]
+            ) as engine:
+                return [t async for g in engine.run(await engine.list_tasks(limit=1)) for t in g]
+
+    whole = await run(8192)
+    assert [len(t.turns) for t in whole] == [3, 3] and "context_exhausted" not in whole[0].metrics
+    # a context the second turn's prompt (the first turn's tokens + the tool's reply) does not fit
+    cut = await run(len(whole[0].turns[1].prompt_ids))
+    for t in cut:
+        assert t.stop_reason == traj_pb.STOP_REASON_LENGTH and not t.HasField("error")
+        assert len(t.turns) == 1 and t.metrics["context_exhausted"] == 1.0
+        assert [m.role for m in t.messages][-2:] == ["assistant", "tool"]
+
+
 async def test_tool_episode_runs_the_tools_and_scores(envs) -> None:
     async with scripted_inference("wiki-search") as inference:
         cfg = RolloutConfig(run_id=_run_id(), env="wiki-search", split="train", rollouts_per_task=2)

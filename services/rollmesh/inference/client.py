@@ -90,6 +90,27 @@ class InferenceClient(ServiceClient):
     ) -> inf_pb.GenerateResponse:
         return await self._unary(self.stub.Generate, self.request(messages, **kwargs))
 
+    async def generate_next(
+        self,
+        previous: inf_pb.GenerateResponse,
+        messages: Sequence[Mapping[str, Any]],
+        *,
+        assistant: Mapping[str, Any] | None = None,
+        sample: int = 0,
+        **kwargs: Any,
+    ) -> inf_pb.GenerateResponse:
+        """The next turn after `previous` (its prompt and sample `sample`, token for token) with
+        `messages` appended, rendered by the server's chat template (`next_turn`). `assistant`:
+        the assistant message of that sample, for templates that render a reply depending on it."""
+        req = self.request(prompt_ids=(), **kwargs)
+        nt = req.next_turn
+        nt.prompt_ids.extend(previous.prompt_ids)
+        nt.completion_ids.extend(previous.samples[sample].completion_ids)
+        if assistant is not None:
+            nt.assistant.CopyFrom(convert.message_to_pb(assistant))
+        nt.messages.extend(convert.messages_to_pb(messages))
+        return await self._unary(self.stub.Generate, req)
+
     async def generate_stream(
         self, messages: Sequence[Mapping[str, Any]] | None = None, **kwargs: Any
     ) -> AsyncIterator[inf_pb.GenerateStreamResponse]:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import InvalidArgumentError, NotFoundError, PermissionDeniedError, UnimplementedError, quoted
 from .backend import Backend, GenerationRequest, Sampling, TokenDelta
 from .templates import RENDER_MEMORY_BYTES, RENDER_MEMORY_PER_PROMPT_CHAR, TemplateSandbox, check_template_kwargs
+from .turns import TurnTemplate
 
 if TYPE_CHECKING:
     import torch
@@ -106,6 +107,8 @@ class InferenceCore:
         self.backend = backend
         self._prompt_pool: ThreadPoolExecutor | None = None
         self._templates: TemplateSandbox | None = None
+        self._turn_template: TurnTemplate | None = None
+        self._vocab_size: int | None = None
         roots = default_weights_roots(backend) if weights_roots is None else weights_roots
         # absolute now (relative to the directory the server started in); symlinks are resolved
         # at each check, so a root may be created or moved after the start
@@ -183,13 +186,62 @@ class InferenceCore:
         }
         return await self.template_sandbox.render(template, context, self.max_prompt_chars)
 
+    async def continue_chat(
+        self,
+        prompt_ids: Sequence[int],
+        completion_ids: Sequence[int],
+        assistant: Mapping[str, Any] | None,
+        messages: Sequence[Mapping[str, Any]],
+    ) -> list[int]:
+        """The next turn's prompt: the previous prompt and completion as they were, the template's
+        turn end, then `messages` and the generation prompt as the chat template renders them after
+        an assistant turn (turns.py). Bounded like any prompt."""
+        if not messages:
+            raise InvalidArgumentError(
+                "next_turn needs the messages to append",
+                reason="MISSING_FIELD",
+                metadata={"field": "next_turn.messages"},
+            )
+        chars = _prompt_chars(messages, None) + (_prompt_chars([assistant], None) if assistant else 0)
+        self.check_prompt_chars(chars)
+        template = self.turn_template()
+        rendered = await self._off_loop(chars, template.render, self._render_ids, assistant, messages)
+        ids = template.next_prompt(prompt_ids, completion_ids, rendered)
+        self.check_prompt(ids, "next_turn.prompt_ids")
+        return ids
+
+    def turn_template(self) -> TurnTemplate:
+        """What the model's chat template puts around turns, learned on first use (three small
+        renderings; the template never changes while serving)."""
+        if self._turn_template is None:
+            self._turn_template = TurnTemplate.learn(self._render_ids, self._encode("."))
+        return self._turn_template
+
+    def _render_ids(self, messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool) -> list[int]:
+        return self._chat_ids(messages, None, add_generation_prompt, None)
+
     async def tokenize_text(self, text: str, *, add_special_tokens: bool = False) -> list[int]:
         """Token ids of plain text, bounded in size and off the event loop when it is large."""
         self.check_prompt_chars(len(text))
+        if not add_special_tokens:
+            return await self._off_loop(len(text), self._encode, text)
         tok = self.backend.tokenizer
-        return await self._off_loop(
-            len(text), lambda: list(tok(text, add_special_tokens=add_special_tokens)["input_ids"])
-        )
+        return await self._off_loop(len(text), lambda: list(tok(text, add_special_tokens=True)["input_ids"]))
+
+    def _encode(self, text: str) -> list[int]:
+        """Token ids of `text` without special tokens added. A fast tokenizer's Rust core is called
+        directly when the transformers wrapper would add nothing (no truncation or padding set, the
+        same special-token splitting): for prompt-sized texts the wrapper costs more than encoding."""
+        tok = self.backend.tokenizer
+        rust = getattr(tok, "_tokenizer", None)
+        if (
+            rust is not None
+            and rust.truncation is None
+            and rust.padding is None
+            and rust.encode_special_tokens == bool(getattr(tok, "split_special_tokens", False))
+        ):
+            return rust.encode(text, add_special_tokens=False).ids
+        return list(tok(text, add_special_tokens=False)["input_ids"])
 
     def close(self) -> None:
         if self._prompt_pool is not None:
@@ -208,7 +260,11 @@ class InferenceCore:
 
     @property
     def vocab_size(self) -> int:
-        return len(self.backend.tokenizer)
+        # len() of a transformers tokenizer counts its added tokens on each call; none are added
+        # while serving
+        if self._vocab_size is None:
+            self._vocab_size = len(self.backend.tokenizer)
+        return self._vocab_size
 
     # ---- prompts -------------------------------------------------------------------------------
 
@@ -252,22 +308,20 @@ class InferenceCore:
                 f"of {self.backend.context_length} tokens can hold (limit {self.max_prompt_chars} characters)",
                 reason="PROMPT_TOO_LONG",
             )
-        ids = list(self.backend.tokenizer(text, add_special_tokens=False)["input_ids"])
+        ids = self._encode(text)
         self.check_prompt(ids)
         return ids
 
-    def check_prompt(self, ids: Sequence[int]) -> None:
+    def check_prompt(self, ids: Sequence[int], field: str = "tokens.prompt_ids") -> None:
         if not ids:
-            raise InvalidArgumentError(
-                "the prompt is empty", reason="MISSING_FIELD", metadata={"field": "tokens.prompt_ids"}
-            )
+            raise InvalidArgumentError("the prompt is empty", reason="MISSING_FIELD", metadata={"field": field})
         vocab = self.vocab_size
-        bad = [i for i in ids if not 0 <= i < vocab]
-        if bad:
+        if min(ids) < 0 or max(ids) >= vocab:
+            bad = [i for i in ids if not 0 <= i < vocab]
             raise InvalidArgumentError(
                 f"token ids out of the vocabulary [0, {vocab}): {bad[:5]}",
                 reason="INVALID_FIELD",
-                metadata={"field": "tokens.prompt_ids"},
+                metadata={"field": field},
             )
         if len(ids) >= self.backend.context_length:
             raise InvalidArgumentError(

@@ -86,9 +86,17 @@ class InferenceServicer(inf_grpc.InferenceServiceServicer):
         elif kind == "tokens":
             ids = list(request.tokens.prompt_ids)
             self.core.check_prompt(ids)
+        elif kind == "next_turn":
+            turn = request.next_turn
+            ids = await self.core.continue_chat(
+                turn.prompt_ids,
+                turn.completion_ids,
+                convert.message_from_pb(turn.assistant) if turn.HasField("assistant") else None,
+                convert.messages_from_pb(turn.messages),
+            )
         else:
             raise InvalidArgumentError(
-                "a GenerateRequest needs an input: chat messages or token ids",
+                "a GenerateRequest needs an input: chat messages, token ids or the next turn",
                 reason="MISSING_FIELD",
                 metadata={"field": f"{path}input"},
             )

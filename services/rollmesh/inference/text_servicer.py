@@ -85,7 +85,7 @@ class TextInferenceServicer(inf_grpc.InferenceServiceServicer):
         if request.model and request.model != b.model:
             raise NotFoundError(f"this server serves {b.model!r}, not {quoted(request.model)}", reason="UNKNOWN_MODEL")
         kind = request.WhichOneof("input")
-        if kind == "tokens":
+        if kind in ("tokens", "next_turn"):
             raise missing("token_ids", "a prompt of token ids")
         if kind != "chat" or not request.chat.messages:
             raise InvalidArgumentError(

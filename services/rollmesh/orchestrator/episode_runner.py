@@ -1,10 +1,11 @@
 """One rollout: an environment's Episode stream driven by model calls, recorded as a Trajectory.
 
 The loop: start the episode on an environment replica, ask the model (first turn: the prompt and
-tools as chat messages, rendered by the inference server's chat template; later turns: exact token
-ids, see tokens.py), send its message as the action, append the environment's reply, until the
-environment says done. Every model call's tokens, logprobs and policy version are stored as the
-inference server returned them.
+tools rendered once into token ids by the inference server's chat template, shared by the rollouts
+of a group; later turns: Generate's `next_turn`, the previous call's exact tokens plus the
+environment's reply, rendered by the server, see inference/turns.py), send its message as the
+action, append the environment's reply, until the environment says done. Every model call's
+tokens, logprobs and policy version are stored as the inference server returned them.
 
 Failures: an environment replica that dies or stalls (stream error, step timeout, draining, full)
 makes the whole episode run again on another replica, up to `max_attempts` runs; a failing
@@ -20,7 +21,6 @@ the Score call and the publish, whose NATS headers carry the trace on to the tra
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import os
 import time
@@ -54,7 +54,6 @@ from .routing import EnvReplica, InferenceReplica, ReplicaPool
 from .run_episode import plays_run_episode, run_agent_episode
 from .stats import RolloutStats
 from .text_episode import run_text_episode, text_only
-from .tokens import Tokenize, TurnTemplate
 from .toolcalls import assistant_message
 
 log = logging.getLogger(__name__)
@@ -211,8 +210,6 @@ class EpisodeRunner:
         self.inference_pool = inference_pool
         self.stats = stats
         self._prompts: dict[bytes, asyncio.Future[array[int]]] = {}
-        self._templates: dict[str, TurnTemplate] = {}  # by model
-        self._template_lock = asyncio.Lock()
         self._tracer = tracer("rollmesh.orchestrator") if tracing_enabled() else None
 
     # ---- one rollout, with retries -----------------------------------------------------------
@@ -346,22 +343,24 @@ class EpisodeRunner:
             tools = started.tools
             sampling = p.sampling
             state = _ModelState()
-            prompt: Sequence[int] | None = None  # token ids of the next model call
+            request = self._request(rollout, sampling)
+            request.tokens.prompt_ids.extend(await self._first_prompt(state, traj.messages, tools, timing))
             turn_index = 0
             while True:
                 turn_index += 1
-                request = inf_pb.GenerateRequest(sampling=sampling, session_id=rollout.trajectory_id)
-                if cfg.model:
-                    request.model = cfg.model
-                if prompt is None:
-                    prompt = await self._first_prompt(state, traj.messages, tools, timing)
-                request.tokens.prompt_ids.extend(prompt)
                 if rollout.sampling_seed is not None:
                     request.sampling.seed = (rollout.sampling_seed + turn_index) % (2**63)
-                generated = await self._generate(state, request, timing)
+                try:
+                    generated = await self._generate(state, request, timing)
+                except RolloutFailure as f:
+                    if turn_index == 1 or getattr(f.error, "reason", "") != "PROMPT_TOO_LONG":
+                        raise
+                    # The conversation outgrew the model's context: a truncated episode, not an error.
+                    traj.stop_reason = traj_pb.STOP_REASON_LENGTH
+                    traj.metrics["context_exhausted"] = 1.0
+                    break
                 sample = generated.samples[0]
                 outcome.record_call(generated, self.stats)
-                turn = traj.turns[-1]
                 action = assistant_message(sample.text, list(sample.tool_calls), call_prefix=f"call_{turn_index}")
                 step = await self._env_call(stream.act(action), timing)
                 traj.messages.append(action)
@@ -370,19 +369,14 @@ class EpisodeRunner:
                     done = True
                     outcome.record_done(step)
                     break
-                tokenize = functools.partial(self._tokenize, state, timing=timing)
-                try:
-                    template = await self._template(generated.model, tokenize)
-                    rendered = await template.render(tokenize, action, step.messages)
-                except RollmeshError as e:  # the model's chat template does not allow token bookkeeping
-                    raise RolloutFailure("inference", e) from e
-                prompt = template.next_prompt(turn.prompt_ids, turn.completion_ids, rendered)
-                limit = state.replica.context_length if state.replica else 0
-                if limit and len(prompt) >= limit:
-                    # The conversation outgrew the model's context: a truncated episode, not an error.
-                    traj.stop_reason = traj_pb.STOP_REASON_LENGTH
-                    traj.metrics["context_exhausted"] = 1.0
-                    break
+                # the next call continues this one's exact tokens; the server renders the reply
+                turn = traj.turns[-1]
+                request = self._request(rollout, sampling)
+                nt = request.next_turn
+                nt.prompt_ids.extend(turn.prompt_ids)
+                nt.completion_ids.extend(turn.completion_ids)
+                nt.assistant.CopyFrom(action)
+                nt.messages.extend(step.messages)
         except BaseException:
             stream.end()
             raise
@@ -391,6 +385,12 @@ class EpisodeRunner:
             await stream.finish()
         else:
             stream.end()
+
+    def _request(self, rollout: Rollout, sampling: msg_pb.SamplingParams) -> inf_pb.GenerateRequest:
+        request = inf_pb.GenerateRequest(sampling=sampling, session_id=rollout.trajectory_id)
+        if self.config.model:
+            request.model = self.config.model
+        return request
 
     async def _env_call(self, exchange: Awaitable[T], timing: traj_pb.Timing) -> T:
         """One exchange with the environment, timed; its errors as the environment's fault."""
@@ -461,18 +461,6 @@ class EpisodeRunner:
                 if future.cancelled() and task is not None and not task.cancelling():
                     continue  # the rollout rendering it was cancelled, not this one
                 raise
-
-    async def _template(self, model: str, tokenize: Tokenize) -> TurnTemplate:
-        """The model's TurnTemplate, learned once per model through the same rerouting model calls
-        as everything else (a replica that dies while teaching it is benched, not blamed on the
-        environment)."""
-        template = self._templates.get(model)
-        if template is None:
-            async with self._template_lock:
-                template = self._templates.get(model)
-                if template is None:
-                    template = self._templates[model] = await TurnTemplate.learn(tokenize)
-        return template
 
     async def _tokenize(
         self, state: _ModelState, request: inf_pb.TokenizeRequest, timing: traj_pb.Timing

@@ -111,8 +111,34 @@ export interface TokenInput {
   promptIds: number[];
 }
 
+/**
+ * The next turn of a conversation, in token ids: the previous model call's prompt and completion
+ * exactly as they were, then new messages (the environment's reply). The server closes the
+ * assistant turn the way its chat template does (adding only what the completion does not already
+ * end with), renders `messages` and the generation prompt with the template, and generates from
+ *   prompt_ids + completion_ids + turn end + rendering of messages.
+ * GenerateResponse.prompt_ids is that whole prompt. One call per turn instead of a Tokenize and a
+ * Generate, and the tokens the model saw stay the tokens trained on (see protocol.md §9). A
+ * template that renders earlier turns differently once new messages follow fails with
+ * FAILED_PRECONDITION / TEMPLATE_NOT_PREFIX_STABLE; a prompt that outgrows the context with
+ * INVALID_ARGUMENT / PROMPT_TOO_LONG.
+ */
+export interface ContinueInput {
+  promptIds: number[];
+  completionIds: number[];
+  /**
+   * The assistant message of the completion as the caller understood it (text, tool calls). Read
+   * only for templates whose rendering of new messages depends on the assistant turn before them.
+   */
+  assistant: Message | undefined;
+  messages: Message[];
+}
+
 export interface GenerateRequest {
-  input: { $case: "chat"; value: ChatInput } | { $case: "tokens"; value: TokenInput } | undefined;
+  input: { $case: "chat"; value: ChatInput } | { $case: "tokens"; value: TokenInput } | {
+    $case: "nextTurn";
+    value: ContinueInput;
+  } | undefined;
   sampling:
     | SamplingParams
     | undefined;
@@ -477,6 +503,161 @@ export const TokenInput: MessageFns<TokenInput> = {
   },
 };
 
+function createBaseContinueInput(): ContinueInput {
+  return { promptIds: [], completionIds: [], assistant: undefined, messages: [] };
+}
+
+export const ContinueInput: MessageFns<ContinueInput> = {
+  encode(message: ContinueInput, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.promptIds.length !== 0) {
+      writer.uint32(10).fork();
+      for (const v of message.promptIds) {
+        writer.int32(v);
+      }
+      writer.join();
+    }
+    if (message.completionIds.length !== 0) {
+      writer.uint32(18).fork();
+      for (const v of message.completionIds) {
+        writer.int32(v);
+      }
+      writer.join();
+    }
+    if (message.assistant !== undefined) {
+      Message.encode(message.assistant, writer.uint32(26).fork()).join();
+    }
+    for (const v of message.messages) {
+      Message.encode(v!, writer.uint32(34).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ContinueInput {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseContinueInput();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag === 8) {
+              message.promptIds.push(reader.int32());
+
+              continue;
+            }
+
+            if (tag === 10) {
+              const end2 = reader.uint32() + reader.pos;
+              while (reader.pos < end2) {
+                message.promptIds.push(reader.int32());
+              }
+
+              continue;
+            }
+
+            break;
+          }
+          case 2: {
+            if (tag === 16) {
+              message.completionIds.push(reader.int32());
+
+              continue;
+            }
+
+            if (tag === 18) {
+              const end2 = reader.uint32() + reader.pos;
+              while (reader.pos < end2) {
+                message.completionIds.push(reader.int32());
+              }
+
+              continue;
+            }
+
+            break;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.assistant = Message.decode(reader, reader.uint32());
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.messages.push(Message.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ContinueInput {
+    return {
+      promptIds: globalThis.Array.isArray(object?.promptIds)
+        ? object.promptIds.map((e: any) => globalThis.Number(e))
+        : globalThis.Array.isArray(object?.prompt_ids)
+        ? object.prompt_ids.map((e: any) => globalThis.Number(e))
+        : [],
+      completionIds: globalThis.Array.isArray(object?.completionIds)
+        ? object.completionIds.map((e: any) => globalThis.Number(e))
+        : globalThis.Array.isArray(object?.completion_ids)
+        ? object.completion_ids.map((e: any) => globalThis.Number(e))
+        : [],
+      assistant: isSet(object.assistant) ? Message.fromJSON(object.assistant) : undefined,
+      messages: globalThis.Array.isArray(object?.messages) ? object.messages.map((e: any) => Message.fromJSON(e)) : [],
+    };
+  },
+
+  toJSON(message: ContinueInput): unknown {
+    const obj: any = {};
+    if (message.promptIds?.length) {
+      obj.promptIds = message.promptIds.map((e) => Math.round(e));
+    }
+    if (message.completionIds?.length) {
+      obj.completionIds = message.completionIds.map((e) => Math.round(e));
+    }
+    if (message.assistant !== undefined) {
+      obj.assistant = Message.toJSON(message.assistant);
+    }
+    if (message.messages?.length) {
+      obj.messages = message.messages.map((e) => Message.toJSON(e));
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<ContinueInput>): ContinueInput {
+    return ContinueInput.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<ContinueInput>): ContinueInput {
+    const message = createBaseContinueInput();
+    message.promptIds = object.promptIds?.map((e) => e) || [];
+    message.completionIds = object.completionIds?.map((e) => e) || [];
+    message.assistant = (object.assistant !== undefined && object.assistant !== null)
+      ? Message.fromPartial(object.assistant)
+      : undefined;
+    message.messages = object.messages?.map((e) => Message.fromPartial(e)) || [];
+    return message;
+  },
+};
+
 function createBaseGenerateRequest(): GenerateRequest {
   return { input: undefined, sampling: undefined, model: "", requestId: "", sessionId: "" };
 }
@@ -489,6 +670,9 @@ export const GenerateRequest: MessageFns<GenerateRequest> = {
         break;
       case "tokens":
         TokenInput.encode(message.input.value, writer.uint32(18).fork()).join();
+        break;
+      case "nextTurn":
+        ContinueInput.encode(message.input.value, writer.uint32(58).fork()).join();
         break;
     }
     if (message.sampling !== undefined) {
@@ -533,6 +717,14 @@ export const GenerateRequest: MessageFns<GenerateRequest> = {
             }
 
             message.input = { $case: "tokens", value: TokenInput.decode(reader, reader.uint32()) };
+            continue;
+          }
+          case 7: {
+            if (tag !== 58) {
+              break;
+            }
+
+            message.input = { $case: "nextTurn", value: ContinueInput.decode(reader, reader.uint32()) };
             continue;
           }
           case 3: {
@@ -585,6 +777,10 @@ export const GenerateRequest: MessageFns<GenerateRequest> = {
         ? { $case: "chat", value: ChatInput.fromJSON(object.chat) }
         : isSet(object.tokens)
         ? { $case: "tokens", value: TokenInput.fromJSON(object.tokens) }
+        : isSet(object.nextTurn)
+        ? { $case: "nextTurn", value: ContinueInput.fromJSON(object.nextTurn) }
+        : isSet(object.next_turn)
+        ? { $case: "nextTurn", value: ContinueInput.fromJSON(object.next_turn) }
         : undefined,
       sampling: isSet(object.sampling) ? SamplingParams.fromJSON(object.sampling) : undefined,
       model: isSet(object.model) ? globalThis.String(object.model) : "",
@@ -607,6 +803,8 @@ export const GenerateRequest: MessageFns<GenerateRequest> = {
       obj.chat = ChatInput.toJSON(message.input.value);
     } else if (message.input?.$case === "tokens") {
       obj.tokens = TokenInput.toJSON(message.input.value);
+    } else if (message.input?.$case === "nextTurn") {
+      obj.nextTurn = ContinueInput.toJSON(message.input.value);
     }
     if (message.sampling !== undefined) {
       obj.sampling = SamplingParams.toJSON(message.sampling);
@@ -638,6 +836,12 @@ export const GenerateRequest: MessageFns<GenerateRequest> = {
       case "tokens": {
         if (object.input?.value !== undefined && object.input?.value !== null) {
           message.input = { $case: "tokens", value: TokenInput.fromPartial(object.input.value) };
+        }
+        break;
+      }
+      case "nextTurn": {
+        if (object.input?.value !== undefined && object.input?.value !== null) {
+          message.input = { $case: "nextTurn", value: ContinueInput.fromPartial(object.input.value) };
         }
         break;
       }
