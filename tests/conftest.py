@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from rollmesh.natsd import EmbeddedNats
+
+# The suite runs every process with tracing on (interceptors, bus headers), as a mesh that exports
+# spans does, so those paths are exercised everywhere; off is the default without an exporter.
+os.environ.setdefault("ROLLMESH_TRACING", "1")
 
 
 @pytest.fixture(scope="session")

@@ -170,6 +170,19 @@ async def test_trace_context_propagates() -> None:
     assert srv.parent is not None and srv.parent.span_id == client.context.span_id
 
 
+def test_tracing_is_on_by_default_only_where_spans_are_exported(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("ROLLMESH_TRACING", raising=False)
+    monkeypatch.delenv("ROLLMESH_OTEL_EXPORTER", raising=False)
+    assert not rpc.tracing_enabled()
+    monkeypatch.setenv("ROLLMESH_OTEL_EXPORTER", "otlp")
+    assert rpc.tracing_enabled()
+    monkeypatch.setenv("ROLLMESH_TRACING", "off")
+    assert not rpc.tracing_enabled()
+    monkeypatch.delenv("ROLLMESH_OTEL_EXPORTER")
+    monkeypatch.setenv("ROLLMESH_TRACING", "1")  # propagation without exporting, e.g. for log trace ids
+    assert rpc.tracing_enabled()
+
+
 async def test_tracing_can_be_disabled(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ROLLMESH_TRACING", "0")
     assert not rpc.tracing_enabled()

@@ -30,6 +30,7 @@ from typing import Any
 
 from ...env.loader import load_environments
 from ...natsd import EmbeddedNats
+from ...telemetry import tracing_enabled
 from .harness import start_env_server, stop
 
 TARGET = "rollmesh.examples.wiki_search"
@@ -160,7 +161,7 @@ def measure(episodes: int, concurrency: int, replicas: Sequence[int], publish: b
         "rollouts_per_task": ROLLOUTS_PER_TASK,
         "model_calls_per_episode": len(_scripted_actions()),
         "cpus": os.cpu_count(),
-        "tracing": os.environ.get("ROLLMESH_TRACING", "1") not in ("0", "false"),
+        "tracing": tracing_enabled(),
         "publish": publish,
         "inproc_eps": round(inproc_eps, 1),
         "mesh_eps": {},
