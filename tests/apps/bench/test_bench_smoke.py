@@ -49,6 +49,11 @@ def test_rollouts_bench_reports_mesh_and_inprocess() -> None:
         assert result["ratio"][replicas] > 0
         assert result["cpu_ms_per_episode"][replicas] > 0
         assert result["errors"][replicas] == 0
+        assert result["total_cpu_ms_per_episode"][replicas] > result["cpu_ms_per_episode"][replicas]
+        assert result["ratio_vs_bare_transport"][replicas] > 0
+    # the bare transport carried a real episode's messages, through processes of its own
+    assert result["bare_eps"] > 0 and set(result["bare_cpu_ms_per_episode"]) == {"client", "env", "inference", "nats"}
+    assert all(ms > 0 for ms in result["bare_cpu_ms_per_episode"].values())
 
 
 def test_rubric_bench_reports_live_and_inprocess() -> None:

@@ -24,14 +24,16 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from typing import Any
 
 from ...env.loader import load_environments
+from ...inference.backends.scripted import load_script
 from ...natsd import EmbeddedNats
 from ...telemetry import tracing_enabled
-from .harness import start_env_server, stop
+from .harness import start_env_server, start_server, stop
 
 TARGET = "rollmesh.examples.wiki_search"
 ENV = "wiki-search"
@@ -140,8 +142,10 @@ async def mesh(
             before = engine.stats.snapshot()
             cpu0, t0 = time.process_time(), time.perf_counter()
             done = 0
+            sample = None
             async for group in engine.run(stream(episodes)):
                 done += len(group)
+                sample = sample or group[0]
             wall = time.perf_counter() - t0
             cpu = time.process_time() - cpu0
             after = engine.stats.snapshot()
@@ -149,7 +153,38 @@ async def mesh(
         if nc is not None:
             await nc.close()
     errors = after["errored"] - before["errored"]
-    return {"episodes": done, "eps": done / wall, "cpu_s": cpu, "errors": errors, "wall_s": wall}
+    return {"episodes": done, "eps": done / wall, "cpu_s": cpu, "errors": errors, "wall_s": wall, "sample": sample}
+
+
+# ---- (c) the bare transport ------------------------------------------------------------------
+
+
+def bare(sample: Any, nats: EmbeddedNats, episodes: int, concurrency: int) -> dict[str, Any]:
+    """The messages of `sample` (a trajectory of the mesh run) for `episodes` episodes over bare
+    grpc.aio and JetStream, in the same process layout (bare_rollout.py): episodes/s and each
+    process's CPU per episode."""
+    from . import bare_rollout
+
+    messages = asyncio.run(bare_rollout.record(TARGET, sample, load_script(SCRIPT)))
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "messages.json")
+        messages.save(path)
+        module = [sys.executable, "-m", "rollmesh.apps.bench.bare_rollout"]
+        servers = {role: start_server([*module, role, path]) for role in ("env", "inference")}
+        try:
+            pids = {role: p.pid for role, (p, _) in servers.items()}
+            if nats.proc is not None:
+                pids["nats"] = nats.proc.pid
+            before = {role: _proc_cpu_s(pid) for role, pid in pids.items()}
+            r = asyncio.run(
+                bare_rollout.run(servers["env"][1], servers["inference"][1], nats.url, messages, episodes, concurrency)
+            )
+            spent = {role: _proc_cpu_s(pid) - before[role] for role, pid in pids.items()}
+        finally:
+            for p, _ in servers.values():
+                stop(p)
+    cpu = {"client": r["cpu_s"], **spent}
+    return {"eps": r["eps"], "cpu_ms_per_episode": {role: round(c / episodes * 1e3, 3) for role, c in cpu.items()}}
 
 
 def measure(episodes: int, concurrency: int, replicas: Sequence[int], publish: bool) -> dict[str, Any]:
@@ -169,10 +204,13 @@ def measure(episodes: int, concurrency: int, replicas: Sequence[int], publish: b
         "overhead_pct": {},
         "cpu_ms_per_episode": {"inproc": round(inproc_cpu / episodes * 1e3, 3)},
         "mesh_other_cpu_ms_per_episode": {},
+        "total_cpu_ms_per_episode": {"inproc": round(inproc_cpu / episodes * 1e3, 3)},
+        "cpu_vs_inproc": {},
         "errors": {},
     }
     nats = EmbeddedNats().start() if publish else None
     inference, inference_address = start_scripted_inference(SCRIPT)
+    sample = None
     try:
         for n in replicas:
             servers = [start_env_server(TARGET) for _ in range(n)]
@@ -197,6 +235,16 @@ def measure(episodes: int, concurrency: int, replicas: Sequence[int], publish: b
                 role: round(cpu / r["episodes"] * 1e3, 3) for role, cpu in spent.items()
             }
             result["errors"][key] = r["errors"]
+            total = result["cpu_ms_per_episode"][key] + sum(result["mesh_other_cpu_ms_per_episode"][key].values())
+            result["total_cpu_ms_per_episode"][key] = round(total, 3)
+            result["cpu_vs_inproc"][key] = round(total / result["cpu_ms_per_episode"]["inproc"], 2)
+            sample = sample or r["sample"]
+        if nats is not None and sample is not None:
+            ref = bare(sample, nats, episodes, concurrency)
+            result["bare_eps"] = round(ref["eps"], 1)
+            result["bare_cpu_ms_per_episode"] = ref["cpu_ms_per_episode"]
+            result["total_cpu_ms_per_episode"]["bare"] = round(sum(ref["cpu_ms_per_episode"].values()), 3)
+            result["ratio_vs_bare_transport"] = {k: round(eps / ref["eps"], 4) for k, eps in result["mesh_eps"].items()}
     finally:
         stop(inference)
         if nats is not None:
@@ -223,22 +271,32 @@ def main(
         title=f"rollouts: {ENV}, scripted policy ({result['model_calls_per_episode']} model calls/episode), "
         f"{episodes} episodes, {concurrency} in flight, {result['cpus']} CPUs"
     )
-    for col in ("path", "episodes/s", "vs in-process", "CPU ms/episode (this process)", "CPU ms/episode (others)"):
-        table.add_column(col, justify="left" if col == "path" else "right")
-    table.add_row(
-        "in-process Episode",
-        f"{result['inproc_eps']:,.0f}",
-        "1.00",
-        f"{result['cpu_ms_per_episode']['inproc']:.2f}",
-        "",
-    )
+    columns = ("path", "episodes/s", "vs in-process", "vs bare transport", "CPU ms/episode, all processes", "of which")
+    for col in columns:
+        table.add_column(col, justify="left" if col in ("path", "of which") else "right")
+    total = result["total_cpu_ms_per_episode"]
+    table.add_row("in-process Episode", f"{result['inproc_eps']:,.0f}", "1.00", "", f"{total['inproc']:.2f}", "")
     for key, eps in result["mesh_eps"].items():
+        others = result["mesh_other_cpu_ms_per_episode"][key]
+        bare_ratio = result.get("ratio_vs_bare_transport", {}).get(key)
         table.add_row(
             f"mesh, {key} env replica{'s' if key != '1' else ''}",
             f"{eps:,.0f}",
             f"{result['ratio'][key]:.3f}",
-            f"{result['cpu_ms_per_episode'][key]:.2f}",
-            ", ".join(f"{role} {ms:.2f}" for role, ms in result["mesh_other_cpu_ms_per_episode"][key].items()),
+            "" if bare_ratio is None else f"{bare_ratio:.3f}",
+            f"{total[key]:.2f} ({result['cpu_vs_inproc'][key]:.1f}x)",
+            ", ".join(
+                f"{role} {ms:.2f}" for role, ms in {"orchestrator": result["cpu_ms_per_episode"][key], **others}.items()
+            ),
+        )
+    if "bare_eps" in result:
+        table.add_row(
+            "bare transport, same messages",
+            f"{result['bare_eps']:,.0f}",
+            f"{result['bare_eps'] / result['inproc_eps']:.3f}",
+            "1.00",
+            f"{total['bare']:.2f}",
+            ", ".join(f"{role} {ms:.2f}" for role, ms in result["bare_cpu_ms_per_episode"].items()),
         )
     Console().print(table)
     return result
