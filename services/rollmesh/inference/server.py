@@ -56,6 +56,21 @@ def _sampling_kwargs(pb: Any) -> dict[str, Any]:
     }
 
 
+def _echo_prompt(out: Any, request: inf_pb.GenerateRequest, ids: list[int]) -> None:
+    """Sets `out` (a response's prompt_ids) to `ids`, copying the request's own id fields where
+    `ids` starts with them: container to container is a copy in C, a Python list costs ~40 ns an id
+    (~0.1 ms for a multi-turn prompt)."""
+    kind = request.WhichOneof("input")
+    if kind == "tokens":
+        out.extend(request.tokens.prompt_ids)
+    elif kind == "next_turn":
+        out.extend(request.next_turn.prompt_ids)
+        out.extend(request.next_turn.completion_ids)
+        out.extend(ids[len(out) :])
+    else:
+        out.extend(ids)
+
+
 class InferenceServicer(inf_grpc.InferenceServiceServicer):
     def __init__(self, core: InferenceCore, *, max_weights_bytes: int = DEFAULT_MAX_WEIGHTS_BYTES) -> None:
         self.core = core
@@ -112,9 +127,8 @@ class InferenceServicer(inf_grpc.InferenceServiceServicer):
             await abort(context, e)
         except Exception as e:
             await abort(context, _backend_failed(e))
-        return inf_pb.GenerateResponse(
+        response = inf_pb.GenerateResponse(
             model=self.backend.model,
-            prompt_ids=ids,
             samples=[
                 inf_pb.Sample(
                     index=s.index,
@@ -128,6 +142,8 @@ class InferenceServicer(inf_grpc.InferenceServiceServicer):
             ],
             usage=inf_pb.Usage(prompt_tokens=len(ids), completion_tokens=sum(len(s.completion_ids) for s in samples)),
         )
+        _echo_prompt(response.prompt_ids, request, ids)
+        return response
 
     async def GenerateStream(
         self, request: inf_pb.GenerateStreamRequest, context: grpc.aio.ServicerContext

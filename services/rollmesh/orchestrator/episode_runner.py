@@ -24,7 +24,6 @@ import asyncio
 import logging
 import os
 import time
-from array import array
 from collections.abc import Awaitable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
@@ -209,7 +208,7 @@ class EpisodeRunner:
         self.env_pool = env_pool
         self.inference_pool = inference_pool
         self.stats = stats
-        self._prompts: dict[bytes, asyncio.Future[array[int]]] = {}
+        self._prompts: dict[bytes, asyncio.Future[inf_pb.TokenInput]] = {}
         self._tracer = tracer("rollmesh.orchestrator") if tracing_enabled() else None
 
     # ---- one rollout, with retries -----------------------------------------------------------
@@ -344,7 +343,7 @@ class EpisodeRunner:
             sampling = p.sampling
             state = _ModelState()
             request = self._request(rollout, sampling)
-            request.tokens.prompt_ids.extend(await self._first_prompt(state, traj.messages, tools, timing))
+            request.tokens.CopyFrom(await self._first_prompt(state, traj.messages, tools, timing))
             turn_index = 0
             while True:
                 turn_index += 1
@@ -424,10 +423,11 @@ class EpisodeRunner:
 
     async def _first_prompt(
         self, state: _ModelState, messages: Sequence[msg_pb.Message], tools: Sequence[msg_pb.ToolSpec], timing
-    ) -> Sequence[int]:
+    ) -> inf_pb.TokenInput:
         """Token ids of the opening prompt, rendered by the inference server's chat template once per
         distinct (messages, tools): the rollouts of a group, and a task seen again, share the
-        rendering instead of each Generate rendering it anew."""
+        rendering instead of each Generate rendering it anew. Kept as a message: copying it into a
+        request is a copy in C."""
         req = inf_pb.TokenizeRequest()
         req.chat.messages.extend(messages)
         req.chat.tools.extend(tools)
@@ -442,7 +442,7 @@ class EpisodeRunner:
                 if len(self._prompts) > PROMPT_CACHE_SIZE:
                     del self._prompts[next(iter(self._prompts))]  # the oldest
                 try:
-                    ids = array("i", await self._tokenize(state, req, timing))
+                    ids = inf_pb.TokenInput(prompt_ids=await self._tokenize(state, req, timing))
                 except asyncio.CancelledError:
                     self._prompts.pop(key, None)
                     future.cancel()  # the waiters render it themselves
