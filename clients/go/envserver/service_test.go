@@ -19,7 +19,7 @@ func TestDescribe(t *testing.T) {
 		t.Fatal(err)
 	}
 	if resp.Server.ProtocolVersion != "v1" || resp.Server.Language != "go" || resp.Server.InstanceId == "" ||
-		resp.Server.SdkVersion != "rollmesh-go 1.2.0" {
+		resp.Server.SdkVersion != "rollmesh-go 1.3.0" {
 		t.Errorf("server info %v", resp.Server)
 	}
 	if l := resp.Limits; l.MaxConcurrentEpisodes != 7 || l.MaxMessageBytes != 16<<20 || l.EpisodeIdleTimeoutS != 300 {

@@ -22,7 +22,7 @@ import (
 const ProtocolVersion = "v1"
 
 // Version is this module's version.
-const Version = "1.2.0"
+const Version = "1.3.0"
 
 // Options tune a client. The zero value is usable.
 type Options struct {
