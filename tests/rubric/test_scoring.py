@@ -9,8 +9,10 @@ from rollmesh.errors import NotFoundError
 from rollmesh.proto.v1 import rubric_pb2 as rubric_pb
 from rollmesh.rubric.config import AdvantageConfig, RubricConfig, RubricServiceConfig, to_spec
 from rollmesh.rubric.config import RewardFunctionConfig as Fn
+from rollmesh.rubric.matching import INLINE_MAX_CHARS
 from rollmesh.rubric.scoring import FAILED, PARTIAL, SKIPPED, RubricBook, is_incomplete
 
+from . import reward_functions
 from .conftest import trajectory
 
 MOD = "rubric.reward_functions"
@@ -133,6 +135,34 @@ async def test_functions_and_group_members_run_concurrently() -> None:
         )
         results, _ = await group.score_group([trajectory("x")] * 3)
         assert all(r.rewards["m"] == 1.0 for r in results)
+    finally:
+        await book.close()
+
+
+async def test_local_rules_between_concurrent_functions() -> None:
+    # Text rules run in the scoring task, the others concurrently around them; a long completion
+    # (handed to a worker thread, under the function's time bound) scores as a short one does.
+    book = RubricBook(allow_inline_imports=True)
+    meet = {"key": "mixed", "timeout_s": 5}
+    try:
+        mixed = book.compile(
+            to_spec(
+                RubricConfig(
+                    name="mixed",
+                    functions=[
+                        Fn(name="correct", function="exact_match", params={"extract": "last_number"}),
+                        Fn(name="a", function=f"{MOD}:meet", params=meet),
+                        Fn(name="polite", function="regex", params={"pattern": "(?i)thanks"}),
+                        Fn(name="b", function=f"{MOD}:meet", params=meet),
+                    ],
+                )
+            )
+        )
+        for completion in ("Thanks! 12", "Thanks! " + "x " * (INLINE_MAX_CHARS // 2) + "12"):
+            result = await mixed.score(trajectory(completion, "12"))
+            assert dict(result.rewards) == {"correct": 1.0, "a": 1.0, "polite": 1.0, "b": 1.0}
+            assert not result.errors
+            reward_functions._waiting.pop("mixed")
     finally:
         await book.close()
 

@@ -48,6 +48,7 @@ from ..rpc_errors import abort
 from .agent import AgentContext, EpisodeResult
 from .environment import Environment
 from .episode import Episode
+from .idle import IdleWatch
 from .program import ProgramFailed
 from .rubric import reward_context
 
@@ -416,35 +417,36 @@ class EnvironmentServicer(env_grpc.EnvironmentServiceServicer):
         episode: Episode | None = None
         counted = False
         try:
-            first = await self._read(context)
-            if first is None:
-                return  # client closed without starting: nothing to do
-            self._admit()
-            self.active += 1
-            counted = True
-            episode = self._new_episode(first)
-            messages = await episode.start()
-            await self._write(
-                context,
-                env_pb.EpisodeResponse(
-                    started=env_pb.EpisodeStarted(
-                        episode_id=episode.episode_id,
-                        task=convert.task_to_pb(episode.task, episode.env.name),
-                        messages=convert.messages_to_pb(messages),
-                        tools=[convert.tool_spec_to_pb(s) for s in episode.env.tool_specs()],
-                        max_turns=episode.env.max_turns,
-                    )
-                ),
-            )
-            while (request := await self._read(context)) is not None:
-                if request.WhichOneof("kind") != "action":
-                    raise InvalidArgumentError(
-                        "the episode has started; send actions, not another start", reason="ALREADY_STARTED"
-                    )
-                if not request.action.HasField("message"):
-                    raise InvalidArgumentError("an action needs a message", reason="EMPTY_ACTION")
-                result = await episode.step(convert.message_from_pb(request.action.message))
-                await self._write(context, env_pb.EpisodeResponse(step=convert.step_to_pb(result)))
+            async with IdleWatch(self.limits.idle_timeout_s) as idle:
+                first = await self._read(context, idle)
+                if first is None:
+                    return  # client closed without starting: nothing to do
+                self._admit()
+                self.active += 1
+                counted = True
+                episode = self._new_episode(first)
+                messages = await episode.start()
+                await self._write(
+                    context,
+                    env_pb.EpisodeResponse(
+                        started=env_pb.EpisodeStarted(
+                            episode_id=episode.episode_id,
+                            task=convert.task_to_pb(episode.task, episode.env.name),
+                            messages=convert.messages_to_pb(messages),
+                            tools=[convert.tool_spec_to_pb(s) for s in episode.env.tool_specs()],
+                            max_turns=episode.env.max_turns,
+                        )
+                    ),
+                )
+                while (request := await self._read(context, idle)) is not None:
+                    if request.WhichOneof("kind") != "action":
+                        raise InvalidArgumentError(
+                            "the episode has started; send actions, not another start", reason="ALREADY_STARTED"
+                        )
+                    if not request.action.HasField("message"):
+                        raise InvalidArgumentError("an action needs a message", reason="EMPTY_ACTION")
+                    result = await episode.step(convert.message_from_pb(request.action.message))
+                    await self._write(context, env_pb.EpisodeResponse(step=convert.step_to_pb(result)))
         except RollmeshError as e:
             await abort(context, e)
         except (asyncio.CancelledError, grpc.aio.AbortError):
@@ -481,20 +483,17 @@ class EnvironmentServicer(env_grpc.EnvironmentServiceServicer):
             )
         await context.write(response)
 
-    async def _read(self, context: grpc.aio.ServicerContext) -> env_pb.EpisodeRequest | None:
+    @staticmethod
+    async def _read(context: grpc.aio.ServicerContext, idle: IdleWatch) -> env_pb.EpisodeRequest | None:
+        idle.waiting()
         try:
-            async with asyncio.timeout(self.limits.idle_timeout_s or None):
-                request = await context.read()
-        except TimeoutError:
-            raise DeadlineExceededError(
-                f"no message from the client for {self.limits.idle_timeout_s:g} s; episode closed",
-                reason="IDLE_TIMEOUT",
-                metadata={"idle_timeout_s": f"{self.limits.idle_timeout_s:g}"},
-            ) from None
+            request = await context.read()
         except DecodeError:
             raise InvalidArgumentError(
                 "the message is not a valid rollmesh.v1.EpisodeRequest", reason="MALFORMED_REQUEST"
             ) from None
+        finally:
+            idle.heard()
         return None if request is grpc.aio.EOF else request
 
     def _new_episode(self, request: env_pb.EpisodeRequest) -> Episode:

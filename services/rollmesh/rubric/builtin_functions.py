@@ -34,7 +34,7 @@ def _extract(p: Params, default: str = "none") -> Callable[[str], str | None]:
     return make_extractor(p.get("extract", default, kind=str), p.where)
 
 
-@builtin("exact_match")
+@builtin("exact_match", local=True)
 def exact_match(p: Params, res: Resources) -> ScoreFn:
     """1 when the (extracted) completion equals the answer, both stripped, else 0.
     params: extract ("none" | "answer" | "boxed" | "last_number" | "last_line" | a regex whose
@@ -52,7 +52,7 @@ def exact_match(p: Params, res: Resources) -> ScoreFn:
     return score
 
 
-@builtin("normalized_match")
+@builtin("normalized_match", local=True)
 def normalized_match(p: Params, res: Resources) -> ScoreFn:
     """1 when the (extracted) completion equals the answer after normalisation (lower case,
     punctuation, articles a/an/the and extra whitespace removed), else 0. params: extract."""
@@ -92,7 +92,7 @@ def math_equivalence(p: Params, res: Resources) -> ScoreFn:
 # ---- built-ins: formats --------------------------------------------------------------------------
 
 
-@builtin("regex")
+@builtin("regex", local=True)
 def regex_match(p: Params, res: Resources) -> ScoreFn:
     """1 when the completion matches `pattern` (search; full_match: true for the whole text), else 0;
     must_match: false inverts it (1 when it does not match). ignore_case (default false), dotall
@@ -120,7 +120,7 @@ _FORMATS = {
 }
 
 
-@builtin("answer_format")
+@builtin("answer_format", local=True)
 def answer_format(p: Params, res: Resources) -> ScoreFn:
     """1 when the completion gives its answer in the expected form, else 0. params: style =
     "boxed" (contains \\boxed{...}), "answer_line" (a line "ANSWER: ..."), "integer" / "number" (the
@@ -145,7 +145,7 @@ def answer_format(p: Params, res: Resources) -> ScoreFn:
     return score
 
 
-@builtin("length_penalty")
+@builtin("length_penalty", local=True)
 def length_penalty(p: Params, res: Resources) -> ScoreFn:
     """A penalty in [-1, 0] for the completion's length (0 = no penalty), so give it a positive
     weight. unit = "chars" | "words" | "tokens" (completion token ids of every turn; the trajectory

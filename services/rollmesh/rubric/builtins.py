@@ -78,6 +78,9 @@ class Builtin:
     # Params that name a host:port the function connects to (checked against the service's
     # allow-list when a client's inline spec sets them; see addresses.py).
     address_params: tuple[str, ...] = ()
+    # Text rules that only compute (microseconds, or a worker thread for a long text): scored in
+    # the caller's task, not a task of their own (see CompiledRubric.score).
+    local: bool = False
 
     @property
     def doc(self) -> str:
@@ -88,10 +91,15 @@ BUILTINS: dict[str, Builtin] = {}
 
 
 def builtin(
-    name: str, *, timeout_s: float = 10.0, setup_s: float = 0.0, address_params: tuple[str, ...] = ()
+    name: str,
+    *,
+    timeout_s: float = 10.0,
+    setup_s: float = 0.0,
+    address_params: tuple[str, ...] = (),
+    local: bool = False,
 ) -> Callable[[Callable[[Params, Resources], ScoreFn]], Any]:
     def register(make: Callable[[Params, Resources], ScoreFn]) -> Callable[[Params, Resources], ScoreFn]:
-        BUILTINS[name] = Builtin(name, make, timeout_s, setup_s, address_params)
+        BUILTINS[name] = Builtin(name, make, timeout_s, setup_s, address_params, local)
         return make
 
     return register

@@ -42,6 +42,7 @@ class CompiledFunction:
     weight: float
     timeout_s: float
     fn: ScoreFn
+    local: bool = False  # Builtin.local
 
 
 def compile_function(
@@ -51,8 +52,10 @@ def compile_function(
     `inline`: the function comes from a client's spec (stricter checks, e.g. of judge prompts)."""
     where = f"reward function {cfg.name!r} ({clip(cfg.function, MAX_QUOTED_CHARS)})"
     params = Params(where, cfg.params, inline=inline)
+    local = False
     if cfg.function in BUILTINS:
         b = BUILTINS[cfg.function]
+        local = b.local
         timeout_s = params.number("timeout_s", b.timeout_s, minimum=0.001)
         fn = b.make(params, resources)
         params.finish()
@@ -74,7 +77,7 @@ def compile_function(
             reason="UNKNOWN_FUNCTION",
             metadata={"builtins": ",".join(sorted(BUILTINS))},
         )
-    return CompiledFunction(cfg.name, cfg.function, cfg.weight, timeout_s, fn)
+    return CompiledFunction(cfg.name, cfg.function, cfg.weight, timeout_s, fn, local)
 
 
 def load_python_function(path: str, kwargs: Mapping[str, Any], where: str) -> ScoreFn:

@@ -62,14 +62,17 @@ def compile_pattern(pattern: str, where: str, *, groups: int = 0, flags: int = 0
     return compiled
 
 
-def search(pattern: regex.Pattern, text: str, *, full: bool = False) -> regex.Match | None:
-    """A time-bounded match; TimeoutError when the pattern backtracks for too long."""
-    return (pattern.fullmatch if full else pattern.search)(text, timeout=REGEX_TIMEOUT_S, concurrent=True)
-
-
 # Below this many characters the work is microseconds (regexes keep their time bound either way),
 # and a thread hop would cost more than the work: a third of the live scorer's CPU per trace.
 INLINE_MAX_CHARS = 4096
+
+
+def search(pattern: regex.Pattern, text: str, *, full: bool = False) -> regex.Match | None:
+    """A time-bounded match; TimeoutError when the pattern backtracks for too long. The GIL is
+    released only for a long text (matched in a worker thread, see in_thread): on the event loop,
+    giving it up for microseconds lets another thread take it for a whole switch interval."""
+    match = pattern.fullmatch if full else pattern.search
+    return match(text, timeout=REGEX_TIMEOUT_S, concurrent=len(text) > INLINE_MAX_CHARS)
 
 
 async def in_thread(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -98,7 +101,7 @@ def make_extractor(spec: str, where: str) -> Callable[[str], str | None]:
 
     def by_regex(text: str) -> str | None:
         last = None
-        for m in pattern.finditer(text, timeout=REGEX_TIMEOUT_S, concurrent=True):
+        for m in pattern.finditer(text, timeout=REGEX_TIMEOUT_S, concurrent=len(text) > INLINE_MAX_CHARS):
             last = m
         return last.group(1) if last else None
 

@@ -34,6 +34,7 @@ from ..proto.v1 import trajectory_pb2 as traj_pb
 from .config import RubricConfig, RubricServiceConfig, from_spec, to_spec
 from .context import ScoreContext
 from .functions import CompiledFunction, compile_function
+from .matching import INLINE_MAX_CHARS
 from .resources import Resources
 from .upstream import UpstreamError
 
@@ -64,7 +65,7 @@ class CompiledRubric:
         if trajectory.stop_reason == traj_pb.STOP_REASON_ERROR:
             return self._skipped(trajectory)
         ctx = ScoreContext.of(trajectory)
-        outcomes = await asyncio.gather(*(self._run(f, ctx, redact) for f in self.functions))
+        outcomes = await self._run_all(ctx, redact)
         result = rubric_pb.RewardResult()
         total = 0.0
         partial = False
@@ -90,18 +91,47 @@ class CompiledRubric:
         adv = self.spec.advantage
         return results, group_advantages(usable, normalize_std=adv.normalize_std, leave_one_out=adv.leave_one_out)
 
-    async def _run(self, f: CompiledFunction, ctx: ScoreContext, redact: bool) -> tuple[float, str | None]:
-        bound = asyncio.timeout(f.timeout_s)
+    async def _run_all(self, ctx: ScoreContext, redact: bool) -> list[tuple[float, str | None]]:
+        """Every function's outcome. Those that wait on something else (judges, servers, workers)
+        run concurrently, as tasks when there are several; local text rules run in this task, one
+        after another: a task each would cost more than their work (a live trace's scoring).
+
+        A local rule gives the event loop control only to hand a long text to a worker thread
+        (matching.in_thread); on a short completion it runs to its end without yielding, where
+        no time bound can fire, so it runs without one (a timer costs more than the rule)."""
+        waiting = [i for i, f in enumerate(self.functions) if not f.local]
+        tasks = {i: asyncio.ensure_future(self._run(self.functions[i], ctx, redact)) for i in waiting[1:]}
+        short = len(ctx.completion) <= INLINE_MAX_CHARS
         try:
-            async with bound:
+            outcomes = [
+                None if i in tasks else await self._run(f, ctx, redact, bounded=not (f.local and short))
+                for i, f in enumerate(self.functions)
+            ]
+            for i, task in tasks.items():
+                outcomes[i] = await task
+        except BaseException:
+            for task in tasks.values():
+                task.cancel()
+            raise
+        return outcomes  # type: ignore[return-value]  # every None was replaced
+
+    async def _run(
+        self, f: CompiledFunction, ctx: ScoreContext, redact: bool, *, bounded: bool = True
+    ) -> tuple[float, str | None]:
+        bound = asyncio.timeout(f.timeout_s) if bounded else None
+        try:
+            if bound is None:
                 value = float(await f.fn(ctx))
+            else:
+                async with bound:
+                    value = float(await f.fn(ctx))
         except UpstreamError as e:
             if not redact:
                 return 0.0, e.detail
             log.warning("reward function %s of rubric %s: %s", f.name, self.name, e.detail)
             return 0.0, e.public
         except Exception as e:
-            if isinstance(e, TimeoutError) and bound.expired():
+            if isinstance(e, TimeoutError) and bound is not None and bound.expired():
                 return 0.0, f"timed out after {f.timeout_s:g} s"
             log.debug("reward function %s of rubric %s failed", f.name, self.name, exc_info=True)
             return 0.0, f"{type(e).__name__}: {e}"

@@ -34,9 +34,19 @@ def test_env_step_bench_reports_both_paths() -> None:
         "grpc_p50_us",
         "grpc_p99_us",
         "ratio_grpc_vs_inproc",
+        "bare_grpc_steps_per_s",
+        "ratio_vs_bare_grpc",
+        "bare_mtls_steps_per_s",
+        "ratio_mtls_vs_bare_grpc",
+        "cpu_us_per_step",
+        "bare_cpu_us_per_step",
+        "ratio_cpu_bare_vs_grpc",
     ):
         assert result[key] > 0, key
     assert result["grpc_p50_us"] <= result["grpc_p99_us"]
+    # The bare echo carried a real step's bytes, and the ratio is the one of the reported rates.
+    assert result["step_request_bytes"] > 0 and result["step_response_bytes"] > 0
+    assert abs(result["ratio_vs_bare_grpc"] - result["grpc_steps_per_s"] / result["bare_grpc_steps_per_s"]) < 1e-3
 
 
 def test_rollouts_bench_reports_mesh_and_inprocess() -> None:
@@ -53,7 +63,9 @@ def test_rollouts_bench_reports_mesh_and_inprocess() -> None:
         assert result["ratio_vs_bare_transport"][replicas] > 0
     # the bare transport carried a real episode's messages, through processes of its own
     assert result["bare_eps"] > 0 and set(result["bare_cpu_ms_per_episode"]) == {"client", "env", "inference", "nats"}
-    assert all(ms > 0 for ms in result["bare_cpu_ms_per_episode"].values())
+    # other processes' CPU is read in clock ticks (10 ms), which a 16-episode run may not reach
+    assert result["bare_cpu_ms_per_episode"]["client"] > 0
+    assert all(ms >= 0 for ms in result["bare_cpu_ms_per_episode"].values())
 
 
 def test_rubric_bench_reports_live_and_inprocess() -> None:
@@ -66,6 +78,20 @@ def test_rubric_bench_reports_live_and_inprocess() -> None:
     ).stdout
     result = json.loads(out.strip().splitlines()[-1])
     assert result["traces"] == 200 and result["service"] == "subprocess"
-    for key in ("traces_per_s", "p50_ms", "p99_ms", "paced_p50_ms", "inproc_traces_per_s", "ratio"):
+    for key in (
+        "traces_per_s",
+        "p50_ms",
+        "p99_ms",
+        "paced_p50_ms",
+        "inproc_traces_per_s",
+        "ratio",
+        "bare_jetstream_traces_per_s",
+        "ratio_vs_bare_jetstream",
+        "service_cpu_ms_per_trace",
+        "bare_consumer_cpu_ms_per_trace",
+    ):
         assert result[key] > 0, key
     assert result["p50_ms"] <= result["p99_ms"]
+    # The bare pipeline moved messages the size of the real ones.
+    assert result["trace_bytes"] > 100 and result["score_bytes"] > 100
+    assert result["ratio_vs_bare_jetstream"] == result["traces_per_s"] / result["bare_jetstream_traces_per_s"]

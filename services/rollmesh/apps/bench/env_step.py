@@ -8,6 +8,13 @@ measurement. The server runs in its own process, as in production; the client in
 A second server with mutual TLS and role checks (credentials from a fresh `rollmesh certs init`)
 runs the same steps, and both servers answer new connections (a channel plus its first Describe),
 so the cost of security is measured side by side: per step, and per handshake.
+
+The transport's limit is measured beside each: a bare grpc.aio bidirectional echo (bare_grpc.py,
+its own process) exchanging the same bytes as a real step (the serialized EpisodeRequest and
+EpisodeResponse), over as many streams, with the same options and TLS settings, just before and
+just after the environment server's concurrent run (the mean of the two).
+`ratio_vs_bare_grpc` = steps/s through the environment server / exchanges/s through the echo, at
+the same concurrency: what rollmesh's server, client and environment leave of what gRPC can do.
 """
 
 from __future__ import annotations
@@ -15,16 +22,24 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import subprocess
+import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
+from ... import convert
 from ...env.client import EnvClient
 from ...env.loader import load_environments
+from ...proto.v1 import environment_pb2 as env_pb
 from ...security import pki
 from ...security import tls as security_tls
 from ...security.tls import TlsConfig
-from .harness import percentile, start_env_server, stop
+from ...telemetry import tracing_enabled
+from . import bare_grpc
+from .harness import cpu_s, percentile, start_env_server, start_server, stop
 
 TARGET = "rollmesh.examples.guess_number"
 ENV_ARGS = {"max_turns": 100_000_000, "num_tasks": 50}
@@ -41,6 +56,61 @@ async def inprocess(seconds: float) -> tuple[float, list[float]]:
         await episode.step(ACTION)
         lat.append(time.perf_counter() - t0)
     return len(lat) / seconds, lat
+
+
+async def step_bytes() -> tuple[bytes, bytes]:
+    """The serialized request and response of one real step of the measured environment."""
+    env = load_environments(TARGET, ENV_ARGS)[0]
+    episode = env.episode(env.tasks()[0])
+    await episode.start()
+    result = await episode.step(ACTION)
+    await episode.close()
+    request = env_pb.EpisodeRequest(action=env_pb.Action(message=convert.message_to_pb(ACTION)))
+    response = env_pb.EpisodeResponse(step=convert.step_to_pb(result))
+    return request.SerializeToString(), response.SerializeToString()
+
+
+def start_bare(reply: bytes, tls: TlsConfig) -> tuple[subprocess.Popen, str]:
+    """The bare echo in its own process, with `tls`'s server settings."""
+    cmd = [sys.executable, "-m", "rollmesh.apps.bench.bare_grpc", reply.hex()]
+    return start_server(cmd, env={**dict.fromkeys(security_tls.ENV_NAMES, ""), **tls.env()})
+
+
+@dataclass
+class Run:
+    rate: float  # steps (exchanges) per second
+    latencies: list[float]
+    cpu_us: float | None  # per step: the server's process and this one (the client) together
+
+
+def timed(run: Callable[[], Awaitable[tuple[float, list[float]]]], server_pid: int, seconds: float) -> Run:
+    server0, client0 = cpu_s(server_pid), time.process_time()
+    rate, lat = asyncio.run(run())
+    server1, client1 = cpu_s(server_pid), time.process_time()
+    cpu = None if server0 is None or server1 is None else server1 - server0 + client1 - client0
+    return Run(rate, lat, None if cpu is None else cpu * 1e6 / max(1.0, rate * seconds))
+
+
+def side_by_side(
+    server: tuple[subprocess.Popen, str],
+    bare: tuple[subprocess.Popen, str],
+    request: bytes,
+    concurrency: int,
+    seconds: float,
+) -> tuple[Run, Run]:
+    """Concurrent runs through the environment server and the bare echo, the echo's just before
+    and just after (their mean), so that load from elsewhere weighs on both alike."""
+    tls = security_tls.current()
+    (proc, address), (bare_proc, bare_address) = server, bare
+
+    def echo() -> Run:
+        return timed(lambda: bare_grpc.run(bare_address, request, concurrency, seconds, tls), bare_proc.pid, seconds)
+
+    before = echo()
+    real = timed(lambda: grpc_run(address, concurrency, seconds), proc.pid, seconds)
+    after = echo()
+    cpus = [r.cpu_us for r in (before, after) if r.cpu_us is not None]
+    return real, Run((before.rate + after.rate) / 2, [], sum(cpus) / len(cpus) if cpus else None)
 
 
 async def grpc_run(address: str, concurrency: int, seconds: float) -> tuple[float, list[float]]:
@@ -81,17 +151,21 @@ async def connections(address: str, count: int) -> list[float]:
 
 def measure(concurrency: int, seconds: float, *, mtls: bool = True, handshakes: int = 50) -> dict[str, Any]:
     inproc_sps, inproc_lat = asyncio.run(inprocess(seconds))
+    request, reply = asyncio.run(step_bytes())
     args = [a for k, v in ENV_ARGS.items() for a in ("--arg", f"{k}={v}")]
     # The plaintext server must not pick up TLS settings from this process's environment.
     plain_env = dict.fromkeys(security_tls.ENV_NAMES, "")
     with security_tls.using(TlsConfig()):
         proc, address = start_env_server(TARGET, args, env=plain_env)
+        bare, bare_address = start_bare(reply, TlsConfig())
         try:
             _, seq_lat = asyncio.run(grpc_run(address, 1, seconds))
-            grpc_sps, conc_lat = asyncio.run(grpc_run(address, concurrency, seconds))
+            real, echo = side_by_side((proc, address), (bare, bare_address), request, concurrency, seconds)
+            grpc_sps, conc_lat, bare_sps = real.rate, real.latencies, echo.rate
             plain_conn = asyncio.run(connections(address, handshakes))
         finally:
             stop(proc)
+            stop(bare)
     secure: dict[str, Any] = {}
     if mtls:
         with tempfile.TemporaryDirectory(prefix="rollmesh-bench-pki-") as tmp:
@@ -100,12 +174,17 @@ def measure(concurrency: int, seconds: float, *, mtls: bool = True, handshakes: 
             tls_args = ["--tls-cert", server.cert, "--tls-key", server.key, "--tls-ca", server.ca]
             with security_tls.using(pki.member_config(certs, "orchestrator")):
                 proc, address = start_env_server(TARGET, [*args, *tls_args])
+                bare, bare_address = start_bare(reply, server)
                 try:
                     _, tls_seq = asyncio.run(grpc_run(address, 1, seconds))
-                    tls_sps, tls_conc = asyncio.run(grpc_run(address, concurrency, seconds))
+                    tls_real, tls_echo = side_by_side(
+                        (proc, address), (bare, bare_address), request, concurrency, seconds
+                    )
+                    tls_sps, tls_conc, bare_tls_sps = tls_real.rate, tls_real.latencies, tls_echo.rate
                     tls_conn = asyncio.run(connections(address, handshakes))
                 finally:
                     stop(proc)
+                    stop(bare)
         tls_seq.sort()
         tls_conc.sort()
         secure = {
@@ -119,6 +198,8 @@ def measure(concurrency: int, seconds: float, *, mtls: bool = True, handshakes: 
             "ratio_mtls_vs_plain": round(tls_sps / grpc_sps, 4),
             "ratio_mtls_vs_plain_sequential": round(len(tls_seq) / max(1, len(seq_lat)), 4),
             "ratio_mtls_vs_plain_connect": round(percentile(tls_conn, 0.5) / percentile(plain_conn, 0.5), 3),
+            "bare_mtls_steps_per_s": round(bare_tls_sps, 1),
+            "ratio_mtls_vs_bare_grpc": round(tls_sps / bare_tls_sps, 4),
         }
     inproc_lat.sort()
     seq_lat.sort()
@@ -130,7 +211,7 @@ def measure(concurrency: int, seconds: float, *, mtls: bool = True, handshakes: 
         "concurrency": concurrency,
         "seconds": seconds,
         "cpus": os.cpu_count(),
-        "tracing": os.environ.get("ROLLMESH_TRACING", "1") not in ("0", "false"),
+        "tracing": tracing_enabled(),
         "inproc_steps_per_s": round(inproc_sps, 1),
         "inproc_p50_us": round(percentile(inproc_lat, 0.5) * us, 1),
         "grpc_steps_per_s": round(grpc_sps, 1),
@@ -140,7 +221,19 @@ def measure(concurrency: int, seconds: float, *, mtls: bool = True, handshakes: 
         "grpc_concurrent_p50_us": round(percentile(conc_lat, 0.5) * us, 1),
         "grpc_concurrent_p99_us": round(percentile(conc_lat, 0.99) * us, 1),
         "ratio_grpc_vs_inproc": round(grpc_sps / inproc_sps, 4),
+        "step_request_bytes": len(request),
+        "step_response_bytes": len(reply),
+        "bare_grpc_steps_per_s": round(bare_sps, 1),
+        "ratio_vs_bare_grpc": round(grpc_sps / bare_sps, 4),
+        # CPU per step of server + client, a figure that other work on the cores moves less.
+        "cpu_us_per_step": _rounded(real.cpu_us),
+        "bare_cpu_us_per_step": _rounded(echo.cpu_us),
+        "ratio_cpu_bare_vs_grpc": round(echo.cpu_us / real.cpu_us, 4) if real.cpu_us and echo.cpu_us else None,
     }
+
+
+def _rounded(x: float | None) -> float | None:
+    return None if x is None else round(x, 1)
 
 
 def main(*, as_json: bool, concurrency: int = 64, seconds: float = 3.0, mtls: bool = True) -> dict[str, Any]:
@@ -167,6 +260,7 @@ def main(*, as_json: bool, concurrency: int = 64, seconds: float = 3.0, mtls: bo
         f"{result['grpc_concurrent_p50_us']:.1f}",
         f"{result['grpc_concurrent_p99_us']:.1f}",
     )
+    table.add_row(f"bare gRPC echo, {concurrency} streams", f"{result['bare_grpc_steps_per_s']:,.0f}", "", "")
     if mtls:
         table.add_row(
             "gRPC + mTLS, 1 episode",
@@ -180,8 +274,16 @@ def main(*, as_json: bool, concurrency: int = 64, seconds: float = 3.0, mtls: bo
             f"{result['mtls_concurrent_p50_us']:.1f}",
             "",
         )
+        table.add_row(
+            f"bare gRPC echo + mTLS, {concurrency} streams", f"{result['bare_mtls_steps_per_s']:,.0f}", "", ""
+        )
     Console().print(table)
     Console().print(f"ratio gRPC / in-process throughput: {result['ratio_grpc_vs_inproc']:.4f}")
+    Console().print(
+        f"ratio gRPC / bare gRPC echo throughput ({concurrency} streams, "
+        f"{result['step_request_bytes']} / {result['step_response_bytes']} bytes): {result['ratio_vs_bare_grpc']:.4f}"
+        + (f", with mTLS {result['ratio_mtls_vs_bare_grpc']:.4f}" if mtls else "")
+    )
     if mtls:
         Console().print(
             f"ratio mTLS / plaintext throughput: {result['ratio_mtls_vs_plain']:.4f} "

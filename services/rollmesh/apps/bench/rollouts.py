@@ -33,7 +33,7 @@ from ...env.loader import load_environments
 from ...inference.backends.scripted import load_script
 from ...natsd import EmbeddedNats
 from ...telemetry import tracing_enabled
-from .harness import start_env_server, start_server, stop
+from .harness import cpu_s, start_env_server, start_server, stop
 
 TARGET = "rollmesh.examples.wiki_search"
 ENV = "wiki-search"
@@ -42,14 +42,8 @@ ROLLOUTS_PER_TASK = 4
 INFERENCE_RE = re.compile(r"rollmesh inference server on (\S+):")
 
 
-def _proc_cpu_s(pid: int) -> float:
-    """utime + stime of a live process (Linux /proc), 0 where unavailable."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, IndexError, ValueError):
-        return 0.0
+def _cpu_s(pid: int) -> float:
+    return cpu_s(pid) or 0.0
 
 
 def start_scripted_inference(script: str) -> tuple[subprocess.Popen, str]:
@@ -175,11 +169,11 @@ def bare(sample: Any, nats: EmbeddedNats, episodes: int, concurrency: int) -> di
             pids = {role: p.pid for role, (p, _) in servers.items()}
             if nats.proc is not None:
                 pids["nats"] = nats.proc.pid
-            before = {role: _proc_cpu_s(pid) for role, pid in pids.items()}
+            before = {role: _cpu_s(pid) for role, pid in pids.items()}
             r = asyncio.run(
                 bare_rollout.run(servers["env"][1], servers["inference"][1], nats.url, messages, episodes, concurrency)
             )
-            spent = {role: _proc_cpu_s(pid) - before[role] for role, pid in pids.items()}
+            spent = {role: _cpu_s(pid) - before[role] for role, pid in pids.items()}
         finally:
             for p, _ in servers.values():
                 stop(p)
@@ -218,11 +212,11 @@ def measure(episodes: int, concurrency: int, replicas: Sequence[int], publish: b
                 roles = {"inference": [inference.pid], "env": [p.pid for p, _ in servers]}
                 if nats is not None and nats.proc is not None:
                     roles["nats"] = [nats.proc.pid]
-                before = {role: sum(map(_proc_cpu_s, pids)) for role, pids in roles.items()}
+                before = {role: sum(map(_cpu_s, pids)) for role, pids in roles.items()}
                 r = asyncio.run(
                     mesh([a for _, a in servers], inference_address, nats.url if nats else None, episodes, concurrency)
                 )
-                spent = {role: sum(map(_proc_cpu_s, pids)) - before[role] for role, pids in roles.items()}
+                spent = {role: sum(map(_cpu_s, pids)) - before[role] for role, pids in roles.items()}
             finally:
                 for p, _ in servers:
                     stop(p)
