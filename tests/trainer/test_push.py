@@ -53,6 +53,7 @@ async def test_step_pushes_weights_to_the_registered_server(served, nats_url, ti
     assert summary.steps == 1 and summary.policy_version == 1
     assert trainer.last_push is not None and trainer.last_push.failed == {}
     assert len(trainer.last_push.ok) == 1 and trainer.last_push.version == 1
+    assert trainer.last_push.same_host == trainer.last_push.ok  # a server on loopback: shared memory
     assert backend.policy_version == 1
     after = (await client.generate(prompt_ids=probe, temperature=0.0, max_tokens=8, logprobs=True)).samples[0]
     assert after.policy_version == 1

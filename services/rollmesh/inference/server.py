@@ -28,9 +28,10 @@ from ..proto.v1 import inference_pb2_grpc as inf_grpc
 from ..registry import record_for
 from ..rpc import RpcLimits, create_server
 from ..rpc_errors import abort
+from . import same_host
 from .backend import Backend, Sampling, capabilities_of
 from .core import InferenceCore
-from .weights import WeightsAssembler
+from .weights import ReceiveBuffer, WeightsAssembler, parse_request
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +76,7 @@ class InferenceServicer(inf_grpc.InferenceServiceServicer):
     def __init__(self, core: InferenceCore, *, max_weights_bytes: int = DEFAULT_MAX_WEIGHTS_BYTES) -> None:
         self.core = core
         self.max_weights_bytes = max_weights_bytes
+        self._receive_buffer = ReceiveBuffer()
         self.instance_id = uuid.uuid4().hex[:12]
         self.draining = False
 
@@ -205,25 +207,30 @@ class InferenceServicer(inf_grpc.InferenceServiceServicer):
         return inf_pb.TokenizeResponse(token_ids=ids, text=self.backend.tokenizer.decode(ids))
 
     async def UpdateWeights(
-        self, request_iterator: AsyncIterator[inf_pb.UpdateWeightsRequest], context: grpc.aio.ServicerContext
+        self,
+        request_iterator: AsyncIterator[inf_pb.UpdateWeightsRequest | memoryview],
+        context: grpc.aio.ServicerContext,
     ) -> inf_pb.UpdateWeightsResponse:
         t0 = time.perf_counter()
         assembler: WeightsAssembler | None = None
         try:
             async for request in request_iterator:
-                kind = request.WhichOneof("kind")
+                # a chunk arrives as a view of the received bytes (weights.parse_request)
+                kind = "chunk" if isinstance(request, memoryview) else request.WhichOneof("kind")
                 if kind == "header":
                     if assembler is not None:
                         raise InvalidArgumentError(
                             "a weights stream has exactly one header, first", reason="CHECKPOINT_INVALID"
                         )
-                    assembler = WeightsAssembler(request.header, self.backend.param_specs(), self.max_weights_bytes)
+                    assembler = WeightsAssembler(
+                        request.header, self.backend.param_specs(), self.max_weights_bytes, self._receive_buffer
+                    )
                 elif kind == "chunk":
                     if assembler is None:
                         raise InvalidArgumentError(
                             "a weights stream starts with its header", reason="CHECKPOINT_INVALID"
                         )
-                    assembler.add(request.chunk)
+                    assembler.add(request if isinstance(request, memoryview) else request.chunk)
                 else:
                     raise InvalidArgumentError(
                         "an UpdateWeightsRequest needs a header or a chunk",
@@ -236,6 +243,8 @@ class InferenceServicer(inf_grpc.InferenceServiceServicer):
                 )
             tensors = assembler.finish()
             version, applied = await self.core.update_weights(tensors, assembler.header.policy_version)
+            del tensors  # views of the assembler's buffer, which goes back for the next update
+            assembler.discard()
         except RollmeshError as e:
             if assembler is not None:
                 assembler.discard()  # the refusal (and its traceback) must not keep the bytes alive
@@ -254,7 +263,10 @@ class InferenceServicer(inf_grpc.InferenceServiceServicer):
                 raise InvalidArgumentError(
                     "LoadWeights needs a path", reason="MISSING_FIELD", metadata={"field": "path"}
                 )
-            version, applied = await self.core.load_weights(request.path, request.policy_version)
+            if same_host.is_handle(request.path):
+                version, applied = await self._load_same_host(request.path, request.policy_version)
+            else:
+                version, applied = await self.core.load_weights(request.path, request.policy_version)
         except RollmeshError as e:
             await abort(context, e)
         except Exception as e:  # the checkpoint's own reader failed on it (corrupt or foreign files)
@@ -265,6 +277,13 @@ class InferenceServicer(inf_grpc.InferenceServiceServicer):
         return inf_pb.LoadWeightsResponse(
             policy_version=version, tensors_updated=applied, apply_s=time.perf_counter() - t0
         )
+
+    async def _load_same_host(self, path: str, requested_version: int) -> tuple[int, int]:
+        """Weights a sender on this host wrote into shared memory (same_host.py): its own checks
+        stand in for the weights roots, which hold checkpoints, not another process's memory."""
+        with same_host.open_handle(path, self.max_weights_bytes) as readable:
+            version = self.core.next_version(requested_version)
+            return version, await self.backend.load_weights(readable, version)
 
     async def Pause(self, request: inf_pb.PauseRequest, context: grpc.aio.ServicerContext) -> inf_pb.PauseResponse:
         await self.backend.pause()
@@ -279,6 +298,34 @@ def _backend_failed(e: Exception) -> InternalError:
     """An exception the backend did not turn into a domain error: a fault of the server, not the request."""
     log.exception("generation failed")
     return InternalError(f"generation failed: {type(e).__name__}: {e}", reason="SERVER_FAILED")
+
+
+class _ChunkViews:
+    """Stands for the grpc server while the generated code registers the InferenceService: hands
+    UpdateWeights chunks to the servicer as views of the received bytes (weights.parse_request)
+    instead of parsed messages, which saves two copies of every byte of a weights push."""
+
+    def __init__(self, server: grpc.aio.Server) -> None:
+        self.server = server
+        self.generic: Any = None
+        self.patched = False
+
+    def add_generic_rpc_handlers(self, handlers: Any) -> None:
+        self.generic = handlers  # replaced by the patched handlers below
+
+    def add_registered_method_handlers(self, service: str, handlers: dict[str, grpc.RpcMethodHandler]) -> None:
+        handlers = dict(handlers)
+        handlers["UpdateWeights"] = handlers["UpdateWeights"]._replace(request_deserializer=parse_request)
+        self.server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
+        self.server.add_registered_method_handlers(service, handlers)
+        self.patched = True
+
+
+def _add_inference_servicer(servicer: InferenceServicer, server: grpc.aio.Server) -> None:
+    views = _ChunkViews(server)
+    inf_grpc.add_InferenceServiceServicer_to_server(servicer, views)  # type: ignore[arg-type]
+    if not views.patched:  # generated code of another shape: the plain handlers, parsed chunks
+        server.add_generic_rpc_handlers(views.generic)
 
 
 def registry_name(model: str) -> str:
@@ -307,14 +354,16 @@ class InferenceServer(HostedServer):
         own directory, see core.default_weights_roots; [] = none: LoadWeights refuses every path)."""
         self.core = InferenceCore(backend, weights_roots=weights_roots)
         self.servicer: Any
+        add_servicer: Any = inf_grpc.add_InferenceServiceServicer_to_server
         if capabilities_of(backend).token_ids:
             self.servicer = InferenceServicer(self.core, max_weights_bytes=max_weights_bytes)
+            add_servicer = _add_inference_servicer
         else:  # a chat-only backend (an OpenAI-compatible endpoint): text in, text out
             from .text_servicer import TextInferenceServicer
 
             self.servicer = TextInferenceServicer(backend)  # type: ignore[arg-type]
         rpc = create_server(
-            [(inf_grpc.add_InferenceServiceServicer_to_server, self.servicer, SERVICE_NAME)],
+            [(add_servicer, self.servicer, SERVICE_NAME)],
             host=host,
             port=port,
             limits=rpc_limits,

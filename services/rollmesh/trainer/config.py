@@ -126,6 +126,11 @@ class PushConfig(Section):
     mode: Literal["stream", "path"] = "stream"
     """How weights travel. "stream": UpdateWeights over gRPC; "path": LoadWeights of the checkpoint's HF
     export (servers must see the same file system; pushes only at checkpoints then)."""
+    same_host: Literal["auto", "always", "never"] = "auto"
+    """With mode = "stream": hand the weights over in shared memory (a memfd, Linux; read in place by the server,
+    freed even if the trainer dies) instead of streaming them. "auto": to servers at a loopback address, falling
+    back to the stream where the server cannot read it (another user or container); "always": to every server
+    (a failure is a failed push); "never": always stream."""
     every_n_steps: int = Field(1, ge=1)
     """Steps between pushes."""
     timeout_s: float = Field(600.0, gt=0)

