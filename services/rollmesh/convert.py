@@ -78,9 +78,21 @@ def to_struct(d: Mapping[str, Any] | None) -> struct_pb2.Struct:
 
 
 def from_struct(s: struct_pb2.Struct) -> dict[str, Any]:
-    from google.protobuf.json_format import MessageToDict
+    """A Struct as plain Python, as json_format.MessageToDict gives it (numbers as floats), also
+    for the numbers JSON cannot hold: a double may be inf or nan on the wire, which MessageToDict
+    refuses with a bare ValueError (a peer's bad value would become an UNKNOWN status)."""
+    return {k: _from_value(v) for k, v in s.fields.items()} if s.fields else {}
 
-    return MessageToDict(s) if s.fields else {}
+
+def _from_value(v: struct_pb2.Value) -> Any:
+    kind = v.WhichOneof("kind")
+    if kind == "struct_value":
+        return from_struct(v.struct_value)
+    if kind == "list_value":
+        return [_from_value(x) for x in v.list_value.values]
+    if kind is None or kind == "null_value":
+        return None
+    return getattr(v, kind)
 
 
 def tool_spec_to_pb(spec: Mapping[str, Any]) -> msg_pb.ToolSpec:
@@ -151,8 +163,8 @@ def step_from_pb(pb: env_pb.Step) -> StepResult:
         done=pb.done,
         turn=pb.turn,
         stop_reason=STOP_REASON_NAMES.get(pb.stop_reason, ""),
-        rewards=dict(pb.rewards),
+        rewards=dict(pb.rewards) if pb.rewards else {},  # an empty map's dict() costs more than the test
         reward=pb.reward if pb.has_reward else None,
-        metrics=dict(pb.metrics),
+        metrics=dict(pb.metrics) if pb.metrics else {},
         state=from_struct(pb.state) if pb.done else None,
     )

@@ -90,6 +90,8 @@ async def served(tiny_model_dir: Path) -> AsyncIterator[tuple[InferenceServer, A
         {"enable_thinking": {"nested": True}},  # allowed name, value not a scalar
         {"enable_thinking": [1, 2]},
         {"reasoning_effort": "x" * 1000},  # allowed name, string too long
+        {"enable_thinking": float("inf")},  # numbers JSON cannot hold, which a Struct can carry
+        {"x": {"y": [float("nan")]}},
     ],
 )
 async def test_template_kwargs_off_the_allow_list_are_refused(served, kwargs: dict[str, Any]) -> None:
