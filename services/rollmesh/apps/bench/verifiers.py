@@ -31,8 +31,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .harness import start_env_server, stop
-from .rollouts import _proc_cpu_s
+from .harness import cpu_s, start_env_server, stop
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[3]
@@ -106,7 +105,7 @@ async def rollmesh_side(
         for _ in range(repeats):
             before = engine.stats.snapshot()
             cpu0 = time.process_time()
-            others0 = {role: _proc_cpu_s(pid) for role, pid in pids.items()}
+            others0 = {role: cpu_s(pid) or 0.0 for role, pid in pids.items()}
             t0 = time.perf_counter()
             await batch(rollouts)
             wall = time.perf_counter() - t0
@@ -123,7 +122,7 @@ async def rollmesh_side(
                     "model_calls": after["model_calls"] - before["model_calls"],
                     "cpu_s": {
                         "orchestrator": time.process_time() - cpu0,
-                        **{role: _proc_cpu_s(pid) - others0[role] for role, pid in pids.items()},
+                        **{role: (cpu_s(pid) or 0.0) - others0[role] for role, pid in pids.items()},
                     },
                 }
             )
