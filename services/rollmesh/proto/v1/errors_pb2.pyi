@@ -48,6 +48,8 @@ class ErrorReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     UPSTREAM_AUTH_FAILED: _ClassVar[ErrorReason]
     UPSTREAM_REJECTED: _ClassVar[ErrorReason]
     UPSTREAM_RATE_LIMITED: _ClassVar[ErrorReason]
+    TEMPLATE_NOT_PREFIX_STABLE: _ClassVar[ErrorReason]
+    TEMPLATE_UNKNOWN_TURN_END: _ClassVar[ErrorReason]
     UNKNOWN_RUBRIC: _ClassVar[ErrorReason]
     NO_RUBRIC: _ClassVar[ErrorReason]
     BAD_RUBRIC: _ClassVar[ErrorReason]
@@ -103,6 +105,8 @@ CAPABILITY_MISSING: ErrorReason
 UPSTREAM_AUTH_FAILED: ErrorReason
 UPSTREAM_REJECTED: ErrorReason
 UPSTREAM_RATE_LIMITED: ErrorReason
+TEMPLATE_NOT_PREFIX_STABLE: ErrorReason
+TEMPLATE_UNKNOWN_TURN_END: ErrorReason
 UNKNOWN_RUBRIC: ErrorReason
 NO_RUBRIC: ErrorReason
 BAD_RUBRIC: ErrorReason

@@ -139,6 +139,16 @@ export enum ErrorReason {
    * after the server's retries; retry later. metadata: status.
    */
   UPSTREAM_RATE_LIMITED = 65,
+  /**
+   * TEMPLATE_NOT_PREFIX_STABLE - FAILED_PRECONDITION: Generate's next_turn with a chat template that renders earlier turns
+   * differently once new messages follow, so the new prompt cannot extend the previous tokens.
+   */
+  TEMPLATE_NOT_PREFIX_STABLE = 66,
+  /**
+   * TEMPLATE_UNKNOWN_TURN_END - FAILED_PRECONDITION: the model's chat template does not show how it closes an assistant turn
+   * (no next_turn for this model).
+   */
+  TEMPLATE_UNKNOWN_TURN_END = 67,
   /** UNKNOWN_RUBRIC - NOT_FOUND: no configured rubric of that name. metadata: rubrics. */
   UNKNOWN_RUBRIC = 70,
   /** NO_RUBRIC - INVALID_ARGUMENT: neither a rubric name nor an inline spec. */
@@ -304,6 +314,12 @@ export function errorReasonFromJSON(object: any): ErrorReason {
     case 65:
     case "UPSTREAM_RATE_LIMITED":
       return ErrorReason.UPSTREAM_RATE_LIMITED;
+    case 66:
+    case "TEMPLATE_NOT_PREFIX_STABLE":
+      return ErrorReason.TEMPLATE_NOT_PREFIX_STABLE;
+    case 67:
+    case "TEMPLATE_UNKNOWN_TURN_END":
+      return ErrorReason.TEMPLATE_UNKNOWN_TURN_END;
     case 70:
     case "UNKNOWN_RUBRIC":
       return ErrorReason.UNKNOWN_RUBRIC;
@@ -437,6 +453,10 @@ export function errorReasonToJSON(object: ErrorReason): string {
       return "UPSTREAM_REJECTED";
     case ErrorReason.UPSTREAM_RATE_LIMITED:
       return "UPSTREAM_RATE_LIMITED";
+    case ErrorReason.TEMPLATE_NOT_PREFIX_STABLE:
+      return "TEMPLATE_NOT_PREFIX_STABLE";
+    case ErrorReason.TEMPLATE_UNKNOWN_TURN_END:
+      return "TEMPLATE_UNKNOWN_TURN_END";
     case ErrorReason.UNKNOWN_RUBRIC:
       return "UNKNOWN_RUBRIC";
     case ErrorReason.NO_RUBRIC:
