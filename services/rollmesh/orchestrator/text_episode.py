@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING, Any
 
 from ..env.stream import EpisodeStream
 from ..proto.v1 import environment_pb2 as env_pb
-from ..proto.v1 import inference_pb2 as inf_pb
 from .toolcalls import assistant_message
 
 if TYPE_CHECKING:
@@ -51,9 +50,7 @@ async def run_text_episode(
         turn_index = 0
         while True:
             turn_index += 1
-            request = inf_pb.GenerateRequest(sampling=p.sampling, session_id=rollout.trajectory_id)
-            if cfg.model:
-                request.model = cfg.model
+            request = runner._request(rollout, p.sampling)
             request.chat.messages.extend(traj.messages)
             request.chat.tools.extend(started.tools)
             if rollout.sampling_seed is not None:
